@@ -1,0 +1,61 @@
+"""`create_app(settings)`: the one place where the service's parts are wired together."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+from devbox_service.auth.guards import current_principal
+from devbox_service.backends.base import VMBackend
+from devbox_service.devboxes.routes import DevboxController
+from devbox_service.http_errors import EXCEPTION_HANDLERS
+from devbox_service.logs import request_log_middleware
+from devbox_service.services import Services, build_backend
+from devbox_service.settings import Settings
+from devbox_service.system import HealthController, openapi_json
+
+_NOT_GIVEN = object()
+
+
+def create_app(settings: Settings, backend: VMBackend | object | None = _NOT_GIVEN) -> Litestar:
+    """Build the ASGI app. Pass `backend` to share one VM backend (tests); the app then
+    does not start or close it."""
+    owns_backend = backend is _NOT_GIVEN
+    vm_backend = build_backend(settings) if owns_backend else backend
+    assert vm_backend is None or isinstance(vm_backend, VMBackend)
+    services = Services(settings, vm_backend, owns_backend=owns_backend)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await services.start()
+        try:
+            yield
+        finally:
+            await services.close()
+
+    return Litestar(
+        route_handlers=[HealthController, openapi_json, DevboxController],
+        dependencies={
+            "principal": Provide(current_principal, sync_to_thread=False),
+            "services": Provide(lambda: services, sync_to_thread=False),
+        },
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[request_log_middleware],
+        lifespan=[lifespan],
+        state=State({"services": services}),
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="devbox-service",
+            version="0.1.0",
+            path="/docs",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+        logging_config=None,
+        debug=False,
+    )

@@ -1,0 +1,108 @@
+"""Who may call each route, declared once per route as a guard.
+
+Every handler carries exactly one `allow(...)` guard. The guard authenticates the bearer,
+applies the route's rule, and leaves the principal in the connection's scope for handlers
+(through the `principal` dependency) and for the request log. A test walks every route of
+the app and fails if one has no rule.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from litestar.di import NamedDependency
+
+from devbox_service.auth.models import Principal, PrincipalKind
+from devbox_service.errors import NotAuthenticated, PermissionDenied
+
+if TYPE_CHECKING:
+    from litestar import Request
+    from litestar.connection import ASGIConnection
+    from litestar.handlers.base import BaseRouteHandler
+
+PRINCIPAL_KEY = "devbox_service.principal"
+
+CurrentPrincipal = NamedDependency[Principal]
+"""Handler parameter `principal: CurrentPrincipal`: the caller the route's guard admitted."""
+
+
+class Access(msgspec.Struct, frozen=True, kw_only=True):
+    """A route's rule.
+
+    public: anyone, no token needed.
+    admin: only service administrators' user keys.
+    scope: agent tokens holding this scope may call it, for the devbox named in the path.
+    Otherwise any user API key may call it (finer ownership checks live in the services,
+    which answer 404 for resources outside the caller's organization).
+    """
+
+    public: bool = False
+    admin: bool = False
+    scope: str | None = None
+
+
+PUBLIC = Access(public=True)
+USER = Access()
+ADMIN = Access(admin=True)
+
+
+def agent_scope(scope: str) -> Access:
+    return Access(scope=scope)
+
+
+class AccessGuard:
+    def __init__(self, access: Access) -> None:
+        self.access = access
+
+    async def __call__(
+        self, connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+    ) -> None:
+        if self.access.public:
+            return
+        services = connection.app.state.services
+        principal = await services.identities.authenticate(_bearer(connection))
+        connection.scope.setdefault("state", {})[PRINCIPAL_KEY] = principal
+        check(self.access, principal, connection.path_params.get("devbox_id"))
+
+
+def check(access: Access, principal: Principal, devbox_id: str | None) -> None:
+    """Apply a route's rule to an authenticated principal (pure; unit-tested directly)."""
+    if principal.kind is PrincipalKind.AGENT:
+        if access.scope is None or access.admin:
+            raise PermissionDenied("Agent tokens cannot call this route; use a user API key")
+        if access.scope not in principal.scopes:
+            raise PermissionDenied(f"Insufficient scope: this route requires '{access.scope}'")
+        if devbox_id is not None and devbox_id != principal.devbox_id:
+            raise PermissionDenied("Token is scoped to a different devbox")
+        return
+    if access.admin and not principal.is_admin:
+        raise PermissionDenied("this route is for service administrators")
+
+
+def allow(access: Access) -> AccessGuard:
+    return AccessGuard(access)
+
+
+def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    header = connection.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        if header:
+            raise NotAuthenticated("malformed Authorization header: use 'Bearer <key>'")
+        return None
+    return value.strip()
+
+
+def current_principal(request: Request[Any, Any, Any]) -> Principal:
+    """Dependency: the principal the route's guard authenticated."""
+    principal = request.scope.get("state", {}).get(PRINCIPAL_KEY)
+    if principal is None:
+        raise NotAuthenticated("this route did not authenticate its caller")
+    assert isinstance(principal, Principal)
+    return principal
+
+
+def principal_of_scope(scope: Any) -> Principal | None:
+    principal = scope.get("state", {}).get(PRINCIPAL_KEY)
+    return principal if isinstance(principal, Principal) else None

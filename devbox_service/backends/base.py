@@ -1,0 +1,223 @@
+"""The VM primitives every backend provides: images, snapshots, instances, branches, standby.
+
+Domain services talk to VMs only through `VMBackend`, so a remote backend can replace the
+embedded QEMU driver without touching them. Nothing here imports the web layer.
+
+Exception tree::
+
+    BackendError                 anything a backend operation failed at
+     +-- NotFound                unknown image, snapshot or instance id
+     +-- InvalidState            the operation makes no sense in the instance's current state
+     +-- SnapshotInUse           a snapshot others still depend on (only if the backend cannot
+     |                           keep dependants working on its own)
+     +-- BackendTimeout          an operation missed its deadline
+     +-- CommandFailed           a host command (qemu-img, debootstrap, ...) exited non-zero
+     +-- QMPFailed               QEMU's monitor answered with an error
+     +-- GuestUnreachable        the guest did not answer SSH in time (carries the console tail)
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Callable, Sequence
+
+import msgspec
+
+
+class BackendError(Exception):
+    """Base for every backend failure; `details` says what failed, for logs and API errors."""
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class NotFound(BackendError):
+    pass
+
+
+class InvalidState(BackendError):
+    def __init__(self, message: str, *, state: str) -> None:
+        super().__init__(message, state=state)
+        self.state = state
+
+
+class SnapshotInUse(BackendError):
+    pass
+
+
+class BackendTimeout(BackendError):
+    pass
+
+
+class CommandFailed(BackendError):
+    def __init__(
+        self, message: str, *, command: Sequence[str], exit_code: int, output: str
+    ) -> None:
+        super().__init__(message, command=list(command), exit_code=exit_code, output=output)
+        self.command = list(command)
+        self.exit_code = exit_code
+        self.output = output
+
+
+class QMPFailed(BackendError):
+    def __init__(self, message: str, *, command: str, error: str) -> None:
+        super().__init__(message, command=command, error=error)
+        self.command = command
+        self.error = error
+
+
+class GuestUnreachable(BackendError):
+    def __init__(self, message: str, *, console_tail: str) -> None:
+        super().__init__(message, console_tail=console_tail)
+        self.console_tail = console_tail
+
+
+class InstanceState(enum.StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    STANDBY = "standby"  # saved to disk, no VM process: costs no memory
+    STOPPED = "stopped"
+
+
+class MachineSpec(msgspec.Struct, frozen=True, kw_only=True):
+    vcpus: int = 1
+    memory_mb: int = 256
+    disk_mb: int = 2048
+
+
+class SSHEndpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """How the service itself reaches a guest's sshd (key auth, never exposed to users)."""
+
+    host: str
+    port: int
+    username: str
+    private_key_path: str
+
+
+class ImageInfo(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    description: str
+    boot_snapshot_id: str
+    default: bool
+    created_at: float
+
+
+class SnapshotInfo(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    image_id: str
+    parent_snapshot_id: str | None
+    spec: MachineSpec
+    size_bytes: int
+    created_at: float
+
+
+class InstanceInfo(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    snapshot_id: str  # the snapshot it was booted from
+    state: InstanceState
+    spec: MachineSpec
+    ssh: SSHEndpoint
+    exposed_ports: dict[int, int]  # guest port -> host port
+    started_at: float
+
+
+class InstanceStats(msgspec.Struct, frozen=True, kw_only=True):
+    rss_mb: float
+    cpu_seconds: float
+    uptime_seconds: float
+
+
+ProgressCallback = Callable[[str], None]
+
+
+class VMBackend(abc.ABC):
+    """Async VM primitives. Every method has a deadline and raises `BackendError` subclasses."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open the backend: re-adopt VMs that outlived a restart of the service."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections; running VMs keep running (they belong to their records)."""
+
+    @abc.abstractmethod
+    async def reconcile(self, instance_ids: set[str], snapshot_ids: set[str]) -> list[str]:
+        """Delete instances and snapshots no record owns; return the ids removed.
+
+        Image boot snapshots are always kept.
+        """
+
+    # images
+    @abc.abstractmethod
+    async def ensure_image(self, progress: ProgressCallback | None = None) -> ImageInfo:
+        """Build (once, cached by recipe) the default image and its boot snapshot."""
+
+    @abc.abstractmethod
+    async def list_images(self) -> list[ImageInfo]: ...
+
+    # snapshots
+    @abc.abstractmethod
+    async def save(self, instance_id: str, snapshot_id: str) -> SnapshotInfo:
+        """Checkpoint memory and disk of a running or paused instance; it keeps its state."""
+
+    @abc.abstractmethod
+    async def list_snapshots(self) -> list[SnapshotInfo]: ...
+
+    @abc.abstractmethod
+    async def get_snapshot(self, snapshot_id: str) -> SnapshotInfo: ...
+
+    @abc.abstractmethod
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        """Remove a snapshot's files; instances and snapshots built on it keep working."""
+
+    # instances
+    @abc.abstractmethod
+    async def boot(self, snapshot_id: str, instance_id: str) -> InstanceInfo:
+        """Restore a snapshot into a new running instance whose guest answers SSH."""
+
+    @abc.abstractmethod
+    async def branch(self, snapshot_id: str, instance_ids: Sequence[str]) -> list[InstanceInfo]:
+        """Boot several instances from one snapshot concurrently."""
+
+    @abc.abstractmethod
+    async def get_instance(self, instance_id: str) -> InstanceInfo: ...
+
+    @abc.abstractmethod
+    async def list_instances(self) -> list[InstanceInfo]: ...
+
+    @abc.abstractmethod
+    async def pause(self, instance_id: str) -> InstanceInfo: ...
+
+    @abc.abstractmethod
+    async def resume(self, instance_id: str) -> InstanceInfo: ...
+
+    @abc.abstractmethod
+    async def reboot(self, instance_id: str) -> InstanceInfo: ...
+
+    @abc.abstractmethod
+    async def stop(self, instance_id: str) -> InstanceInfo: ...
+
+    @abc.abstractmethod
+    async def delete(self, instance_id: str) -> None:
+        """End the VM process and remove every file of the instance."""
+
+    @abc.abstractmethod
+    async def standby(self, instance_id: str) -> InstanceInfo:
+        """Save to disk and end the VM process; `wake` restores it."""
+
+    @abc.abstractmethod
+    async def wake(self, instance_id: str) -> InstanceInfo: ...
+
+    @abc.abstractmethod
+    async def expose_port(self, instance_id: str, guest_port: int) -> int:
+        """Forward a guest TCP port to a host loopback port; return the host port."""
+
+    @abc.abstractmethod
+    async def stats(self, instance_id: str) -> InstanceStats: ...

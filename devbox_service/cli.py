@@ -1,0 +1,152 @@
+"""`devbox-service`: serve, and manage users, organizations and API keys offline."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+from devbox_service.auth.models import Role
+from devbox_service.auth.service import IdentityService
+from devbox_service.auth.store import IdentityStore
+from devbox_service.db import Database
+from devbox_service.errors import ConfigError, DevboxServiceError
+from devbox_service.settings import Settings, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="devbox-service", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the HTTP API and the SSH gateway")
+    image = commands.add_parser("image", help="guest images").add_subparsers(
+        dest="action", required=True
+    )
+    image.add_parser("build", help="build the default image and its boot snapshot (cached)")
+
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
+    create = keys.add_parser("create", help="issue a key (printed once)")
+    create.add_argument("--user", required=True)
+    create.add_argument("--org", help="org the key acts in (default: the user's first)")
+    create.add_argument("--name", default="", help="a label for `keys list`")
+    keys.add_parser("list", help="list keys (never their secret)")
+    revoke = keys.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id")
+
+    users = commands.add_parser("users", help="users").add_subparsers(dest="action", required=True)
+    add_user = users.add_parser("create", help="create a user (and their own org unless --org)")
+    add_user.add_argument("name")
+    add_user.add_argument("--org", help="join this existing org instead of creating one")
+    add_user.add_argument("--role", choices=[r.value for r in Role], default=Role.MEMBER.value)
+    add_user.add_argument("--admin", action="store_true", help="service administrator")
+    users.add_parser("list")
+
+    orgs = commands.add_parser("orgs", help="organizations").add_subparsers(
+        dest="action", required=True
+    )
+    add_org = orgs.add_parser("create")
+    add_org.add_argument("name")
+    add_org.add_argument("--owner", required=True)
+    orgs.add_parser("list", help="organizations and their members")
+    member = orgs.add_parser("add-member", help="add or change a member's role")
+    member.add_argument("org")
+    member.add_argument("user")
+    member.add_argument("--role", choices=[r.value for r in Role], default=Role.MEMBER.value)
+    return parser
+
+
+async def _with_identities(
+    settings: Settings, action: Callable[[IdentityService], Awaitable[None]]
+) -> None:
+    database = await Database.open(settings.database_path)
+    try:
+        await action(IdentityService(IdentityStore(database)))
+    finally:
+        await database.close()
+
+
+async def _manage(settings: Settings, args: argparse.Namespace) -> None:
+    async def run(identities: IdentityService) -> None:
+        match (args.command, args.action):
+            case ("keys", "create"):
+                issued = await identities.issue_key(args.user, org=args.org, name=args.name)
+                print(f"{issued.record.id}\t{issued.record.user_name}@{issued.record.org_name}")
+                print(issued.key)
+            case ("keys", "list"):
+                for key in await identities.keys():
+                    state = "revoked" if key.revoked_at else "active"
+                    print(
+                        f"{key.id}\t{key.prefix}…\t{key.user_name}@{key.org_name}\t{state}\t{key.name}"
+                    )
+            case ("keys", "revoke"):
+                await identities.revoke_key(args.key_id)
+                print(f"revoked {args.key_id}")
+            case ("users", "create"):
+                user = await identities.create_user(
+                    args.name, org=args.org, role=Role(args.role), is_admin=args.admin
+                )
+                print(f"{user.id}\t{user.name}")
+            case ("users", "list"):
+                for user in await identities.store.users():
+                    print("\t".join([user.id, user.name, "admin" if user.is_admin else ""]))
+            case ("orgs", "create"):
+                org = await identities.create_org(args.name, owner=args.owner)
+                print(f"{org.id}\t{org.name}")
+            case ("orgs", "list"):
+                for m in await identities.store.memberships():
+                    print(f"{m.org_name}\t{m.user_name}\t{m.role}")
+            case ("orgs", "add-member"):
+                m = await identities.add_member(args.org, args.user, Role(args.role))
+                print(f"{m.org_name}\t{m.user_name}\t{m.role}")
+
+    await _with_identities(settings, run)
+
+
+async def _build_image(settings: Settings) -> None:
+    from devbox_service.services import build_backend
+
+    backend = build_backend(settings)
+    if backend is None:
+        print("DEVBOX_VM_BACKEND=none: no image to build")
+        return
+    await backend.start()
+    try:
+        image = await backend.ensure_image(lambda line: print(line, flush=True))
+        print(f"image {image.id} ready (boot snapshot {image.boot_snapshot_id})")
+    finally:
+        await backend.close()
+
+
+def _serve(settings: Settings) -> None:
+    import uvicorn
+
+    from devbox_service.app import create_app
+    from devbox_service.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        if args.command == "serve":
+            _serve(settings)
+        elif args.command == "image":
+            asyncio.run(_build_image(settings))
+        else:
+            asyncio.run(_manage(settings, args))
+    except ConfigError as exc:
+        print(f"devbox-service: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except DevboxServiceError as exc:
+        print(f"devbox-service: {exc.message}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,139 @@
+"""One SQLite file (WAL, foreign keys on), numbered migrations applied at open.
+
+A single aiosqlite connection guarded by an asyncio lock: SQLite serialises writers anyway,
+and one lock makes "every multi-row change in one transaction" trivially true.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+Row = sqlite3.Row
+Params = Sequence[Any] | dict[str, Any]
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+def migrations() -> list[tuple[int, str]]:
+    """The packaged migrations as (version, sql), in order; versions must be 1..N."""
+    found: list[tuple[int, str]] = []
+    for entry in resources.files("devbox_service.db.migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.read_text()))
+    found.sort()
+    expected = list(range(1, len(found) + 1))
+    if [v for v, _ in found] != expected:
+        raise RuntimeError(f"migrations must be numbered 1..N without gaps, got {found}")
+    return found
+
+
+class Transaction:
+    """The statements of one transaction; only usable inside `Database.transaction()`."""
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._connection = connection
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        cursor = await self._connection.execute(sql, params)
+        return cursor.rowcount
+
+    async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
+        await self._connection.executemany(sql, rows)
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
+        cursor = await self._connection.execute(sql, params)
+        row: Row | None = await cursor.fetchone()
+        return row
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
+        cursor = await self._connection.execute(sql, params)
+        return list(await cursor.fetchall())
+
+
+class Database:
+    def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
+        self._connection = connection
+        self._lock = asyncio.Lock()
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: Path) -> Database:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connection = await aiosqlite.connect(path, isolation_level=None)
+        connection.row_factory = sqlite3.Row
+        await connection.execute("PRAGMA journal_mode = WAL")
+        await connection.execute("PRAGMA foreign_keys = ON")
+        await connection.execute("PRAGMA busy_timeout = 5000")
+        await connection.execute("PRAGMA synchronous = NORMAL")
+        database = cls(connection, path)
+        await database.migrate()
+        return database
+
+    async def close(self) -> None:
+        await self._connection.close()
+
+    async def schema_version(self) -> int:
+        row = await self.fetch_one("PRAGMA user_version")
+        return int(row[0]) if row else 0
+
+    async def migrate(self) -> int:
+        """Apply pending migrations, each in its own transaction; return the new version."""
+        current = await self.schema_version()
+        for version, sql in migrations():
+            if version <= current:
+                continue
+            async with self._lock:
+                try:
+                    await self._connection.executescript(
+                        f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;"
+                    )
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        await self._connection.execute("ROLLBACK")
+                    raise
+            current = version
+        return current
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        async with self._lock:
+            await self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield Transaction(self._connection)
+            except BaseException:
+                await self._connection.execute("ROLLBACK")
+                raise
+            await self._connection.execute("COMMIT")
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        async with self._lock:
+            cursor = await self._connection.execute(sql, params)
+            return cursor.rowcount
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
+        async with self._lock:
+            cursor = await self._connection.execute(sql, params)
+            row: Row | None = await cursor.fetchone()
+            return row
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
+        async with self._lock:
+            cursor = await self._connection.execute(sql, params)
+            return list(await cursor.fetchall())
+
+    async def ping(self) -> bool:
+        try:
+            await self.fetch_one("SELECT 1")
+        except (sqlite3.Error, ValueError):
+            return False
+        return True

@@ -1,0 +1,120 @@
+"""Devbox records (what the store keeps) and wire shapes (what the contract names)."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import msgspec
+
+
+class DevboxStatus(enum.StrEnum):
+    PROVISIONING = "provisioning"
+    READY = "ready"
+    PAUSING = "pausing"
+    PAUSED = "paused"
+    RESUMING = "resuming"
+    REBOOTING = "rebooting"
+    SAVING = "saving"
+    ERROR = "error"
+    DELETING = "deleting"
+    DELETED = "deleted"
+
+
+class DevboxRecord(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    org_id: str
+    user_id: str
+    name: str
+    status: DevboxStatus
+    base_snapshot_id: str | None
+    current_save_id: str | None
+    parent_id: str | None
+    vcpus: int
+    memory_mb: int
+    disk_mb: int
+    metadata: dict[str, Any]
+    error: str | None
+    created_at: float
+    updated_at: float
+
+
+class EventRecord(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    devbox_id: str
+    type: str
+    snapshot_id: str | None
+    detail: dict[str, Any]
+    created_at: float
+
+
+# wire shapes (contract: DevboxResponse and friends)
+
+
+class DevboxSpec(msgspec.Struct, frozen=True, kw_only=True):
+    vcpus: int
+    memory: int
+    disk_size: int
+
+
+class DevboxRefs(msgspec.Struct, frozen=True, kw_only=True):
+    snapshot_id: str | None
+    image_id: str | None = None
+
+
+class HttpService(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    port: int
+    url: str
+    auth_mode: str | None = None
+
+
+class Networking(msgspec.Struct, frozen=True, kw_only=True):
+    internal_ip: str | None = None
+    http_services: list[HttpService] = []
+
+
+class TTL(msgspec.Struct, frozen=True, kw_only=True):
+    ttl_seconds: int | None = None
+    ttl_expire_at: int | None = None
+    ttl_action: str | None = None
+
+
+class WakeOn(msgspec.Struct, frozen=True, kw_only=True):
+    wake_on_ssh: bool | None = None
+    wake_on_http: bool | None = None
+
+
+class TimelineEvent(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    type: str
+    timestamp: float
+    name: str
+    snapshot_id: str | None = None
+    branch_name: str | None = None
+    branch_instance_id: str | None = None
+    inherited: bool | None = False
+
+
+class DevboxSummaryResponse(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    object: str = "instance"
+    status: str
+    created: int
+    spec: DevboxSpec
+    refs: DevboxRefs
+    networking: Networking | None = None
+    ttl: TTL | None = None
+    wake_on: WakeOn | None = None
+    metadata: dict[str, Any] = {}
+    timeline_count: int = 0
+    saves_count: int = 0
+    branches_count: int = 0
+    last_event: TimelineEvent | None = None
+    current_save_id: str | None = None
+    base_snapshot_id: str | None = None
+
+
+class DevboxListResponse(msgspec.Struct, frozen=True, kw_only=True):
+    object: str = "list"
+    data: list[DevboxSummaryResponse]

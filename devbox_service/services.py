@@ -1,0 +1,111 @@
+"""The running service's parts, opened and closed together (the app's lifespan)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from pathlib import Path
+
+from litestar.di import NamedDependency
+
+from devbox_service.auth.service import ADMIN_KEY_FILE, IdentityService
+from devbox_service.auth.store import IdentityStore
+from devbox_service.backends.base import VMBackend
+from devbox_service.db import Database
+from devbox_service.devboxes.service import DevboxService
+from devbox_service.devboxes.store import DevboxStore
+from devbox_service.settings import Settings
+
+log = logging.getLogger("devbox_service")
+
+
+def build_backend(settings: Settings) -> VMBackend | None:
+    if settings.vm_backend == "none":
+        return None
+    from devbox_service.backends.base import MachineSpec
+    from devbox_service.backends.qemu.config import QemuConfig
+    from devbox_service.backends.qemu.driver import QemuBackend
+
+    config = QemuConfig(
+        state_dir=str(Path(settings.data_dir) / "vms"),
+        cache_dir=settings.cache_dir,
+        machine=settings.vm_machine,
+        accel=settings.vm_accel,
+        spec=MachineSpec(
+            vcpus=settings.vm_vcpus, memory_mb=settings.vm_memory_mb, disk_mb=settings.vm_disk_mb
+        ),
+    )
+    return QemuBackend(config)
+
+
+class Services:
+    """Everything a request may need; built by `create_app`, started by its lifespan."""
+
+    def __init__(
+        self, settings: Settings, backend: VMBackend | None, *, owns_backend: bool
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self._owns_backend = owns_backend
+        self._database: Database | None = None
+        self._image_task: asyncio.Task[None] | None = None
+        self.image_ready = asyncio.Event()
+
+    @property
+    def database(self) -> Database:
+        if self._database is None:
+            raise RuntimeError("services are not started")
+        return self._database
+
+    async def start(self) -> None:
+        data_dir = Path(self.settings.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._database = await Database.open(self.settings.database_path)
+        self.identities = IdentityService(IdentityStore(self._database))
+        self.devboxes = DevboxService(DevboxStore(self._database), self.backend)
+        issued = await self.identities.bootstrap(data_dir)
+        if issued is not None:
+            print(
+                f"\nFirst start: created user 'admin' in org 'default'.\n"
+                f"Admin API key (shown once, also in {data_dir / ADMIN_KEY_FILE}):\n\n"
+                f"    {issued.key}\n",
+                file=sys.stdout,
+                flush=True,
+            )
+        if self.backend is not None:
+            if self._owns_backend:
+                await self.backend.start()
+            self._image_task = asyncio.create_task(self._ensure_image())
+
+    async def _ensure_image(self) -> None:
+        assert self.backend is not None
+        try:
+            image = await self.backend.ensure_image(lambda line: log.info(line))
+        except Exception:
+            log.exception("building the default image failed; devboxes cannot start")
+            return
+        log.info("image ready", extra={"image": image.id, "boot_snapshot": image.boot_snapshot_id})
+        self.image_ready.set()
+
+    async def readiness(self) -> dict[str, bool]:
+        checks = {"store": self._database is not None and await self._database.ping()}
+        if self.backend is not None:
+            checks["backend"] = self.image_ready.is_set()
+        return checks
+
+    async def close(self) -> None:
+        if self._image_task is not None:
+            self._image_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._image_task
+        if self.backend is not None and self._owns_backend:
+            await self.backend.close()
+        if self._database is not None:
+            await self._database.close()
+            self._database = None
+
+
+AppServices = NamedDependency[Services]
+"""Handler parameter `services: AppServices`."""

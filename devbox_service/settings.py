@@ -1,0 +1,110 @@
+"""The service's settings: one frozen object, read once from `DEVBOX_*` variables and TOML.
+
+Precedence: environment over the TOML file named by `DEVBOX_CONFIG` over defaults. A
+`DEVBOX_` variable that names no setting stops the service: a typo must not be ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from devbox_service.errors import ConfigError
+
+ENV_PREFIX = "DEVBOX_"
+CONFIG_FILE_VARIABLE = "DEVBOX_CONFIG"
+
+Port = Annotated[int, Meta(ge=0, le=65535)]
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "devbox-service")
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "devbox-service")
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every setting the service reads. README.md documents each one (a test checks)."""
+
+    data_dir: str = msgspec.field(default_factory=_default_data_dir)
+    cache_dir: str = msgspec.field(default_factory=_default_cache_dir)
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    ssh_port: Port = 2222
+    ssh_host: str = "localhost"
+    public_url: str = ""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 1024 * 1024
+    upload_max_bytes: Annotated[int, Meta(ge=1024)] = 100 * 1024 * 1024
+    vm_backend: Literal["qemu", "none"] = "qemu"
+    vm_machine: Literal["microvm", "pc"] = "microvm"
+    vm_accel: Literal["auto", "kvm", "tcg"] = "auto"
+    vm_vcpus: Annotated[int, Meta(ge=1, le=64)] = 1
+    vm_memory_mb: Annotated[int, Meta(ge=128, le=65536)] = 256
+    vm_disk_mb: Annotated[int, Meta(ge=512)] = 2048
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self.data_dir) / "devbox.sqlite3"
+
+    @property
+    def base_url(self) -> str:
+        """Where users reach the HTTP API (used in links the service hands out)."""
+        return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
+
+
+def setting_names() -> tuple[str, ...]:
+    """The environment variable name of every setting (plus the config-file pointer)."""
+    fields = msgspec.structs.fields(Settings)
+    return (CONFIG_FILE_VARIABLE, *(ENV_PREFIX + f.name.upper() for f in fields))
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Read settings once; raise ConfigError with a message that says what to fix."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, object] = {}
+    config_file = environ.get(CONFIG_FILE_VARIABLE)
+    if config_file:
+        try:
+            raw.update(tomllib.loads(Path(config_file).read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {CONFIG_FILE_VARIABLE}={config_file}: {exc}") from exc
+    known = {f.name for f in msgspec.structs.fields(Settings)}
+    unknown_in_file = sorted(set(raw) - known)
+    if unknown_in_file:
+        raise ConfigError(
+            f"unknown setting(s) in {config_file}: {', '.join(unknown_in_file)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_FILE_VARIABLE:
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key not in known:
+            raise ConfigError(
+                f"unknown setting {name}; known settings: {', '.join(setting_names())}"
+            )
+        raw[key] = value
+    raw.update(overrides)
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid setting: {_env_name_in(str(exc))}") from exc
+
+
+def _env_name_in(message: str) -> str:
+    """Turn msgspec's `$.port` paths into the variable name a user sets."""
+    if "$." in message:
+        head, _, field = message.rpartition("$.")
+        return f"{head}{ENV_PREFIX}{field.strip('`').upper()}"
+    return message

@@ -1,0 +1,40 @@
+"""Service-level routes: liveness, readiness, and the OpenAPI document at its usual path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, Response, get
+from litestar.datastructures import State
+
+from devbox_service.auth.guards import PUBLIC, allow
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True):
+    status: str
+    checks: dict[str, bool] = {}
+
+
+class HealthController(Controller):
+    path = "/health"
+    tags = ["health"]
+
+    @get("/", guards=[allow(PUBLIC)])
+    async def live(self) -> Health:
+        return Health(status="ok")
+
+    @get("/ready", guards=[allow(PUBLIC)])
+    async def ready(self, state: State) -> Response[Any]:
+        checks = await state.services.readiness()
+        ok = all(checks.values())
+        return Response(
+            Health(status="ready" if ok else "not ready", checks=checks),
+            status_code=200 if ok else 503,
+        )
+
+
+@get("/openapi.json", guards=[allow(PUBLIC)], include_in_schema=False)
+async def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """The generated OpenAPI document (also under /docs/openapi.json, beside the docs UI)."""
+    return request.app.openapi_schema.to_schema()

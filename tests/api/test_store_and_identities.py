@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+from conftest import Api
+from litestar.testing import AsyncTestClient
+
+from devbox_service.app import create_app
+from devbox_service.auth import tokens
+from devbox_service.db import Database
+from devbox_service.db.database import migrations
+from devbox_service.settings import Settings
+
+
+async def test_migrations_from_empty_then_rerun_is_a_no_op(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    database = await Database.open(path)
+    latest = len(migrations())
+    assert await database.schema_version() == latest
+    tables = {
+        r[0] for r in await database.fetch_all("SELECT name FROM sqlite_master WHERE type='table'")
+    }
+    assert {"users", "orgs", "org_members", "api_keys", "devboxes", "devbox_events"} <= tables
+    assert (await database.fetch_one("PRAGMA journal_mode"))[0] == "wal"
+    assert (await database.fetch_one("PRAGMA foreign_keys"))[0] == 1
+    await database.close()
+
+    reopened = await Database.open(path)
+    assert await reopened.migrate() == latest
+    assert await reopened.schema_version() == latest
+    await reopened.close()
+
+
+async def test_a_failed_transaction_leaves_nothing_behind(tmp_path: Path) -> None:
+    database = await Database.open(tmp_path / "store.sqlite3")
+    try:
+        async with database.transaction() as tx:
+            await tx.execute("INSERT INTO orgs (id, name, created_at) VALUES ('o1', 'one', 0)")
+            await tx.execute("INSERT INTO orgs (id, name, created_at) VALUES ('o2', 'one', 0)")
+    except Exception:
+        pass
+    assert await database.fetch_all("SELECT * FROM orgs") == []
+    await database.close()
+
+
+async def test_first_start_writes_admin_key_0600_and_stores_only_a_hash(api: Api) -> None:
+    key_file = Path(api.settings.data_dir) / "admin.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key = api.admin_key
+    assert key.startswith("dbx_") and len(key) > 40
+    other = await api.new_user("carol")
+
+    raw = b"".join(p.read_bytes() for p in Path(api.settings.data_dir).glob("devbox.sqlite3*"))
+    for secret in (key, other):
+        assert secret.encode() not in raw
+        assert tokens.hash_secret(secret).encode() in raw
+
+
+async def test_second_start_keeps_the_first_admin_key(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    async with AsyncTestClient(create_app(settings)):
+        pass
+    key_file = Path(settings.data_dir) / "admin.key"
+    first = key_file.read_text()
+    async with AsyncTestClient(create_app(settings)) as client:
+        response = await client.get(
+            "/api/devboxes", headers={"Authorization": f"Bearer {first.strip()}"}
+        )
+        assert response.status_code == 200
+    assert key_file.read_text() == first
+
+
+def test_cli_manages_users_orgs_and_keys(
+    make_settings: Callable[..., Settings], monkeypatch: object, capsys: object
+) -> None:
+    import pytest
+
+    from devbox_service.cli import main
+
+    settings = make_settings()
+    mp: pytest.MonkeyPatch = monkeypatch  # type: ignore[assignment]
+    mp.setenv("DEVBOX_DATA_DIR", settings.data_dir)
+    cap: pytest.CaptureFixture[str] = capsys  # type: ignore[assignment]
+    assert main(["users", "create", "dave"]) == 0
+    assert main(["users", "create", "erin", "--org", "dave", "--role", "admin"]) == 0
+    assert main(["keys", "create", "--user", "erin"]) == 0
+    out = cap.readouterr().out.splitlines()
+    key_id, key = out[-2].split("\t")[0], out[-1]
+    assert key.startswith("dbx_")
+    assert main(["orgs", "list"]) == 0
+    assert "dave\terin\tadmin" in cap.readouterr().out
+    assert main(["keys", "list"]) == 0
+    listing = cap.readouterr().out
+    assert key_id in listing and key not in listing
+    assert main(["keys", "revoke", key_id]) == 0
+    assert main(["keys", "revoke", "key_nope"]) == 1
+    assert "not found" in cap.readouterr().err
