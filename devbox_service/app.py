@@ -12,13 +12,26 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from devbox_service.auth.guards import current_principal
+from devbox_service.auth.routes import AgentTokenController, AuditController
 from devbox_service.backends.base import VMBackend
-from devbox_service.devboxes.routes import DevboxController
+from devbox_service.devboxes.routes import (
+    DevboxController,
+    ImageController,
+    SnapshotController,
+    SSHCredentialsController,
+    upload_router,
+)
 from devbox_service.http_errors import EXCEPTION_HANDLERS
 from devbox_service.logs import request_log_middleware
+from devbox_service.notifications.routes import (
+    DevboxNotificationController,
+    NotificationController,
+)
+from devbox_service.secrets.routes import UserSecretController
 from devbox_service.services import Services, build_backend
 from devbox_service.settings import Settings
 from devbox_service.system import HealthController, openapi_json
+from devbox_service.tmux import routes as tmux_routes
 
 _NOT_GIVEN = object()
 
@@ -40,7 +53,21 @@ def create_app(settings: Settings, backend: VMBackend | object | None = _NOT_GIV
             await services.close()
 
     return Litestar(
-        route_handlers=[HealthController, openapi_json, DevboxController],
+        route_handlers=[
+            HealthController,
+            openapi_json,
+            DevboxController,
+            upload_router(settings.upload_max_bytes),
+            ImageController,
+            SnapshotController,
+            SSHCredentialsController,
+            AgentTokenController,
+            AuditController,
+            UserSecretController,
+            DevboxNotificationController,
+            NotificationController,
+            *tmux_routes.route_handlers,
+        ],
         dependencies={
             "principal": Provide(current_principal, sync_to_thread=False),
             "services": Provide(lambda: services, sync_to_thread=False),

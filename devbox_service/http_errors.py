@@ -58,7 +58,7 @@ def domain_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     status = status_for(exc)
     message = getattr(exc, "message", str(exc))
     if status >= 500:
-        log.error(
+        log.warning(
             "request failed: %s: %s",
             type(exc).__name__,
             message,

@@ -10,13 +10,19 @@ from pathlib import Path
 
 from litestar.di import NamedDependency
 
+from devbox_service.auth.agent_tokens import AgentTokenService
 from devbox_service.auth.service import ADMIN_KEY_FILE, IdentityService
 from devbox_service.auth.store import IdentityStore
 from devbox_service.backends.base import VMBackend
 from devbox_service.db import Database
 from devbox_service.devboxes.service import DevboxService
 from devbox_service.devboxes.store import DevboxStore
+from devbox_service.notifications.service import NotificationService
+from devbox_service.secrets.box import SecretBox
+from devbox_service.secrets.service import SecretService
 from devbox_service.settings import Settings
+from devbox_service.ssh.guest import GuestConnections
+from devbox_service.tmux.service import TmuxService
 
 log = logging.getLogger("devbox_service")
 
@@ -64,7 +70,17 @@ class Services:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._database = await Database.open(self.settings.database_path)
         self.identities = IdentityService(IdentityStore(self._database))
-        self.devboxes = DevboxService(DevboxStore(self._database), self.backend)
+        self.secret_box = SecretBox.open(data_dir)
+        self.guests = GuestConnections()
+        self.devboxes = DevboxService(
+            DevboxStore(self._database), self.backend, self.secret_box, self.guests
+        )
+        self.agent_tokens = AgentTokenService(
+            self.identities.agent_tokens, self.devboxes, self.guests, self.settings.guest_base_url
+        )
+        self.secrets = SecretService(self._database, self.secret_box, self.identities.agent_tokens)
+        self.notifications = NotificationService(self._database, self.devboxes)
+        self.tmux = TmuxService(self.devboxes, self.backend, data_dir / "run" / "tmux")
         issued = await self.identities.bootstrap(data_dir)
         if issued is not None:
             print(
@@ -77,6 +93,7 @@ class Services:
         if self.backend is not None:
             if self._owns_backend:
                 await self.backend.start()
+            await self.devboxes.recover()
             self._image_task = asyncio.create_task(self._ensure_image())
 
     async def _ensure_image(self) -> None:
@@ -96,6 +113,10 @@ class Services:
         return checks
 
     async def close(self) -> None:
+        if self._database is not None:
+            await self.tmux.close()
+            await self.devboxes.close()
+            await self.guests.close()
         if self._image_task is not None:
             self._image_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

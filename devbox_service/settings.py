@@ -62,6 +62,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         """Where users reach the HTTP API (used in links the service hands out)."""
         return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
 
+    @property
+    def guest_base_url(self) -> str:
+        """Where a guest reaches the API: QEMU user networking maps 10.0.2.2 to the host's
+        loopback, so this works whenever the API listens on loopback or on all addresses."""
+        return f"http://10.0.2.2:{self.port}"
+
 
 def setting_names() -> tuple[str, ...]:
     """The environment variable name of every setting (plus the config-file pointer)."""

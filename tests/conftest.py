@@ -1,21 +1,22 @@
-"""Shared fixtures. VM fixtures (built -> booted -> saved) live in vm_fixtures.py."""
+"""Shared fixtures. Backend-level VM fixtures (built -> booted -> saved) live in
+vm_fixtures.py; the API-level ones (a running service with real VMs, a ready devbox) here."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
+from support import Api, wait_status
 
 from devbox_service.app import create_app
-from devbox_service.auth.models import Role
 from devbox_service.settings import Settings, load_settings
 
-pytest_plugins: list[str] = []  # vm_fixtures added when present
-
-ApiClient = AsyncTestClient[Any]
+pytest_plugins = ["vm_fixtures"]
 
 
 @pytest.fixture
@@ -28,31 +29,43 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     return make
 
 
-class Api:
-    """A running app (real SQLite file, real HTTP through the test client) and its users."""
-
-    def __init__(self, client: ApiClient, settings: Settings) -> None:
-        self.client = client
-        self.settings = settings
-        self.services = client.app.state.services
-
-    @property
-    def admin_key(self) -> str:
-        return (Path(self.settings.data_dir) / "admin.key").read_text().strip()
-
-    async def new_user(self, name: str, *, org: str | None = None, role: Role = Role.MEMBER) -> str:
-        """Create a user (in `org`, or their own) and return an API key for them."""
-        await self.services.identities.create_user(name, org=org, role=role)
-        issued = await self.services.identities.issue_key(name, org=org)
-        return issued.key
-
-    @staticmethod
-    def auth(key: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key}"}
-
-
 @pytest.fixture
 async def api(make_settings: Callable[..., Settings]) -> AsyncIterator[Api]:
     settings = make_settings()
     async with AsyncTestClient(create_app(settings)) as client:
         yield Api(client, settings)
+
+
+@pytest.fixture(scope="session")
+async def vm_api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
+    data_dir = tmp_path_factory.mktemp("api-data")
+    settings = load_settings(environ={}, data_dir=str(data_dir), vm_backend="qemu")
+    async with AsyncTestClient(create_app(settings), timeout=300) as client:
+        api = Api(client, settings)
+        deadline = time.monotonic() + 1800
+        while (await client.get("/health/ready")).status_code != 200:
+            assert time.monotonic() < deadline, "guest image never became ready"
+            await asyncio.sleep(1)
+        yield api
+
+
+@pytest.fixture(scope="session")
+async def default_image(vm_api: Api) -> dict[str, Any]:
+    images = (await vm_api.client.get("/api/images", headers=vm_api.auth(vm_api.admin_key))).json()
+    return next(i for i in images["data"] if i["default"])
+
+
+@pytest.fixture(scope="session")
+async def devbox(vm_api: Api, default_image: dict[str, Any]) -> dict[str, Any]:
+    """One ready devbox shared by the tests that do not need a fresh one."""
+    key = vm_api.admin_key
+    response = await vm_api.client.post(
+        "/api/devboxes",
+        params={"snapshot_id": default_image["id"]},
+        json={"name": "shared", "metadata": {"purpose": "tests"}},
+        headers=vm_api.auth(key),
+    )
+    assert response.status_code == 200, response.text
+    created = response.json()
+    assert created["status"] == "provisioning"
+    return await wait_status(vm_api, key, created["id"])

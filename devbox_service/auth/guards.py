@@ -63,7 +63,21 @@ class AccessGuard:
         services = connection.app.state.services
         principal = await services.identities.authenticate(_bearer(connection))
         connection.scope.setdefault("state", {})[PRINCIPAL_KEY] = principal
-        check(self.access, principal, connection.path_params.get("devbox_id"))
+        if principal.kind is not PrincipalKind.AGENT:
+            check(self.access, principal, connection.path_params.get("devbox_id"))
+            return
+        route = connection.scope.get("path_template", connection.url.path)
+        method = connection.scope.get("method", "")
+        try:
+            check(self.access, principal, connection.path_params.get("devbox_id"))
+        except PermissionDenied as refusal:
+            await services.identities.agent_tokens.audit(
+                principal, method=method, route=route, allowed=False, reason=refusal.message
+            )
+            raise
+        await services.identities.agent_tokens.audit(
+            principal, method=method, route=route, allowed=True, reason=self.access.scope or ""
+        )
 
 
 def check(access: Access, principal: Principal, devbox_id: str | None) -> None:

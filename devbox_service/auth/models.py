@@ -34,6 +34,9 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     is_admin: bool = False
     devbox_id: str | None = None
     scopes: frozenset[str] = frozenset()
+    purpose: str = ""
+    session_id: str | None = None
+    secret_names: frozenset[str] | None = None  # None: every secret of the user
 
     @property
     def log_id(self) -> str:
@@ -79,3 +82,29 @@ class IssuedKey(msgspec.Struct, frozen=True, kw_only=True):
 
     record: ApiKeyRecord
     key: str
+
+
+class AgentTokenRecord(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    user_id: str
+    org_id: str
+    devbox_id: str
+    session_id: str | None
+    scopes: list[str]
+    secret_names: list[str] | None
+    purpose: str
+    created_at: float
+    last_used_at: float | None
+    revoked_at: float | None
+
+
+class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    created_at: float
+    devbox_id: str | None
+    token_id: str
+    purpose: str
+    method: str
+    route: str
+    allowed: bool
+    reason: str

@@ -16,7 +16,7 @@ from devbox_service.auth.models import (
     Role,
     User,
 )
-from devbox_service.auth.store import IdentityStore
+from devbox_service.auth.store import AgentTokenStore, IdentityStore
 from devbox_service.errors import Conflict, InvalidInput, NotAuthenticated, NotFound
 from devbox_service.ids import new_id
 
@@ -28,12 +28,20 @@ ADMIN_KEY_FILE = "admin.key"
 class IdentityService:
     def __init__(self, store: IdentityStore) -> None:
         self.store = store
+        self.agent_tokens = AgentTokenStore(store.database)
 
     async def authenticate(self, bearer: str | None) -> Principal:
         """Resolve a bearer secret to a principal, or raise NotAuthenticated (401)."""
         if not bearer:
             raise NotAuthenticated("missing bearer token: send 'Authorization: Bearer <key>'")
-        principal = await self.store.principal_for_key_hash(tokens.hash_secret(bearer))
+        digest = tokens.hash_secret(bearer)
+        if bearer.startswith(tokens.AGENT_TOKEN_PREFIX):
+            principal = await self.agent_tokens.principal_for_hash(digest)
+            if principal is None:
+                raise NotAuthenticated("invalid or revoked agent token")
+            await self.agent_tokens.touch(principal.credential_id)
+            return principal
+        principal = await self.store.principal_for_key_hash(digest)
         if principal is None:
             raise NotAuthenticated("invalid or revoked API key")
         await self.store.touch_key(principal.credential_id)

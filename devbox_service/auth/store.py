@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from devbox_service.auth.models import (
+    AgentTokenRecord,
     ApiKeyRecord,
+    AuditEntry,
     Membership,
     Org,
     Principal,
@@ -179,3 +182,153 @@ def _user(row: Row) -> User:
 
 def _org(row: Row) -> Org:
     return Org(id=row["id"], name=row["name"], created_at=row["created_at"])
+
+
+def _agent_token(row: Row) -> AgentTokenRecord:
+    names = row["secret_names"]
+    return AgentTokenRecord(
+        id=row["id"],
+        user_id=row["user_id"],
+        org_id=row["org_id"],
+        devbox_id=row["devbox_id"],
+        session_id=row["session_id"],
+        scopes=json.loads(row["scopes"]),
+        secret_names=json.loads(names) if names is not None else None,
+        purpose=row["purpose"],
+        created_at=row["created_at"],
+        last_used_at=row["last_used_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+class AgentTokenStore:
+    """Agent tokens, their sessions, and the audit log of what they were allowed to do."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def insert(self, record: AgentTokenRecord, token_hash: str) -> None:
+        async with self.database.transaction() as tx:
+            if record.session_id is not None:
+                await tx.execute(
+                    "INSERT INTO agent_sessions (id, user_id, created_at) VALUES (?, ?, ?)",
+                    (record.session_id, record.user_id, record.created_at),
+                )
+            await tx.execute(
+                "INSERT INTO agent_tokens (id, token_hash, user_id, org_id, devbox_id, "
+                "session_id, scopes, secret_names, purpose, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    token_hash,
+                    record.user_id,
+                    record.org_id,
+                    record.devbox_id,
+                    record.session_id,
+                    json.dumps(record.scopes),
+                    None if record.secret_names is None else json.dumps(record.secret_names),
+                    record.purpose,
+                    record.created_at,
+                ),
+            )
+
+    async def principal_for_hash(self, token_hash: str) -> Principal | None:
+        """The caller behind a live agent token, with the user's current role in the org."""
+        row = await self.database.fetch_one(
+            "SELECT t.*, u.name AS user_name, m.role FROM agent_tokens t "
+            "JOIN users u ON u.id = t.user_id "
+            "JOIN org_members m ON m.org_id = t.org_id AND m.user_id = t.user_id "
+            "WHERE t.token_hash = ? AND t.revoked_at IS NULL",
+            (token_hash,),
+        )
+        if row is None:
+            return None
+        token = _agent_token(row)
+        return Principal(
+            kind=PrincipalKind.AGENT,
+            credential_id=token.id,
+            user_id=token.user_id,
+            user_name=row["user_name"],
+            org_id=token.org_id,
+            role=Role(row["role"]),
+            devbox_id=token.devbox_id,
+            scopes=frozenset(token.scopes),
+            purpose=token.purpose,
+            session_id=token.session_id,
+            secret_names=None if token.secret_names is None else frozenset(token.secret_names),
+        )
+
+    async def touch(self, token_id: str) -> None:
+        await self.database.execute(
+            "UPDATE agent_tokens SET last_used_at = ? WHERE id = ?", (time.time(), token_id)
+        )
+
+    async def for_devbox(self, devbox_id: str) -> list[AgentTokenRecord]:
+        rows = await self.database.fetch_all(
+            "SELECT * FROM agent_tokens WHERE devbox_id = ? ORDER BY created_at", (devbox_id,)
+        )
+        return [_agent_token(r) for r in rows]
+
+    async def revoke(self, devbox_id: str, token_id: str) -> bool:
+        changed = await self.database.execute(
+            "UPDATE agent_tokens SET revoked_at = ? "
+            "WHERE id = ? AND devbox_id = ? AND revoked_at IS NULL",
+            (time.time(), token_id, devbox_id),
+        )
+        return changed > 0
+
+    async def revoke_all(self, devbox_id: str) -> None:
+        await self.database.execute(
+            "UPDATE agent_tokens SET revoked_at = ? WHERE devbox_id = ? AND revoked_at IS NULL",
+            (time.time(), devbox_id),
+        )
+
+    async def session_exists(self, session_id: str | None) -> bool:
+        if session_id is None:
+            return False
+        row = await self.database.fetch_one(
+            "SELECT 1 FROM agent_sessions WHERE id = ?", (session_id,)
+        )
+        return row is not None
+
+    async def audit(
+        self, principal: Principal, *, method: str, route: str, allowed: bool, reason: str
+    ) -> None:
+        await self.database.execute(
+            "INSERT INTO audit_log (created_at, user_id, devbox_id, token_id, purpose, method, "
+            "route, allowed, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                time.time(),
+                principal.user_id,
+                principal.devbox_id,
+                principal.credential_id,
+                principal.purpose,
+                method,
+                route,
+                int(allowed),
+                reason,
+            ),
+        )
+
+    async def audit_entries(
+        self, user_id: str, devbox_id: str | None, limit: int
+    ) -> list[AuditEntry]:
+        rows = await self.database.fetch_all(
+            "SELECT * FROM audit_log WHERE user_id = ? AND (? IS NULL OR devbox_id = ?) "
+            "ORDER BY id DESC LIMIT ?",
+            (user_id, devbox_id, devbox_id, limit),
+        )
+        return [
+            AuditEntry(
+                id=r["id"],
+                created_at=r["created_at"],
+                devbox_id=r["devbox_id"],
+                token_id=r["token_id"],
+                purpose=r["purpose"],
+                method=r["method"],
+                route=r["route"],
+                allowed=bool(r["allowed"]),
+                reason=r["reason"],
+            )
+            for r in rows
+        ]

@@ -7,6 +7,7 @@ import hmac
 import secrets
 
 API_KEY_PREFIX = "dbx_"
+AGENT_TOKEN_PREFIX = "dbxat_"
 
 
 def new_secret(prefix: str) -> str:

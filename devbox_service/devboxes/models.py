@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
 
 
 class DevboxStatus(enum.StrEnum):
@@ -37,6 +38,21 @@ class DevboxRecord(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None
     created_at: float
     updated_at: float
+    ssh_credentials_sealed: str | None = None
+
+
+class SnapshotRecord(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    org_id: str
+    user_id: str
+    devbox_id: str | None
+    name: str
+    kind: str  # save | branch
+    status: str  # pending | ready | failed
+    vcpus: int
+    memory_mb: int
+    disk_mb: int
+    created_at: float
 
 
 class EventRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -118,3 +134,106 @@ class DevboxSummaryResponse(msgspec.Struct, frozen=True, kw_only=True):
 class DevboxListResponse(msgspec.Struct, frozen=True, kw_only=True):
     object: str = "list"
     data: list[DevboxSummaryResponse]
+
+
+class DevboxResponse(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    object: str = "instance"
+    status: str
+    created: int
+    spec: DevboxSpec
+    refs: DevboxRefs
+    networking: Networking | None = None
+    ttl: TTL | None = None
+    wake_on: WakeOn | None = None
+    metadata: dict[str, Any] = {}
+    timeline: list[TimelineEvent] = []
+    current_save_id: str | None = None
+    base_snapshot_id: str | None = None
+
+
+class DevboxDetailListResponse(msgspec.Struct, frozen=True, kw_only=True):
+    object: str = "list"
+    data: list[DevboxResponse]
+
+
+Metadata = dict[str, Any]
+
+
+class CreateDevboxFromSnapshotRequest(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
+):
+    name: str | None = None
+    metadata: Metadata | None = None
+
+
+class SaveRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(max_length=200)] = ""
+
+
+class BranchRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str | None = None
+    count: Annotated[int, Meta(ge=1, le=16)] = 1  # beyond the contract: several at once
+
+
+class BranchResponse(msgspec.Struct, frozen=True, kw_only=True):
+    instances: list[DevboxResponse]
+
+
+class DisplayNameUpdateRequest(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
+):
+    display_name: Annotated[str, Meta(min_length=1, max_length=200)]
+
+
+class SnapshotResponse(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    object: str = "snapshot"
+    created: int
+    instance_id: str
+    name: str
+    status: str
+
+
+class SnapshotListResponse(msgspec.Struct, frozen=True, kw_only=True):
+    object: str = "list"
+    data: list[SnapshotResponse]
+
+
+class ImageResponse(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    object: str = "image"
+    name: str
+    description: str
+    boot_snapshot_id: str
+    default: bool
+    created: int
+
+
+class ImageListResponse(msgspec.Struct, frozen=True, kw_only=True):
+    object: str = "list"
+    data: list[ImageResponse]
+
+
+class DeleteResponse(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    object: str = "instance"
+    deleted: bool = True
+
+
+class SuccessResponse(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    object: str = "instance"
+    message: str
+
+
+class DevboxSSHCredentialsResponse(msgspec.Struct, frozen=True, kw_only=True):
+    access_token: str | None
+    password: str | None
+
+
+class UploadResponse(msgspec.Struct, frozen=True, kw_only=True):
+    path: str
+    filename: str
+    size: int
+    content_type: str

@@ -1,12 +1,39 @@
-"""`/api/devboxes`: translate HTTP to one DevboxService call each."""
+"""`/api/devboxes`, `/api/images`, `/api/snapshots`: each handler makes one service call."""
 
 from __future__ import annotations
 
-from litestar import Controller, get
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from devbox_service.auth.guards import USER, CurrentPrincipal, allow
-from devbox_service.devboxes.models import DevboxListResponse
-from devbox_service.services import AppServices
+from litestar import Controller, Router, delete, get, patch, post
+from litestar.datastructures import UploadFile
+from litestar.params import FromPath, FromQuery, JSONBody, MultipartBody, QueryParameter
+
+from devbox_service.auth.guards import USER, CurrentPrincipal, agent_scope, allow
+from devbox_service.auth.models import Principal
+from devbox_service.devboxes.models import (
+    BranchRequest,
+    BranchResponse,
+    CreateDevboxFromSnapshotRequest,
+    DeleteResponse,
+    DevboxDetailListResponse,
+    DevboxListResponse,
+    DevboxResponse,
+    DevboxSSHCredentialsResponse,
+    DevboxSummaryResponse,
+    DisplayNameUpdateRequest,
+    ImageListResponse,
+    SaveRequest,
+    SnapshotListResponse,
+    SnapshotResponse,
+    SuccessResponse,
+    UploadResponse,
+)
+from devbox_service.services import AppServices, Services
+
+SUMMARY_READ = agent_scope("devbox:summary:read")
+SNAPSHOT_WRITE = agent_scope("devbox:snapshot:write")
+METADATA_WRITE = agent_scope("devbox:metadata:write")
 
 
 class DevboxController(Controller):
@@ -18,3 +45,231 @@ class DevboxController(Controller):
         self, services: AppServices, principal: CurrentPrincipal
     ) -> DevboxListResponse:
         return DevboxListResponse(data=await services.devboxes.list_summaries(principal))
+
+    @get("/detailed", guards=[allow(USER)], summary="List Devboxes Detailed")
+    async def list_detailed(
+        self, services: AppServices, principal: CurrentPrincipal
+    ) -> DevboxDetailListResponse:
+        return DevboxDetailListResponse(data=await services.devboxes.list_detailed(principal))
+
+    @post("/", guards=[allow(USER)], status_code=200, summary="Create Devbox From Snapshot")
+    async def create(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        snapshot_id: Annotated[str, QueryParameter(min_length=1)],
+        data: JSONBody[CreateDevboxFromSnapshotRequest | None] = None,
+    ) -> DevboxResponse:
+        request = data or CreateDevboxFromSnapshotRequest()
+        return await services.devboxes.create(
+            principal, snapshot_id, name=request.name, metadata=request.metadata
+        )
+
+    @get("/{devbox_id:str}", guards=[allow(SUMMARY_READ)], summary="Get Devbox")
+    async def get_devbox(
+        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+    ) -> DevboxResponse:
+        return await services.devboxes.get(principal, devbox_id)
+
+    @get("/{devbox_id:str}/summary", guards=[allow(SUMMARY_READ)], summary="Get Devbox Summary")
+    async def get_summary(
+        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+    ) -> DevboxSummaryResponse:
+        return await services.devboxes.summary(principal, devbox_id)
+
+    @delete("/{devbox_id:str}", guards=[allow(USER)], status_code=200, summary="Delete Devbox")
+    async def delete_devbox(
+        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+    ) -> DeleteResponse:
+        await services.devboxes.delete(principal, devbox_id)
+        return DeleteResponse(id=devbox_id)
+
+    @post(
+        "/{devbox_id:str}/metadata",
+        guards=[allow(METADATA_WRITE)],
+        status_code=200,
+        summary="Update Devbox Metadata",
+    )
+    async def update_metadata(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
+        data: JSONBody[dict[str, Any]],
+    ) -> SuccessResponse:
+        await services.devboxes.update_metadata(principal, devbox_id, data)
+        return SuccessResponse(id=devbox_id, message="metadata updated")
+
+    @patch(
+        "/{devbox_id:str}/display_name", guards=[allow(USER)], summary="Update Devbox Display Name"
+    )
+    async def set_display_name(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
+        data: JSONBody[DisplayNameUpdateRequest],
+    ) -> SuccessResponse:
+        await services.devboxes.set_display_name(principal, devbox_id, data.display_name)
+        return SuccessResponse(id=devbox_id, message="display name updated")
+
+    @post(
+        "/{devbox_id:str}/save",
+        guards=[allow(SNAPSHOT_WRITE)],
+        status_code=200,
+        summary="Save Devbox",
+    )
+    async def save(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
+        data: JSONBody[SaveRequest | None] = None,
+    ) -> SnapshotResponse:
+        return await services.devboxes.save(principal, devbox_id, (data or SaveRequest()).name)
+
+    @post("/{devbox_id:str}/branch", guards=[allow(USER)], status_code=200, summary="Branch Devbox")
+    async def branch(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
+        data: JSONBody[BranchRequest | None] = None,
+    ) -> BranchResponse:
+        request = data or BranchRequest()
+        instances = await services.devboxes.branch(
+            principal, devbox_id, name=request.name, count=request.count
+        )
+        return BranchResponse(instances=instances)
+
+    @post("/{devbox_id:str}/pause", guards=[allow(USER)], status_code=200, summary="Pause Devbox")
+    async def pause(
+        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+    ) -> DevboxResponse:
+        return await services.devboxes.pause(principal, devbox_id)
+
+    @post("/{devbox_id:str}/resume", guards=[allow(USER)], status_code=200, summary="Resume Devbox")
+    async def resume(
+        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+    ) -> DevboxResponse:
+        return await services.devboxes.resume(principal, devbox_id)
+
+    @post("/{devbox_id:str}/reboot", guards=[allow(USER)], status_code=200, summary="Reboot Devbox")
+    async def reboot(
+        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+    ) -> DevboxResponse:
+        return await services.devboxes.reboot(principal, devbox_id)
+
+
+@dataclass
+class UploadForm:
+    file: UploadFile
+    path: str | None = None
+
+
+UploadBody = MultipartBody[UploadForm]
+
+
+class UploadController(Controller):
+    """Mounted by `create_app` under a router whose body limit is the upload limit."""
+
+    path = "/api/devboxes/{devbox_id:str}/uploads"
+    tags = ["devboxes"]
+
+    @post("/", guards=[allow(USER)], status_code=200, summary="Upload File to Devbox")
+    async def upload_file(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
+        data: UploadBody,
+        dest_dir: FromQuery[str | None] = None,
+    ) -> UploadResponse:
+        return await _upload(services, principal, devbox_id, data, dest_dir, image_only=False)
+
+    @post("/image", guards=[allow(USER)], status_code=200, summary="Upload Image to Devbox")
+    async def upload_image(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
+        data: UploadBody,
+        dest_dir: FromQuery[str | None] = None,
+    ) -> UploadResponse:
+        return await _upload(services, principal, devbox_id, data, dest_dir, image_only=True)
+
+
+async def _upload(
+    services: Services,
+    principal: Principal,
+    devbox_id: FromPath[str],
+    form: UploadForm,
+    dest_dir: str | None,
+    *,
+    image_only: bool,
+) -> UploadResponse:
+    content = await form.file.read()
+    return await services.devboxes.upload(
+        principal,
+        devbox_id,
+        filename=form.file.filename,
+        data=content,
+        content_type=form.file.content_type,
+        directory=form.path or dest_dir,
+        max_bytes=services.settings.upload_max_bytes,
+        image_only=image_only,
+    )
+
+
+def upload_router(max_bytes: int) -> Router:
+    return Router(
+        path="/", route_handlers=[UploadController], request_max_body_size=max_bytes + 64 * 1024
+    )
+
+
+class ImageController(Controller):
+    path = "/api/images"
+    tags = ["images"]
+
+    @get("/", guards=[allow(USER)], summary="List Images")
+    async def list_images(self, services: AppServices) -> ImageListResponse:
+        return ImageListResponse(data=await services.devboxes.images())
+
+
+class SnapshotController(Controller):
+    path = "/api/snapshots"
+    tags = ["snapshots"]
+
+    @get("/", guards=[allow(USER)], summary="List Snapshots")
+    async def list_snapshots(
+        self, services: AppServices, principal: CurrentPrincipal
+    ) -> SnapshotListResponse:
+        return SnapshotListResponse(data=await services.devboxes.snapshots(principal))
+
+    @get("/{snapshot_id:str}", guards=[allow(USER)], summary="Get Snapshot")
+    async def get_snapshot(
+        self, services: AppServices, principal: CurrentPrincipal, snapshot_id: FromPath[str]
+    ) -> SnapshotResponse:
+        return await services.devboxes.snapshot(principal, snapshot_id)
+
+    @delete("/{snapshot_id:str}", guards=[allow(USER)], status_code=200, summary="Delete Snapshot")
+    async def delete_snapshot(
+        self, services: AppServices, principal: CurrentPrincipal, snapshot_id: FromPath[str]
+    ) -> DeleteResponse:
+        await services.devboxes.delete_snapshot(principal, snapshot_id)
+        return DeleteResponse(id=snapshot_id, object="snapshot")
+
+
+class SSHCredentialsController(Controller):
+    path = "/api/admin/devboxes"
+    tags = ["devboxes"]
+
+    @get(
+        "/{devbox_id:str}/ssh-credentials",
+        guards=[allow(USER)],
+        summary="Get SSH Credentials for Devbox",
+    )
+    async def ssh_credentials(
+        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+    ) -> DevboxSSHCredentialsResponse:
+        return await services.devboxes.ssh_credentials(principal, devbox_id)

@@ -1,11 +1,14 @@
-"""SQL for devboxes and their timeline events."""
+"""SQL for devboxes, their timeline events and the snapshots users saved."""
 
 from __future__ import annotations
 
 import json
+import time
+from typing import Any
 
 from devbox_service.db import Database, Row
-from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventRecord
+from devbox_service.db.database import Transaction
+from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventRecord, SnapshotRecord
 
 
 def _devbox(row: Row) -> DevboxRecord:
@@ -25,6 +28,7 @@ def _devbox(row: Row) -> DevboxRecord:
         error=row["error"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        ssh_credentials_sealed=row["ssh_credentials_sealed"],
     )
 
 
@@ -39,16 +43,92 @@ def _event(row: Row) -> EventRecord:
     )
 
 
+def _snapshot(row: Row) -> SnapshotRecord:
+    return SnapshotRecord(**{k: row[k] for k in row.keys()})  # noqa: SIM118 (sqlite3.Row)
+
+
 class DevboxStore:
     def __init__(self, database: Database) -> None:
         self.database = database
 
+    # devboxes
+
+    async def insert(self, tx: Transaction, record: DevboxRecord, *, ssh_token_hash: str) -> None:
+        await tx.execute(
+            "INSERT INTO devboxes (id, org_id, user_id, name, status, base_snapshot_id, "
+            "current_save_id, parent_id, vcpus, memory_mb, disk_mb, metadata, error, created_at, "
+            "updated_at, ssh_token_hash, ssh_credentials_sealed) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.id,
+                record.org_id,
+                record.user_id,
+                record.name,
+                record.status.value,
+                record.base_snapshot_id,
+                record.current_save_id,
+                record.parent_id,
+                record.vcpus,
+                record.memory_mb,
+                record.disk_mb,
+                json.dumps(record.metadata),
+                record.error,
+                record.created_at,
+                record.updated_at,
+                ssh_token_hash,
+                record.ssh_credentials_sealed,
+            ),
+        )
+
+    async def get(self, devbox_id: str) -> DevboxRecord | None:
+        row = await self.database.fetch_one("SELECT * FROM devboxes WHERE id = ?", (devbox_id,))
+        return _devbox(row) if row else None
+
+    async def all(self) -> list[DevboxRecord]:
+        return [_devbox(r) for r in await self.database.fetch_all("SELECT * FROM devboxes")]
+
     async def list_for_org(self, org_id: str) -> list[DevboxRecord]:
         rows = await self.database.fetch_all(
-            "SELECT * FROM devboxes WHERE org_id = ? AND status != 'deleted' ORDER BY created_at",
-            (org_id,),
+            "SELECT * FROM devboxes WHERE org_id = ? ORDER BY created_at", (org_id,)
         )
         return [_devbox(r) for r in rows]
+
+    async def by_ssh_token_hash(self, token_hash: str) -> DevboxRecord | None:
+        row = await self.database.fetch_one(
+            "SELECT * FROM devboxes WHERE ssh_token_hash = ?", (token_hash,)
+        )
+        return _devbox(row) if row else None
+
+    async def update(self, devbox_id: str, **fields: Any) -> None:
+        """Set columns of one devbox (JSON-encoding `metadata`), bumping `updated_at`."""
+        if "metadata" in fields:
+            fields["metadata"] = json.dumps(fields["metadata"])
+        if "status" in fields:
+            fields["status"] = DevboxStatus(fields["status"]).value
+        fields["updated_at"] = time.time()
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        await self.database.execute(
+            f"UPDATE devboxes SET {assignments} WHERE id = ?", (*fields.values(), devbox_id)
+        )
+
+    async def delete(self, devbox_id: str) -> None:
+        await self.database.execute("DELETE FROM devboxes WHERE id = ?", (devbox_id,))
+
+    # timeline
+
+    async def insert_event(self, tx: Transaction, event: EventRecord) -> None:
+        await tx.execute(
+            "INSERT INTO devbox_events (id, devbox_id, type, snapshot_id, detail, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                event.id,
+                event.devbox_id,
+                event.type,
+                event.snapshot_id,
+                json.dumps(event.detail),
+                event.created_at,
+            ),
+        )
 
     async def events_for(self, devbox_ids: list[str]) -> dict[str, list[EventRecord]]:
         found: dict[str, list[EventRecord]] = {i: [] for i in devbox_ids}
@@ -56,9 +136,51 @@ class DevboxStore:
             return found
         marks = ",".join("?" * len(devbox_ids))
         rows = await self.database.fetch_all(
-            f"SELECT * FROM devbox_events WHERE devbox_id IN ({marks}) ORDER BY created_at",
+            f"SELECT * FROM devbox_events WHERE devbox_id IN ({marks}) ORDER BY created_at, rowid",
             devbox_ids,
         )
         for row in rows:
             found[row["devbox_id"]].append(_event(row))
         return found
+
+    # snapshots
+
+    async def insert_snapshot(self, tx: Transaction, snapshot: SnapshotRecord) -> None:
+        await tx.execute(
+            "INSERT INTO snapshots (id, org_id, user_id, devbox_id, name, kind, status, vcpus, "
+            "memory_mb, disk_mb, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                snapshot.id,
+                snapshot.org_id,
+                snapshot.user_id,
+                snapshot.devbox_id,
+                snapshot.name,
+                snapshot.kind,
+                snapshot.status,
+                snapshot.vcpus,
+                snapshot.memory_mb,
+                snapshot.disk_mb,
+                snapshot.created_at,
+            ),
+        )
+
+    async def snapshot(self, snapshot_id: str) -> SnapshotRecord | None:
+        row = await self.database.fetch_one("SELECT * FROM snapshots WHERE id = ?", (snapshot_id,))
+        return _snapshot(row) if row else None
+
+    async def snapshots_for_org(self, org_id: str) -> list[SnapshotRecord]:
+        rows = await self.database.fetch_all(
+            "SELECT * FROM snapshots WHERE org_id = ? ORDER BY created_at", (org_id,)
+        )
+        return [_snapshot(r) for r in rows]
+
+    async def all_snapshots(self) -> list[SnapshotRecord]:
+        return [_snapshot(r) for r in await self.database.fetch_all("SELECT * FROM snapshots")]
+
+    async def set_snapshot_status(self, snapshot_id: str, status: str) -> None:
+        await self.database.execute(
+            "UPDATE snapshots SET status = ? WHERE id = ?", (status, snapshot_id)
+        )
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        await self.database.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))

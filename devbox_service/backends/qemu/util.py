@@ -1,0 +1,126 @@
+"""Small helpers shared by the QEMU backend: subprocesses with deadlines, atomic files, pids."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from devbox_service.backends.base import BackendError, BackendTimeout, CommandFailed
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_id(kind: str, value: str) -> str:
+    """Ids become path components, so only a safe alphabet is accepted."""
+    if not _ID_RE.match(value) or value.endswith(".tmp"):
+        raise BackendError(f"invalid {kind} id {value!r}", id=value)
+    return value
+
+
+async def run(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
+    """Run a host command without blocking the loop; raise `CommandFailed` with its output."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=cwd,
+        env=env,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, _ = await proc.communicate()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise BackendTimeout(
+            f"{argv[0]} did not finish within {timeout:.0f} s", command=list(argv)
+        ) from None
+    text = out.decode(errors="replace")
+    if proc.returncode != 0:
+        raise CommandFailed(
+            f"{Path(argv[0]).name} exited with {proc.returncode}",
+            command=argv,
+            exit_code=proc.returncode or -1,
+            output=text[-4000:],
+        )
+    return text
+
+
+def fsync_path(path: Path) -> None:
+    """Make a file (or directory entry) durable; a snapshot counts only once it is on disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write then rename, so readers see the old or the new manifest, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_path(path.parent)
+
+
+def read_json(path: Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def pid_alive(pid: int, must_contain: str | None = None) -> bool:
+    """True if `pid` runs (zombies count as dead) and, if given, its cmdline mentions a marker.
+
+    The marker guards against pid reuse after a host reboot or a long downtime.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        state = stat.rsplit(")", 1)[1].split()[0]
+        if state in ("Z", "X"):
+            return False
+        if must_contain is not None:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if must_contain.encode() not in f.read():
+                    return False
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return True
+
+
+def free_port() -> int:
+    """A free loopback TCP port (the kernel picks it; QEMU binds it right after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last lines of a console or log file, for error reports."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 16384))
+            data = f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])

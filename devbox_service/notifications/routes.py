@@ -1,0 +1,57 @@
+"""Notification routes: post for a devbox, list and mark read for the user."""
+
+from __future__ import annotations
+
+from litestar import Controller, get, post
+from litestar.params import FromPath, JSONBody
+
+from devbox_service.auth import scopes
+from devbox_service.auth.guards import USER, CurrentPrincipal, agent_scope, allow
+from devbox_service.notifications.service import (
+    Notification,
+    NotificationCreate,
+    NotificationList,
+)
+from devbox_service.services import AppServices
+
+
+class DevboxNotificationController(Controller):
+    path = "/api/devboxes/{devbox_id:str}/notifications"
+    tags = ["notifications"]
+
+    @post(
+        "/",
+        guards=[allow(agent_scope(scopes.NOTIFICATIONS_WRITE))],
+        status_code=200,
+        summary="Post a notification for a devbox",
+    )
+    async def post_notification(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
+        data: JSONBody[NotificationCreate],
+    ) -> Notification:
+        return await services.notifications.post(principal, devbox_id, data)
+
+
+class NotificationController(Controller):
+    path = "/api/notifications"
+    tags = ["notifications"]
+
+    @get("/", guards=[allow(USER)], summary="List notifications (unread first)")
+    async def list_notifications(
+        self, services: AppServices, principal: CurrentPrincipal
+    ) -> NotificationList:
+        return NotificationList(data=await services.notifications.list(principal))
+
+    @post(
+        "/{notification_id:str}/read",
+        guards=[allow(USER)],
+        status_code=200,
+        summary="Mark a notification read",
+    )
+    async def mark_read(
+        self, services: AppServices, principal: CurrentPrincipal, notification_id: FromPath[str]
+    ) -> Notification:
+        return await services.notifications.mark_read(principal, notification_id)

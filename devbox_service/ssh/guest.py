@@ -1,0 +1,120 @@
+"""The service's own SSH connections into guests (key auth), kept warm and reused.
+
+A guest's TCP connections never survive a restore, so a connection that fails is dropped and
+opened again once; `forget` closes it when the devbox goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncssh
+
+from devbox_service.backends.base import SSHEndpoint
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT = 20.0
+
+
+class GuestCommandFailed(Exception):
+    def __init__(self, command: str, exit_status: int | None, stderr: str) -> None:
+        super().__init__(f"guest command {command!r} exited {exit_status}: {stderr.strip()[-500:]}")
+        self.command = command
+        self.exit_status = exit_status
+        self.stderr = stderr
+
+
+class GuestConnections:
+    def __init__(self) -> None:
+        self._connections: dict[tuple[str, int], asyncssh.SSHClientConnection] = {}
+        self._locks: dict[tuple[str, int], asyncio.Lock] = {}
+
+    async def _connection(self, endpoint: SSHEndpoint) -> asyncssh.SSHClientConnection:
+        key = (endpoint.host, endpoint.port)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            connection = self._connections.get(key)
+            if connection is None or connection.is_closed():
+                connection = await asyncio.wait_for(
+                    asyncssh.connect(
+                        endpoint.host,
+                        endpoint.port,
+                        username=endpoint.username,
+                        client_keys=[endpoint.private_key_path],
+                        known_hosts=None,
+                        keepalive_interval=15,
+                    ),
+                    CONNECT_TIMEOUT,
+                )
+                self._connections[key] = connection
+            return connection
+
+    async def _with_connection(
+        self,
+        endpoint: SSHEndpoint,
+        action: Callable[[asyncssh.SSHClientConnection], Awaitable[T]],
+    ) -> T:
+        for attempt in (1, 2):
+            connection = await self._connection(endpoint)
+            try:
+                return await action(connection)
+            except (
+                asyncssh.ConnectionLost,
+                asyncssh.DisconnectError,
+                BrokenPipeError,
+                ConnectionResetError,
+            ):
+                await self.forget(endpoint)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def run(
+        self,
+        endpoint: SSHEndpoint,
+        command: str,
+        *,
+        input: str | None = None,
+        timeout: float = 60.0,
+        check: bool = True,
+    ) -> asyncssh.SSHCompletedProcess:
+        async def run(connection: asyncssh.SSHClientConnection) -> asyncssh.SSHCompletedProcess:
+            return await connection.run(command, input=input, timeout=timeout, check=False)
+
+        result = await self._with_connection(endpoint, run)
+        if check and result.exit_status != 0:
+            raise GuestCommandFailed(command, result.exit_status, str(result.stderr or ""))
+        return result
+
+    async def write_file(
+        self, endpoint: SSHEndpoint, path: str, data: bytes, mode: int = 0o644
+    ) -> None:
+        """Write through SFTP into a temp name, then rename, so readers never see half."""
+        directory = path.rsplit("/", 1)[0] or "/"
+        temporary = f"{path}.part"
+
+        async def write(connection: asyncssh.SSHClientConnection) -> None:
+            async with connection.start_sftp_client() as sftp:
+                await sftp.makedirs(directory, exist_ok=True)
+                async with sftp.open(temporary, "wb") as handle:
+                    await handle.write(data)
+                await sftp.chmod(temporary, mode)
+                await sftp.posix_rename(temporary, path)
+
+        await self._with_connection(endpoint, write)
+
+    async def forget(self, endpoint: SSHEndpoint) -> None:
+        connection = self._connections.pop((endpoint.host, endpoint.port), None)
+        if connection is not None:
+            connection.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.wait_closed(), 5)
+
+    async def close(self) -> None:
+        for host, port in list(self._connections):
+            connection = self._connections.pop((host, port))
+            connection.close()

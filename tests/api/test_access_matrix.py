@@ -1,0 +1,145 @@
+"""Every route of the app x every kind of caller -> the status the access rules promise.
+
+The route list is derived from the app itself, so a new route is covered (and must declare
+its rule) without touching this file. Runs without VMs: what is checked here is who gets
+past the guard; actions that would need a VM then answer 409/503, never 401/403.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from litestar.handlers import HTTPRouteHandler
+from support import Api, insert_devbox, mint_agent_token
+
+from devbox_service.auth import scopes
+from devbox_service.auth.guards import AccessGuard
+from devbox_service.auth.models import Role
+
+SINGLE_SCOPES = sorted(scopes.ALL_SCOPES)
+CALLERS = [
+    "none",
+    "owner",
+    "member",
+    "outsider",
+    "other-devbox-agent",
+    "revoked-agent",
+    *(f"agent:{s}" for s in SINGLE_SCOPES),
+]
+PLACEHOLDER_VALUES = {"name": "SOME_SECRET", "target": "main", "pane_id": "%0"}
+# Valid bodies where a route needs one, so that what is checked is the access rule alone.
+BODIES: dict[str, dict[str, Any]] = {
+    "/display_name": {"json": {"display_name": "x"}},
+    "/notifications": {"json": {"title": "t"}},
+    "/uploads": {"files": {"file": ("a.txt", b"a", "text/plain")}},
+    "/uploads/image": {"files": {"file": ("a.png", b"\x89PNG\r\n\x1a\n", "image/png")}},
+    "/api/user-secrets/{name:str}": {"json": {"value": "v"}},
+    "/send-keys": {"json": {"keys": "x"}},
+    "/rename": {"json": {"name": "renamed"}},
+    "/tmux/sessions": {"json": {"name": "s"}},
+    "/wait": {"json": {"timeout_ms": 10}},
+}
+
+
+def routes_of(api: Api) -> list[tuple[str, str, AccessGuard]]:
+    found = []
+    for route in api.client.app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            if not isinstance(handler, HTTPRouteHandler) or route.path.startswith("/docs"):
+                continue
+            if handler.http_methods == {"OPTIONS"}:
+                continue
+            (rule,) = [g for g in handler.resolve_guards() if isinstance(g, AccessGuard)]
+            for method in handler.http_methods - {"OPTIONS", "HEAD"}:
+                found.append((method, route.path, rule))
+    return found
+
+
+@pytest.fixture
+async def people(api: Api) -> dict[str, Any]:
+    admin = await api.services.identities.authenticate(api.admin_key)
+    return {
+        "admin": admin,
+        "member": await api.new_user("matrix-member", org="default", role=Role.MEMBER),
+        "outsider": await api.new_user("matrix-outsider"),
+    }
+
+
+async def test_every_route_answers_every_caller_as_its_rule_says(
+    api: Api, people: dict[str, Any]
+) -> None:
+    admin = people["admin"]
+    routes = routes_of(api)
+    assert len(routes) > 30
+    failures = []
+    for method, template, rule in routes:
+        for caller in CALLERS:
+            devbox_id = await insert_devbox(api, admin.user_id, admin.org_id)
+            headers: dict[str, str] = {}
+            if caller == "owner":
+                headers = api.auth(api.admin_key)
+            elif caller in ("member", "outsider"):
+                headers = api.auth(people[caller])
+            elif caller == "other-devbox-agent":
+                other = await insert_devbox(api, admin.user_id, admin.org_id)
+                headers = api.auth(
+                    await mint_agent_token(api, admin.user_id, admin.org_id, other, SINGLE_SCOPES)
+                )
+            elif caller == "revoked-agent":
+                headers = api.auth(
+                    await mint_agent_token(
+                        api, admin.user_id, admin.org_id, devbox_id, SINGLE_SCOPES, revoked=True
+                    )
+                )
+            elif caller.startswith("agent:"):
+                headers = api.auth(
+                    await mint_agent_token(
+                        api, admin.user_id, admin.org_id, devbox_id, [caller.removeprefix("agent:")]
+                    )
+                )
+
+            def fill(match: re.Match[str], devbox_id: str = devbox_id) -> str:
+                name = match.group(1)
+                return devbox_id if name == "devbox_id" else PLACEHOLDER_VALUES.get(name, "x")
+
+            path = re.sub(r"\{(\w+)(?::\w+)?\}", fill, template)
+            body = next((b for suffix, b in BODIES.items() if template.endswith(suffix)), None)
+            if method in ("GET", "DELETE"):
+                body = {}
+            response = await api.client.request(
+                method, path, headers=headers, **(body if body is not None else {"json": {}})
+            )
+            status = response.status_code
+            expected = expectation(caller, rule, template)
+            if not expected(status):
+                failures.append(
+                    f"{caller:32} {method:6} {template}: {status} {response.text[:120]}"
+                )
+    assert not failures, "\n".join(failures)
+
+
+def expectation(caller: str, rule: AccessGuard, template: str) -> Any:
+    access = rule.access
+    on_devbox = "{devbox_id" in template
+    passed = lambda status: status not in (401, 403)  # noqa: E731
+    if access.public:
+        return passed
+    if caller in ("none", "revoked-agent"):
+        return lambda status: status == 401
+    if caller == "owner":
+        return passed
+    if caller == "member":
+        # members see and use the org's devboxes; some actions are the owner's alone (403)
+        return lambda status: status not in (401, 404) or not on_devbox
+    if caller == "outsider":
+        return (lambda status: status == 404) if on_devbox else passed
+    if caller == "other-devbox-agent":
+        if access.scope is None or on_devbox:
+            return lambda status: status == 403
+        return passed
+    scope = caller.removeprefix("agent:")
+    if access.scope == scope:
+        return passed
+    return lambda status: status == 403

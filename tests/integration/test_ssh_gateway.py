@@ -1,0 +1,452 @@
+"""The SSH gateway against a real OpenSSH sshd (the "guest"), driven by paramiko, the client the
+morphcloud CLI uses. Only the authority (credentials -> devbox -> endpoint) is an in-test class:
+it is the gateway's seam; every byte of SSH here is real.
+
+Paramiko blocks, and the gateway runs on the test's event loop, so every paramiko call runs in
+a worker thread (`asyncio.to_thread`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import asyncssh
+import paramiko
+import pytest
+
+from devbox_service.backends.base import SSHEndpoint
+from devbox_service.errors import NotFound
+from devbox_service.ssh import LoginThrottle, SSHGateway
+from devbox_service.ssh.gateway import HOST_KEY_FILE
+
+SSHD = "/usr/sbin/sshd"
+TOKEN, PASSWORD = "tok_" + secrets.token_hex(8), secrets.token_urlsafe(16)
+DEAD_TOKEN, GONE_TOKEN = "tok_dead", "tok_gone"
+
+pytestmark = pytest.mark.skipif(not os.path.exists(SSHD), reason="needs OpenSSH sshd (just setup)")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _established_to(port: int) -> int:
+    """Open TCP connections to a loopback port, from /proc (the gateway's upstream links)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(
+        1 for line in lines if line.split()[2].endswith(f":{port:04X}") and line.split()[3] == "01"
+    )
+
+
+async def gw_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def gw_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHEndpoint]:
+    """A real sshd on a free loopback port, accepting one temp ed25519 key for this user."""
+    root = tmp_path_factory.mktemp("gw_sshd")
+    host_key, user_key = root / "host_key", root / "user_key"
+    for path in (host_key, user_key):
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        key.write_private_key(path)
+        path.chmod(0o600)
+        key.write_public_key(f"{path}.pub")
+    (root / "authorized_keys").write_bytes(Path(f"{user_key}.pub").read_bytes())
+    port = _free_port()
+    config = root / "sshd_config"
+    config.write_text(
+        f"ListenAddress 127.0.0.1:{port}\n"
+        f"HostKey {host_key}\n"
+        f"PidFile {root / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {root / 'authorized_keys'}\n"
+        "PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "Subsystem sftp internal-sftp\nAllowTcpForwarding yes\nLogLevel ERROR\n"
+    )
+    Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+    subprocess.run([SSHD, "-t", "-f", str(config)], check=True, timeout=30)
+    log = root / "sshd.log"
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=log_file)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "sshd did not listen in time"
+                time.sleep(0.05)
+        yield SSHEndpoint(
+            host="127.0.0.1", port=port, username=getpass.getuser(), private_key_path=str(user_key)
+        )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+class GwAuthority:
+    """Maps fixed tokens to devboxes; counts `connect_target` calls (the wake-up point)."""
+
+    def __init__(self, live: SSHEndpoint) -> None:
+        dead = SSHEndpoint(
+            host="127.0.0.1",
+            port=_free_port(),  # nothing listens there: a guest that is down
+            username=live.username,
+            private_key_path=live.private_key_path,
+        )
+        self.devboxes = {"dbx_live": live, "dbx_dead": dead}
+        self.tokens = {TOKEN: "dbx_live", DEAD_TOKEN: "dbx_dead", GONE_TOKEN: "dbx_gone"}
+        self.targets_opened: list[str] = []
+
+    async def authenticate(self, username: str, password: str) -> str | None:
+        devbox_id = self.tokens.get(username)
+        return devbox_id if devbox_id and secrets.compare_digest(password, PASSWORD) else None
+
+    async def connect_target(self, devbox_id: str) -> SSHEndpoint:
+        self.targets_opened.append(devbox_id)
+        if devbox_id not in self.devboxes:
+            raise NotFound.of("devbox", devbox_id)
+        return self.devboxes[devbox_id]
+
+
+@pytest.fixture(scope="module")
+def gw_authority(gw_sshd: SSHEndpoint) -> GwAuthority:
+    return GwAuthority(gw_sshd)
+
+
+@pytest.fixture(scope="module")
+async def gw_gateway(
+    gw_authority: GwAuthority, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[SSHGateway]:
+    gateway = SSHGateway(
+        gw_authority,
+        port=0,
+        host_key_dir=tmp_path_factory.mktemp("gw_keys"),
+        connect_timeout=10.0,
+        throttle=LoginThrottle(base_delay=0.05, max_delay=0.4),
+    )
+    async with gateway:
+        yield gateway
+
+
+def _connect(
+    port: int, *, host: str = "127.0.0.1", username: str = TOKEN, password: str = PASSWORD
+) -> paramiko.SSHClient:
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect(
+        host,
+        port,
+        username=username,
+        password=password,
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=10,
+        auth_timeout=15,
+        banner_timeout=10,
+    )
+    return client
+
+
+def _transport(client: paramiko.SSHClient) -> paramiko.Transport:
+    transport = client.get_transport()
+    assert transport is not None
+    return transport
+
+
+def _run(client: paramiko.SSHClient, command: str, stdin: bytes = b"") -> tuple[int, bytes, bytes]:
+    """Exec `command`, feed `stdin` from another thread (so output can flow), return all."""
+    chan = _transport(client).open_session(timeout=10)
+    chan.settimeout(30)
+    chan.exec_command(command)
+
+    def feed() -> None:
+        chan.sendall(stdin)
+        chan.shutdown_write()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    stdout = chan.makefile("rb").read()
+    stderr = chan.makefile_stderr("rb").read()
+    feeder.join(timeout=30)
+    return chan.recv_exit_status(), stdout, stderr
+
+
+@pytest.fixture
+async def gw_client(gw_gateway: SSHGateway) -> AsyncIterator[paramiko.SSHClient]:
+    client = await asyncio.to_thread(_connect, gw_gateway.port)
+    yield client
+    await asyncio.to_thread(client.close)
+
+
+async def test_exec_passes_stdout_stderr_and_exit_status(gw_client: paramiko.SSHClient) -> None:
+    status, out, err = await asyncio.to_thread(_run, gw_client, "echo hello; echo oops >&2; exit 3")
+    assert (status, out, err) == (3, b"hello\n", b"oops\n")
+
+
+async def test_exec_streams_stdin_through_and_propagates_eof(
+    gw_client: paramiko.SSHClient,
+) -> None:
+    data = os.urandom(3 * 1024 * 1024)  # more than any window: flow control must hold
+    status, out, _ = await asyncio.to_thread(_run, gw_client, "cat", data)
+    assert status == 0
+    assert out == data
+
+
+async def test_exit_signal_is_passed_back(gw_gateway: SSHGateway) -> None:
+    async with asyncssh.connect(
+        "127.0.0.1",
+        gw_gateway.port,
+        username=TOKEN,
+        password=PASSWORD,
+        known_hosts=None,
+        config=None,
+        client_keys=None,
+        agent_path=None,
+    ) as conn:
+        result = await asyncio.wait_for(conn.run("kill -TERM $$"), 20)
+    assert result.exit_signal is not None
+    assert result.exit_signal[0] == "TERM"
+
+
+async def test_pty_shell_gets_term_size_and_resize(gw_client: paramiko.SSHClient) -> None:
+    def shell() -> tuple[bytes, bytes]:
+        chan = _transport(gw_client).open_session(timeout=10)
+        chan.settimeout(20)
+        chan.get_pty(term="xterm-256color", width=80, height=24)
+        chan.invoke_shell()
+        chan.sendall(b"stty size; echo TERM=$TERM\n")
+        before = b""
+        while b"TERM=xterm-256color\r\n" not in before:
+            before += chan.recv(65536)
+        chan.resize_pty(width=100, height=40)
+        chan.sendall(b"stty size; exit\n")
+        after = b""
+        while chunk := chan.recv(65536):
+            after += chunk
+        return before, after
+
+    before, after = await asyncio.to_thread(shell)
+    assert b"24 80" in before
+    assert b"40 100" in after
+
+
+async def test_sftp_subsystem_round_trip(gw_client: paramiko.SSHClient, tmp_path: Path) -> None:
+    local, back = tmp_path / "up.bin", tmp_path / "down.bin"
+    local.write_bytes(os.urandom(700_000))
+    remote_dir = tmp_path / "remote"  # sshd is on this host, so its files are ours to check
+    remote_dir.mkdir()
+
+    def transfer() -> list[str]:
+        sftp = gw_client.open_sftp()
+        try:
+            sftp.put(str(local), f"{remote_dir}/file.bin")
+            sftp.get(f"{remote_dir}/file.bin", str(back))
+            return sorted(sftp.listdir(str(remote_dir)))
+        finally:
+            sftp.close()
+
+    assert await asyncio.to_thread(transfer) == ["file.bin"]
+    assert back.read_bytes() == local.read_bytes()
+    assert (remote_dir / "file.bin").read_bytes() == local.read_bytes()
+
+
+@pytest.fixture
+async def gw_echo_server() -> AsyncIterator[int]:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+
+
+async def test_direct_tcpip_forwarding(gw_client: paramiko.SSHClient, gw_echo_server: int) -> None:
+    payload = os.urandom(200_000)
+
+    def round_trip() -> bytes:
+        chan = _transport(gw_client).open_channel(
+            "direct-tcpip", ("127.0.0.1", gw_echo_server), ("127.0.0.1", 0), timeout=10
+        )
+        chan.settimeout(20)
+        chan.sendall(payload)
+        chan.shutdown_write()
+        received = b""
+        while chunk := chan.recv(65536):
+            received += chunk
+        chan.close()
+        return received
+
+    assert await asyncio.to_thread(round_trip) == payload
+
+
+async def test_direct_tcpip_to_closed_port_is_refused(gw_client: paramiko.SSHClient) -> None:
+    def open_closed() -> None:
+        _transport(gw_client).open_channel(
+            "direct-tcpip", ("127.0.0.1", _free_port()), ("127.0.0.1", 0), timeout=10
+        )
+
+    with pytest.raises(paramiko.ChannelException):
+        await asyncio.to_thread(open_closed)
+    status, out, _ = await asyncio.to_thread(_run, gw_client, "echo still")
+    assert (status, out) == (0, b"still\n")
+
+
+async def test_wrong_password_is_denied_and_slowed_per_address(gw_gateway: SSHGateway) -> None:
+    throttle = gw_gateway.throttle
+    assert throttle.penalty("127.0.0.1") == 0
+    penalties = []
+    for _ in range(5):
+        with pytest.raises(paramiko.AuthenticationException):
+            await asyncio.to_thread(_connect, gw_gateway.port, password="wrong")
+        penalties.append(throttle.penalty("127.0.0.1"))
+    assert penalties == [0.05, 0.1, 0.2, 0.4, 0.4]  # doubles, then capped
+    assert throttle.penalty("::1") == 0  # other addresses are not slowed
+
+    with pytest.raises(paramiko.AuthenticationException):
+        await asyncio.to_thread(_connect, gw_gateway.port, username="tok_unknown")
+    assert throttle.failures("127.0.0.1") == 6
+
+    client = await asyncio.to_thread(_connect, gw_gateway.port)
+    try:
+        assert throttle.penalty("127.0.0.1") == 0  # a success forgives
+        status, out, _ = await asyncio.to_thread(_run, client, "echo in")
+        assert (status, out) == (0, b"in\n")
+    finally:
+        await asyncio.to_thread(client.close)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_listens_on_ipv4_and_ipv6_loopback(gw_gateway: SSHGateway, host: str) -> None:
+    assert set(gw_gateway.ports) == {"127.0.0.1", "::1"}
+    client = await asyncio.to_thread(_connect, gw_gateway.ports[host], host=host)
+    try:
+        status, out, _ = await asyncio.to_thread(_run, client, "echo ok")
+        assert (status, out) == (0, b"ok\n")
+    finally:
+        await asyncio.to_thread(client.close)
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"), [(DEAD_TOKEN, "unreachable"), (GONE_TOKEN, "not found")]
+)
+async def test_unreachable_devbox_fails_the_channel_cleanly(
+    gw_gateway: SSHGateway,
+    gw_client: paramiko.SSHClient,
+    token: str,
+    reason: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = await asyncio.to_thread(_connect, gw_gateway.port, username=token)
+    try:
+        with pytest.raises(paramiko.ChannelException):
+            await asyncio.to_thread(_transport(client).open_session, timeout=20)
+        # paramiko keeps the gateway's reason only in its log
+        failures = [r.getMessage() for r in caplog.records if "open FAILED" in r.getMessage()]
+        assert failures
+        assert reason in failures[-1]
+        assert _transport(client).is_active()  # the user's connection itself survives
+    finally:
+        await asyncio.to_thread(client.close)
+    status, out, _ = await asyncio.to_thread(_run, gw_client, "echo others")
+    assert (status, out) == (0, b"others\n")
+
+
+async def test_upstream_is_opened_lazily_once_and_closed_with_the_user(
+    gw_gateway: SSHGateway, gw_authority: GwAuthority, gw_sshd: SSHEndpoint
+) -> None:
+    await gw_until(lambda: _established_to(gw_sshd.port) == 0)
+    opened = len(gw_authority.targets_opened)
+    client = await asyncio.to_thread(_connect, gw_gateway.port)
+    try:
+        assert len(gw_authority.targets_opened) == opened  # logging in wakes nothing
+        for _ in range(3):
+            assert (await asyncio.to_thread(_run, client, "true"))[0] == 0
+        assert gw_authority.targets_opened[opened:] == ["dbx_live"]
+        assert _established_to(gw_sshd.port) == 1
+    finally:
+        await asyncio.to_thread(client.close)
+    await gw_until(lambda: _established_to(gw_sshd.port) == 0)
+
+
+async def test_host_key_is_kept_across_restarts(
+    gw_gateway: SSHGateway, gw_authority: GwAuthority
+) -> None:
+    key_file = gw_gateway.host_key_dir / HOST_KEY_FILE
+    assert key_file.stat().st_mode & 0o777 == 0o600
+
+    async def fingerprint(port: int) -> bytes:
+        client = await asyncio.to_thread(_connect, port)
+        try:
+            return bytes(_transport(client).get_remote_server_key().get_fingerprint())
+        finally:
+            await asyncio.to_thread(client.close)
+
+    first = await fingerprint(gw_gateway.port)
+    async with SSHGateway(
+        gw_authority, hosts=["127.0.0.1"], port=0, host_key_dir=gw_gateway.host_key_dir
+    ) as again:
+        assert await fingerprint(again.port) == first
+
+
+async def test_exec_latency_on_a_warm_connection(
+    gw_client: paramiko.SSHClient, gw_sshd: SSHEndpoint
+) -> None:
+    """The gateway's cost per exec is small next to sshd's own (which includes the user's shell
+    start-up, so the absolute figure depends on the host); samples alternate to share noise."""
+    direct = paramiko.SSHClient()
+    direct.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    await asyncio.to_thread(
+        direct.connect,
+        gw_sshd.host,
+        gw_sshd.port,
+        username=gw_sshd.username,
+        key_filename=gw_sshd.private_key_path,
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=10,
+    )
+
+    def timed() -> tuple[list[float], list[float]]:
+        _run(gw_client, "true")  # both warm: the gateway's upstream is open
+        _run(direct, "true")
+        samples: tuple[list[float], list[float]] = ([], [])
+        for _ in range(9):
+            for client, into in ((gw_client, samples[0]), (direct, samples[1])):
+                start = time.perf_counter()
+                assert _run(client, "true")[0] == 0
+                into.append(time.perf_counter() - start)
+        return samples
+
+    try:
+        gateway, straight = (statistics.median(s) for s in await asyncio.to_thread(timed))
+    finally:
+        await asyncio.to_thread(direct.close)
+    print(f"exec true p50: gateway {gateway * 1000:.1f} ms, direct {straight * 1000:.1f} ms")
+    assert gateway - straight < 0.1

@@ -1,0 +1,126 @@
+"""Test helpers shared by the API and VM tests (plain functions and classes, no fixtures)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from litestar.testing import AsyncTestClient
+
+from devbox_service.auth import tokens
+from devbox_service.auth.models import AgentTokenRecord, Role
+from devbox_service.devboxes.models import DevboxRecord, DevboxStatus
+from devbox_service.ids import new_id
+from devbox_service.settings import Settings
+from devbox_service.ssh.guest import GuestConnections
+
+ApiClient = AsyncTestClient[Any]
+
+
+class Api:
+    """A running app (real SQLite file, real HTTP through the test client) and its users."""
+
+    def __init__(self, client: ApiClient, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.services = client.app.state.services
+
+    @property
+    def admin_key(self) -> str:
+        return (Path(self.settings.data_dir) / "admin.key").read_text().strip()
+
+    async def new_user(self, name: str, *, org: str | None = None, role: Role = Role.MEMBER) -> str:
+        """Create a user (in `org`, or their own) and return an API key for them."""
+        await self.services.identities.create_user(name, org=org, role=role)
+        issued = await self.services.identities.issue_key(name, org=org)
+        return issued.key
+
+    @staticmethod
+    def auth(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+
+READY_TIMEOUT = 240.0
+
+
+async def wait_status(api: Api, key: str, devbox_id: str, wanted: str = "ready") -> dict[str, Any]:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        response = await api.client.get(f"/api/devboxes/{devbox_id}", headers=api.auth(key))
+        body: dict[str, Any] = response.json()
+        if response.status_code == 200 and body["status"] == wanted:
+            return body
+        assert body.get("status") != "error", body
+        assert time.monotonic() < deadline, f"{devbox_id} never became {wanted}: {body}"
+        await asyncio.sleep(0.3)
+
+
+_test_connections = GuestConnections()
+
+
+async def guest(api: Api, devbox_id: str, command: str) -> str:
+    """Run a command inside the devbox over SSH (the test's own connection: the app under
+    test runs on the test client's event loop, not this one)."""
+    instance = await api.services.backend.get_instance(devbox_id)
+    result = await _test_connections.run(instance.ssh, command)
+    return str(result.stdout)
+
+
+async def insert_devbox(api: Api, owner_id: str, org_id: str) -> str:
+    """A devbox record with no VM behind it: for tests of rules, not of VMs."""
+    now = time.time()
+    record = DevboxRecord(
+        id=new_id("devbox"),
+        org_id=org_id,
+        user_id=owner_id,
+        name="",
+        status=DevboxStatus.READY,
+        base_snapshot_id=None,
+        current_save_id=None,
+        parent_id=None,
+        vcpus=1,
+        memory_mb=256,
+        disk_mb=2048,
+        metadata={},
+        error=None,
+        created_at=now,
+        updated_at=now,
+        ssh_credentials_sealed=api.services.secret_box.seal(
+            '{"access_token": "t", "password": "p"}'
+        ),
+    )
+    async with api.services.database.transaction() as tx:
+        await api.services.devboxes.store.insert(tx, record, ssh_token_hash=new_id("hash"))
+    return record.id
+
+
+async def mint_agent_token(
+    api: Api,
+    owner_id: str,
+    org_id: str,
+    devbox_id: str,
+    granted: list[str],
+    *,
+    revoked: bool = False,
+) -> str:
+    secret = tokens.new_secret(tokens.AGENT_TOKEN_PREFIX)
+    record = AgentTokenRecord(
+        id=new_id("agenttoken"),
+        user_id=owner_id,
+        org_id=org_id,
+        devbox_id=devbox_id,
+        session_id=new_id("agentsession"),
+        scopes=granted,
+        secret_names=None,
+        purpose="matrix",
+        created_at=time.time(),
+        last_used_at=None,
+        revoked_at=None,
+    )
+    store = api.services.identities.agent_tokens
+    await store.insert(record, tokens.hash_secret(secret))
+    if revoked:
+        await store.revoke(devbox_id, record.id)
+    return secret

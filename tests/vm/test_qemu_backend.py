@@ -1,0 +1,216 @@
+"""The QEMU backend against real guests: restore, save, branch, pause, reboot, restart, delete.
+
+Assertions are about behaviour, never wall-clock speed (that is bench/bench_vm.py's job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+from vm_fixtures import sh
+
+from devbox_service.backends.base import (
+    InstanceInfo,
+    InstanceState,
+    InvalidState,
+    NotFound,
+    SnapshotInfo,
+)
+from devbox_service.backends.qemu.config import QemuConfig
+from devbox_service.backends.qemu.driver import QemuBackend
+from devbox_service.backends.qemu.util import pid_alive
+
+pytestmark = pytest.mark.vm
+
+
+def _pid_of(backend: QemuBackend, instance_id: str) -> int:
+    pid = backend._instances[instance_id].pid
+    assert pid is not None
+    return pid
+
+
+async def test_boot_from_boot_snapshot_runs_a_command(booted_vm: InstanceInfo) -> None:
+    assert booted_vm.state is InstanceState.RUNNING
+    assert (await sh(booted_vm, "echo hello; id -u")).split() == ["hello", "0"]
+
+
+async def test_guest_clock_within_a_second_after_restore(booted_vm: InstanceInfo) -> None:
+    before = time.time()
+    guest_now = float(await sh(booted_vm, "date +%s.%N"))
+    after = time.time()
+    assert before - 1.0 <= guest_now <= after + 1.0
+
+
+async def test_stats_report_the_qemu_process(
+    qemu_backend: QemuBackend, booted_vm: InstanceInfo
+) -> None:
+    stats = await qemu_backend.stats(booted_vm.id)
+    assert stats.rss_mb > 50
+    assert stats.cpu_seconds > 0
+    assert stats.uptime_seconds > 0
+
+
+async def test_expose_port_forwards_a_guest_service(
+    qemu_backend: QemuBackend, booted_vm: InstanceInfo
+) -> None:
+    await sh(booted_vm, "mkdir -p /srv/www && echo served > /srv/www/index.html")
+    await sh(booted_vm, "/bin/busybox httpd -p 0.0.0.0:8000 -h /srv/www")
+    host_port = await qemu_backend.expose_port(booted_vm.id, 8000)
+    assert await qemu_backend.expose_port(booted_vm.id, 8000) == host_port
+    reader, writer = await asyncio.open_connection("127.0.0.1", host_port)
+    writer.write(b"GET /index.html HTTP/1.0\r\n\r\n")
+    body = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    assert b"served" in body
+    assert (await qemu_backend.get_instance(booted_vm.id)).exposed_ports == {8000: host_port}
+
+
+async def test_branches_share_file_and_live_tmux_session(clones: list[InstanceInfo]) -> None:
+    assert len({c.ssh.port for c in clones}) == 2
+    for clone in clones:
+        assert (await sh(clone, "cat /root/marker")).strip() == "from-before-save"
+        assert "work" in await sh(clone, "tmux list-sessions -F '#S'")
+        first = int(await sh(clone, "cat /root/counter"))
+        await asyncio.sleep(1.0)
+        assert int(await sh(clone, "cat /root/counter")) > first  # the loop still runs
+
+
+async def test_clones_read_different_random_bytes(clones: list[InstanceInfo]) -> None:
+    a, b = [await sh(c, "head -c 32 /dev/urandom | od -An -tx1") for c in clones]
+    assert a != b
+
+
+async def test_clone_clock_within_a_second(clones: list[InstanceInfo]) -> None:
+    for clone in clones:
+        before = time.time()
+        guest_now = float(await sh(clone, "date +%s.%N"))
+        assert before - 1.0 <= guest_now <= time.time() + 1.0
+
+
+async def test_pause_stops_the_guest_and_resume_continues(
+    qemu_backend: QemuBackend, clones: list[InstanceInfo]
+) -> None:
+    vm = clones[0]
+    before = int(await sh(vm, "cat /root/counter"))
+    assert (await qemu_backend.pause(vm.id)).state is InstanceState.PAUSED
+    with pytest.raises(InvalidState):
+        await qemu_backend.pause(vm.id)
+    await asyncio.sleep(2.0)  # ~10 ticks of the counter if the guest were running
+    assert (await qemu_backend.resume(vm.id)).state is InstanceState.RUNNING
+    right_after = int(await sh(vm, "cat /root/counter"))
+    assert right_after - before <= 5
+    await asyncio.sleep(1.0)
+    assert int(await sh(vm, "cat /root/counter")) > right_after
+
+
+async def test_reboot_comes_back_with_its_disk(
+    qemu_backend: QemuBackend, clones: list[InstanceInfo]
+) -> None:
+    vm = clones[0]
+    await sh(vm, "echo kept > /root/before-reboot; sync")
+    info = await qemu_backend.reboot(vm.id)
+    assert info.state is InstanceState.RUNNING
+    assert (await sh(vm, "cat /root/before-reboot")).strip() == "kept"
+    uptime = float((await sh(vm, "cat /proc/uptime")).split()[0])
+    assert uptime < 120
+    assert "work" not in await sh(vm, "tmux list-sessions -F '#S' 2>/dev/null || true")
+
+
+async def test_delete_leaves_no_process_or_file(
+    qemu_backend: QemuBackend, qemu_config: QemuConfig, clones: list[InstanceInfo]
+) -> None:
+    vm = clones[1]
+    pid = _pid_of(qemu_backend, vm.id)
+    top = Path(qemu_backend._instances[vm.id].chain[0])
+    await qemu_backend.delete(vm.id)
+    assert not pid_alive(pid)
+    assert not (Path(qemu_config.state_dir) / "instances" / vm.id).exists()
+    assert not top.exists()
+    with pytest.raises(NotFound):
+        await qemu_backend.get_instance(vm.id)
+
+
+async def test_restarted_service_readopts_running_vm(
+    qemu_backend: QemuBackend, qemu_config: QemuConfig, booted_vm: InstanceInfo
+) -> None:
+    pid = _pid_of(qemu_backend, booted_vm.id)
+    await qemu_backend.close()  # the old service goes away; its VMs keep running
+    restarted = QemuBackend(qemu_config)
+    await restarted.start()
+    try:
+        info = await restarted.get_instance(booted_vm.id)
+        assert info.state is InstanceState.RUNNING
+        assert _pid_of(restarted, booted_vm.id) == pid
+        assert (await sh(info, "cat /root/marker")).strip() == "from-before-save"
+        await restarted.pause(booted_vm.id)  # QMP works through the adopted connection
+        await restarted.resume(booted_vm.id)
+    finally:
+        await restarted.close()
+        await qemu_backend.start()  # hand the VMs back to the session's backend
+
+
+async def test_interrupted_save_leaves_no_bootable_snapshot(
+    qemu_backend: QemuBackend, qemu_config: QemuConfig, booted_vm: InstanceInfo
+) -> None:
+    snapshots = Path(qemu_config.state_dir) / "snapshots"
+    # A crash while the state file was being written leaves only a .tmp directory ...
+    leftover = snapshots / "crashed.tmp"
+    leftover.mkdir()
+    (leftover / "state").write_bytes(os.urandom(4096))
+    # ... and a save cancelled in the middle must not publish anything either.
+    task = asyncio.create_task(qemu_backend.save(booted_vm.id, "cancelled"))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    completed = False
+    try:
+        await task
+        completed = True  # it won the race: then it must be complete and usable
+    except asyncio.CancelledError:
+        pass
+    await qemu_backend.close()
+    await qemu_backend.start()  # what a restarted service sees
+    ids = {s.id for s in await qemu_backend.list_snapshots()}
+    assert "crashed" not in ids and not leftover.exists()
+    assert ("cancelled" in ids) == completed
+    assert not list(snapshots.glob("*.tmp"))
+    assert (await sh(booted_vm, "cat /root/marker")).strip() == "from-before-save"
+    if completed:
+        await qemu_backend.delete_snapshot("cancelled")
+
+
+async def test_deleting_parent_snapshot_keeps_child_working_through_standby(
+    qemu_backend: QemuBackend, qemu_config: QemuConfig, booted_vm: InstanceInfo,
+    saved_snapshot: SnapshotInfo,
+) -> None:  # fmt: skip
+    await sh(booted_vm, "echo second > /root/second")
+    parent = await qemu_backend.save(booted_vm.id, "snap-parent")
+    assert parent.parent_snapshot_id == saved_snapshot.id
+    child = await qemu_backend.boot(parent.id, "vm-child")
+    try:
+        await qemu_backend.delete_snapshot(parent.id)
+        with pytest.raises(NotFound):
+            await qemu_backend.get_snapshot(parent.id)
+        assert not (Path(qemu_config.state_dir) / "snapshots" / parent.id).exists()
+        assert (await sh(child, "cat /root/second")).strip() == "second"
+        await sh(child, "echo through-standby > /root/standby; sync")
+        # standby ends QEMU; wake reopens the whole disk chain, so a missing layer would show.
+        pid = _pid_of(qemu_backend, child.id)
+        info = await qemu_backend.standby(child.id)
+        assert info.state is InstanceState.STANDBY
+        assert not pid_alive(pid)
+        info = await qemu_backend.wake(child.id)
+        assert info.state is InstanceState.RUNNING
+        assert (await sh(info, "cat /root/standby")).strip() == "through-standby"
+        assert (await sh(info, "cat /root/marker")).strip() == "from-before-save"
+    finally:
+        await qemu_backend.delete(child.id)
+    # Nothing of the deleted snapshot or the child remains in the disk pool.
+    used = {p for r in qemu_backend._instances.values() for p in r.chain}
+    used |= {p for s in qemu_backend._snapshots.values() for p in s.chain}
+    pool = {str(p) for p in (Path(qemu_config.state_dir) / "disks").iterdir()}
+    assert pool <= used
+
