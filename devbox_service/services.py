@@ -21,6 +21,7 @@ from devbox_service.notifications.service import NotificationService
 from devbox_service.secrets.box import SecretBox
 from devbox_service.secrets.service import SecretService
 from devbox_service.settings import Settings
+from devbox_service.ssh.gateway import SSHGateway
 from devbox_service.ssh.guest import GuestConnections
 from devbox_service.tmux.service import TmuxService
 
@@ -46,6 +47,16 @@ def build_backend(settings: Settings) -> VMBackend | None:
     return QemuBackend(config)
 
 
+def gateway_hosts(http_host: str) -> tuple[str, ...]:
+    """The SSH gateway listens where the API does; loopback means both IPv4 and IPv6, since
+    `{devbox_id}.localhost` resolves to ::1 first on many systems."""
+    if http_host in ("127.0.0.1", "localhost", "::1"):
+        return ("127.0.0.1", "::1")
+    if http_host in ("0.0.0.0", "::"):
+        return ("0.0.0.0", "::")
+    return (http_host,)
+
+
 class Services:
     """Everything a request may need; built by `create_app`, started by its lifespan."""
 
@@ -58,6 +69,7 @@ class Services:
         self._database: Database | None = None
         self._image_task: asyncio.Task[None] | None = None
         self.image_ready = asyncio.Event()
+        self.gateway: SSHGateway | None = None
 
     @property
     def database(self) -> Database:
@@ -94,6 +106,13 @@ class Services:
             if self._owns_backend:
                 await self.backend.start()
             await self.devboxes.recover()
+            self.gateway = SSHGateway(
+                self.devboxes,
+                hosts=gateway_hosts(self.settings.host),
+                port=self.settings.ssh_port,
+                host_key_dir=data_dir / "ssh",
+            )
+            await self.gateway.start()
             self._image_task = asyncio.create_task(self._ensure_image())
 
     async def _ensure_image(self) -> None:
@@ -113,6 +132,9 @@ class Services:
         return checks
 
     async def close(self) -> None:
+        if self.gateway is not None:
+            await self.gateway.close()
+            self.gateway = None
         if self._database is not None:
             await self.tmux.close()
             await self.devboxes.close()

@@ -39,7 +39,7 @@ async def api(make_settings: Callable[..., Settings]) -> AsyncIterator[Api]:
 @pytest.fixture(scope="session")
 async def vm_api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
     data_dir = tmp_path_factory.mktemp("api-data")
-    settings = load_settings(environ={}, data_dir=str(data_dir), vm_backend="qemu")
+    settings = load_settings(environ={}, data_dir=str(data_dir), vm_backend="qemu", ssh_port=0)
     async with AsyncTestClient(create_app(settings), timeout=300) as client:
         api = Api(client, settings)
         deadline = time.monotonic() + 1800

@@ -67,9 +67,11 @@ async def booted_vm(qemu_backend: QemuBackend, boot_snapshot_id: str) -> Instanc
 @pytest.fixture(scope="session")
 async def saved_snapshot(qemu_backend: QemuBackend, booted_vm: InstanceInfo) -> SnapshotInfo:
     """`booted_vm` saved while a marker file and a counting tmux session exist."""
-    await sh(booted_vm, "echo from-before-save > /root/marker")
-    await sh(booted_vm, f"tmux new-session -d -s work '{COUNTER}'")
-    await sh(booted_vm, "sleep 0.5; test -s /root/counter")
+    await sh(
+        booted_vm,
+        "echo from-before-save > /root/marker; "
+        f"tmux new-session -d -s work '{COUNTER}'; sleep 0.5; test -s /root/counter",
+    )
     return await qemu_backend.save(booted_vm.id, "snap-saved")
 
 

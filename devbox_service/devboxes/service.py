@@ -458,8 +458,8 @@ class DevboxService:
         sealed: dict[str, str] = json.loads(self._box.open_sealed(record.ssh_credentials_sealed))
         return sealed
 
-    async def authenticate_ssh(self, username: str, password: str) -> str | None:
-        """The devbox whose gateway credentials these are, or None."""
+    async def authenticate(self, username: str, password: str) -> str | None:
+        """The devbox whose SSH gateway credentials these are, or None."""
         record = await self.store.by_ssh_token_hash(tokens.hash_secret(username))
         if record is None or record.status in (S.DELETING, S.DELETED):
             return None
@@ -479,6 +479,7 @@ class DevboxService:
                     await self._set_status_with_event(
                         devbox_id, S.READY, "resume", detail={"name": "resumed by SSH"}
                     )
+            record = await self.store.get(devbox_id)
         deadline = time.monotonic() + 120
         while record is not None and record.status in (S.PROVISIONING, S.RESUMING, S.REBOOTING):
             if time.monotonic() > deadline:

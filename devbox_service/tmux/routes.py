@@ -32,7 +32,7 @@ from devbox_service.tmux.models import (
 SocketQuery = Annotated[
     str | None,
     QueryParameter(
-        query="socket",
+        name="socket",
         pattern=r"^[A-Za-z0-9_./@+-]+$",
         description="tmux socket name/path if non-default",
     ),

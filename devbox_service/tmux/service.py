@@ -189,10 +189,11 @@ class TmuxService:
         return lines[0]
 
     async def _pane_id(self, guest: GuestTmux, socket: str | None, pane_id: str) -> str:
+        """A pane id as tmux spells it (`%N`); commands on a missing pane fail with 404."""
         match = PANE_ID.match(pane_id)
         if match is None:
             raise NotFound.of("tmux pane", pane_id)
-        return await self._pane(guest, socket, f"%{match.group(1)}")
+        return f"%{match.group(1)}"
 
     async def _libtmux(self, call: Callable[[], T]) -> T:
         try:
@@ -355,58 +356,67 @@ class TmuxService:
         deadline = time.monotonic() + timeout_ms / 1000
         literal = bool(request.literal) or request.sequence is not None
         ok = True
+        state: str | None = None  # the pane after the previous item, when it was read
         for index, (kind, value) in enumerate(items):
             if index and request.pause_ms:
                 await asyncio.sleep(request.pause_ms / 1000)
+                state = None
             if kind == "text":
-                await self._type(guest, socket, pane, value, literal=literal)
+                commands = self._type_commands(pane, value, literal=literal)
+                state = await self._pipeline(guest, socket, pane, commands)
             elif value in ENTER_KEYS:
-                ok = await self._press_enter(guest, socket, pane, value, deadline) and ok
+                ok = await self._press_enter(guest, socket, pane, value, deadline, state) and ok
+                state = None
             else:
-                await self._command(guest, socket, f"send-keys -t {pane} {quote(value)}")
+                state = await self._pipeline(
+                    guest, socket, pane, [f"send-keys -t {pane} {quote(value)}"]
+                )
         sent = " ".join(json.dumps(v, ensure_ascii=False) if k == "text" else v for k, v in items)
         return TmuxSendKeysResponse(ok=ok, resolved_pane_id=pane, sent=sent)
 
-    async def _type(
-        self, guest: GuestTmux, socket: str | None, pane: str, text: str, *, literal: bool
-    ) -> None:
-        flag = "-l " if literal else ""
-        chunks = [text[i : i + TEXT_CHUNK] for i in range(0, len(text), TEXT_CHUNK)]
-        if not literal:
-            chunks = [text]  # a key name (e.g. "C-c") must stay whole
-        commands = [f"send-keys {flag}-t {pane} -- {quote(chunk)}" for chunk in chunks]
-        for reply, command in zip(await self._run(guest, socket, commands), commands, strict=True):
+    STATE_COMMANDS = (
+        "capture-pane -p -t {pane}",
+        "display-message -p -t {pane} '#{{cursor_x}},#{{cursor_y}},#{{history_size}}'",
+    )
+
+    async def _pipeline(
+        self, guest: GuestTmux, socket: str | None, pane: str, commands: list[str]
+    ) -> str:
+        """Run `commands` then read the pane's state (screen and cursor), all in one write:
+        one round trip however many commands."""
+        state = [c.format(pane=pane) for c in self.STATE_COMMANDS]
+        replies = await self._run(guest, socket, [*commands, *state])
+        for reply, command in zip(replies, [*commands, *state], strict=True):
             if not reply.ok:
                 raise _tmux_error(CommandError(command, " ".join(reply.lines)))
+        return "\n".join(replies[-2].lines + replies[-1].lines)
 
-    async def _state(self, guest: GuestTmux, socket: str | None, pane: str) -> str:
-        replies = await self._run(
-            guest,
-            socket,
-            [
-                f"capture-pane -p -t {pane}",
-                f"display-message -p -t {pane} '#{{cursor_x}},#{{cursor_y}},#{{history_size}}'",
-            ],
-        )
-        for reply in replies:
-            if not reply.ok:
-                raise NotFound(f"tmux pane {pane} is gone: {' '.join(reply.lines)}")
-        return "\n".join(replies[0].lines + replies[1].lines)
+    def _type_commands(self, pane: str, text: str, *, literal: bool) -> list[str]:
+        if not literal:
+            return [f"send-keys -t {pane} -- {quote(text)}"]  # a key name must stay whole
+        chunks = [text[i : i + TEXT_CHUNK] for i in range(0, len(text), TEXT_CHUNK)]
+        return [f"send-keys -l -t {pane} -- {quote(chunk)}" for chunk in chunks]
 
     async def _press_enter(
-        self, guest: GuestTmux, socket: str | None, pane: str, key: str, deadline: float
+        self,
+        guest: GuestTmux,
+        socket: str | None,
+        pane: str,
+        key: str,
+        deadline: float,
+        before: str | None,
     ) -> bool:
-        before = await self._state(guest, socket, pane)
+        if before is None:
+            before = await self._pipeline(guest, socket, pane, [])
         window = ENTER_FIRST_WINDOW
         while True:
-            await self._command(guest, socket, f"send-keys -t {pane} {key}")
+            state = await self._pipeline(guest, socket, pane, [f"send-keys -t {pane} {key}"])
             attempt_end = min(deadline, time.monotonic() + window)
-            while True:
-                if await self._state(guest, socket, pane) != before:
-                    return True
-                if time.monotonic() >= attempt_end:
-                    break
+            while state == before and time.monotonic() < attempt_end:
                 await asyncio.sleep(POLL_INTERVAL)
+                state = await self._pipeline(guest, socket, pane, [])
+            if state != before:
+                return True
             if time.monotonic() >= deadline:
                 return False
             window *= 2

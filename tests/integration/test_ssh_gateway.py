@@ -273,6 +273,20 @@ async def test_sftp_subsystem_round_trip(gw_client: paramiko.SSHClient, tmp_path
     assert (remote_dir / "file.bin").read_bytes() == local.read_bytes()
 
 
+async def test_guest_refusing_a_session_gives_stderr_and_255(
+    gw_client: paramiko.SSHClient,
+) -> None:
+    def unknown_subsystem() -> tuple[int, bytes]:
+        chan = _transport(gw_client).open_session(timeout=10)
+        chan.settimeout(20)
+        chan.invoke_subsystem("no-such-subsystem")
+        return chan.recv_exit_status(), chan.makefile_stderr("rb").read()
+
+    status, err = await asyncio.to_thread(unknown_subsystem)
+    assert status == 255
+    assert b"devbox gateway: the devbox refused the session" in err
+
+
 @pytest.fixture
 async def gw_echo_server() -> AsyncIterator[int]:
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -418,8 +432,8 @@ async def test_host_key_is_kept_across_restarts(
 async def test_exec_latency_on_a_warm_connection(
     gw_client: paramiko.SSHClient, gw_sshd: SSHEndpoint
 ) -> None:
-    """The gateway's cost per exec is small next to sshd's own (which includes the user's shell
-    start-up, so the absolute figure depends on the host); samples alternate to share noise."""
+    """The gateway's cost per exec is small next to sshd's own, which includes the user's shell
+    start-up (so the absolute figure depends on the host). Samples alternate to share noise."""
     direct = paramiko.SSHClient()
     direct.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     await asyncio.to_thread(
@@ -437,7 +451,7 @@ async def test_exec_latency_on_a_warm_connection(
         _run(gw_client, "true")  # both warm: the gateway's upstream is open
         _run(direct, "true")
         samples: tuple[list[float], list[float]] = ([], [])
-        for _ in range(9):
+        for _ in range(7):
             for client, into in ((gw_client, samples[0]), (direct, samples[1])):
                 start = time.perf_counter()
                 assert _run(client, "true")[0] == 0
@@ -449,4 +463,6 @@ async def test_exec_latency_on_a_warm_connection(
     finally:
         await asyncio.to_thread(direct.close)
     print(f"exec true p50: gateway {gateway * 1000:.1f} ms, direct {straight * 1000:.1f} ms")
-    assert gateway - straight < 0.1
+    # loose on purpose (shared CI hosts are noisy); a reconnect per exec would break it, and
+    # test_upstream_is_opened_lazily_once_and_closed_with_the_user pins that down exactly
+    assert gateway < 2 * straight + 0.1

@@ -365,6 +365,7 @@ class QemuBackend(VMBackend):
                 old_chain = rec.chain
                 rec.chain = [str(new_top), *old_chain]
                 rec.launch = msgspec.structs.replace(rec.launch, disk=str(new_top))
+                parent = rec.parent_snapshot_id
                 rec.parent_snapshot_id = snapshot_id
                 self._write_instance(rec)
                 frozen = Path(old_chain[0])
@@ -373,7 +374,7 @@ class QemuBackend(VMBackend):
                 snap = SnapshotRecord(
                     id=snapshot_id,
                     image_id=rec.image_id,
-                    parent_snapshot_id=old_parent(rec, old_chain, self._snapshots),
+                    parent_snapshot_id=parent,
                     spec=rec.launch.spec,
                     machine=rec.launch.machine,
                     accel=rec.launch.accel,
@@ -740,17 +741,6 @@ class QemuBackend(VMBackend):
         for f in self.disks.glob("*.qcow2"):
             if str(f) not in used:
                 f.unlink(missing_ok=True)
-
-
-def old_parent(
-    rec: InstanceRecord, old_chain: list[str], snapshots: dict[str, SnapshotRecord]
-) -> str | None:
-    """The snapshot whose frozen layer sits right under the new one, if it still exists."""
-    below = old_chain[1] if len(old_chain) > 1 else None
-    for snap in snapshots.values():
-        if snap.chain and snap.chain[0] == below:
-            return snap.id
-    return rec.snapshot_id if rec.snapshot_id.startswith("boot-") else None
 
 
 async def _live_chain(machine: Machine, fallback: list[str]) -> list[str]:

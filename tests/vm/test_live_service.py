@@ -1,0 +1,266 @@
+"""The service as users run it (`devbox-service serve` in its own process), driven by the
+public clients: the `morphcloud` CLI, paramiko through the SSH gateway, and an agent inside a
+devbox calling back with its injected token."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paramiko
+import pytest
+
+pytestmark = pytest.mark.vm
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class LiveService:
+    def __init__(self, data_dir: Path, port: int, ssh_port: int) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.ssh_port = ssh_port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.key = ""
+        self.http = httpx.Client(base_url=self.base_url, timeout=120)
+
+    def headers(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.key}"}
+
+    def create_devbox(self) -> dict[str, Any]:
+        images = self.http.get("/api/images", headers=self.headers()).json()["data"]
+        image = next(i for i in images if i["default"])
+        created = self.http.post(
+            "/api/devboxes",
+            params={"snapshot_id": image["id"]},
+            json={"name": "live"},
+            headers=self.headers(),
+        )
+        assert created.status_code == 200, created.text
+        return self.wait_ready(created.json()["id"])
+
+    def wait_ready(self, devbox_id: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 240
+        while True:
+            body: dict[str, Any] = self.http.get(
+                f"/api/devboxes/{devbox_id}", headers=self.headers()
+            ).json()
+            if body.get("status") == "ready":
+                return body
+            assert body.get("status") != "error" and time.monotonic() < deadline, body
+            time.sleep(0.3)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "MORPH_API_KEY": self.key,
+            "MORPH_DEVBOX_BASE_URL": self.base_url,
+            "MORPH_SSH_HOSTNAME": "localhost",
+            "MORPH_SSH_PORT": str(self.ssh_port),
+            "HOME": str(self.data_dir),
+        }
+        result = subprocess.run(
+            [str(VENV_BIN / "morphcloud"), "devbox", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
+        if check:
+            assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
+        return result
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+    data_dir = tmp_path_factory.mktemp("live")
+    service = LiveService(data_dir, free_port(), free_port())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVBOX_")}
+    env.update(
+        DEVBOX_DATA_DIR=str(data_dir),
+        DEVBOX_PORT=str(service.port),
+        DEVBOX_SSH_PORT=str(service.ssh_port),
+    )
+    log = (data_dir / "service.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devbox_service", "serve"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 1800
+        while True:
+            assert process.poll() is None, (data_dir / "service.log").read_text()[-3000:]
+            try:
+                if service.http.get("/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        service.key = (data_dir / "admin.key").read_text().strip()
+        yield service
+        for devbox in service.http.get("/api/devboxes", headers=service.headers()).json()["data"]:
+            service.http.delete(f"/api/devboxes/{devbox['id']}", headers=service.headers())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def live_devbox(live: LiveService) -> dict[str, Any]:
+    return live.create_devbox()
+
+
+def gateway_client(
+    live: LiveService, devbox_id: str, host: str = "127.0.0.1"
+) -> paramiko.SSHClient:
+    credentials = live.http.get(
+        f"/api/admin/devboxes/{devbox_id}/ssh-credentials", headers=live.headers()
+    ).json()
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect(
+        host,
+        port=live.ssh_port,
+        username=credentials["access_token"],
+        password=credentials["password"],
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=60,
+    )
+    return client
+
+
+def test_morphcloud_cli_drives_a_devbox(
+    live: LiveService, live_devbox: dict[str, Any], tmp_path: Path
+) -> None:
+    devbox_id = live_devbox["id"]
+    assert devbox_id in live.cli("list", "--json").stdout
+    assert "READY" in live.cli("list").stdout
+    assert "ready" in live.cli("get", devbox_id).stdout
+
+    ran = live.cli("ssh", devbox_id, "--", "echo", "hello-from-cli", check=False)
+    assert "hello-from-cli" in ran.stdout and ran.returncode == 0, ran.stdout + ran.stderr
+    failed = live.cli("ssh", devbox_id, "--", "sh", "-c", "'exit 3'", check=False)
+    assert failed.returncode == 3
+
+    local = tmp_path / "up.txt"
+    local.write_bytes(b"copied through sftp\n" * 100)
+    live.cli("copy", str(local), f"{devbox_id}:/root/up.txt")
+    back = tmp_path / "down.txt"
+    live.cli("copy", f"{devbox_id}:/root/up.txt", str(back))
+    assert back.read_bytes() == local.read_bytes()
+
+    saved = live.cli("save", devbox_id, "from-cli").stdout
+    assert "Snapshot ID" in saved
+    assert "paused" in live.cli("pause", devbox_id).stdout.lower()
+    assert "ready" in live.cli("resume", devbox_id).stdout.lower()
+
+
+def test_gateway_exec_pty_sftp_and_wake_on_ssh(
+    live: LiveService, live_devbox: dict[str, Any]
+) -> None:
+    devbox_id = live_devbox["id"]
+    paused = live.http.post(f"/api/devboxes/{devbox_id}/pause", headers=live.headers())
+    assert paused.json()["status"] == "paused"
+    for host in ("127.0.0.1", "::1"):
+        client = gateway_client(live, devbox_id, host)
+        try:
+            _, stdout, stderr = client.exec_command("echo out; echo err >&2; exit 7")
+            assert stdout.read() == b"out\n" and stderr.read() == b"err\n"
+            assert stdout.channel.recv_exit_status() == 7
+
+            channel = client.invoke_shell(term="xterm", width=80, height=24)
+            channel.resize_pty(width=120, height=40)
+            channel.send(b"stty size; exit\n")
+            output = b""
+            while not channel.exit_status_ready() or channel.recv_ready():
+                if channel.recv_ready():
+                    output += channel.recv(4096)
+                else:
+                    time.sleep(0.05)
+            assert b"40 120" in output
+
+            sftp = client.open_sftp()
+            with sftp.open("/root/sftp.bin", "wb") as handle:
+                handle.write(bytes(range(256)) * 64)
+            with sftp.open("/root/sftp.bin", "rb") as handle:
+                assert handle.read() == bytes(range(256)) * 64
+            sftp.close()
+        finally:
+            client.close()
+    status = live.http.get(f"/api/devboxes/{devbox_id}", headers=live.headers()).json()["status"]
+    assert status == "ready"  # woken by the SSH connection
+
+
+def test_wrong_gateway_password_is_denied(live: LiveService, live_devbox: dict[str, Any]) -> None:
+    credentials = live.http.get(
+        f"/api/admin/devboxes/{live_devbox['id']}/ssh-credentials", headers=live.headers()
+    ).json()
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    with pytest.raises(paramiko.AuthenticationException):
+        client.connect(
+            "127.0.0.1",
+            port=live.ssh_port,
+            username=credentials["access_token"],
+            password="wrong",
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=60,
+        )
+
+
+def test_injected_agent_token_works_from_inside_the_devbox(
+    live: LiveService, live_devbox: dict[str, Any]
+) -> None:
+    devbox_id = live_devbox["id"]
+    minted = live.http.post(
+        f"/api/devboxes/{devbox_id}/agent-token",
+        json={"inject": True, "purpose": "in-guest agent"},
+        headers=live.headers(),
+    )
+    assert minted.status_code == 200, minted.text
+    assert minted.json()["injected"] is True
+    client = gateway_client(live, devbox_id)
+    try:
+
+        def in_guest(request: str) -> str:
+            command = (
+                ". /root/.devbox/agent.env && curl -s -o /dev/null -w '%{http_code}' "
+                f'-H "Authorization: Bearer $DEVBOX_AGENT_TOKEN" {request}'
+            )
+            _, stdout, stderr = client.exec_command(command)
+            return stdout.read().decode().strip() or stderr.read().decode()
+
+        _, mode, _ = client.exec_command("stat -c %a /root/.devbox/agent.env")
+        assert mode.read().decode().strip() == "600"
+        base = "$DEVBOX_SERVICE_BASE_URL/api/devboxes/$DEVBOX_ID"
+        assert in_guest(f"{base}/summary") == "200"
+        save = "-X POST -H 'Content-Type: application/json' -d '{\"name\": \"by-agent\"}'"
+        assert in_guest(f"{save} {base}/save") == "200"
+        assert in_guest(f"-X DELETE {base}") == "403"
+    finally:
+        client.close()
+    assert live.http.get(f"/api/devboxes/{devbox_id}", headers=live.headers()).status_code == 200
