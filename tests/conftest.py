@@ -4,8 +4,11 @@ vm_fixtures.py; the API-level ones (a running service with real VMs, a ready dev
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,22 @@ from devbox_service.app import create_app
 from devbox_service.settings import Settings, load_settings
 
 pytest_plugins = ["vm_fixtures"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_vm_outlives_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A last line of defence: end any QEMU process started under this session's temp dir
+    (a failed test may skip its own clean-up, and VMs outlive the service by design)."""
+    yield
+    base = str(tmp_path_factory.getbasetemp())
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"qemu-system-x86_64") and base.encode() in b" ".join(args):
+            with contextlib.suppress(OSError):
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
 
 
 @pytest.fixture
@@ -47,6 +66,10 @@ async def vm_api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]
             assert time.monotonic() < deadline, "guest image never became ready"
             await asyncio.sleep(1)
         yield api
+        # VMs outlive the service by design; a test session must not leave any behind.
+        auth = api.auth(api.admin_key)
+        for devbox in (await client.get("/api/devboxes", headers=auth)).json()["data"]:
+            await client.delete(f"/api/devboxes/{devbox['id']}", headers=auth)
 
 
 @pytest.fixture(scope="session")

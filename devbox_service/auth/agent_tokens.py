@@ -149,7 +149,7 @@ class AgentTokenService:
         snippet = f"[ -r {GUEST_ENV_FILE} ] && . {GUEST_ENV_FILE}\n"
         await self.guests.write_file(endpoint, GUEST_PROFILE_SNIPPET, snippet.encode())
 
-    async def list(self, principal: Principal, devbox_id: str) -> list[AgentTokenInfo]:
+    async def tokens(self, principal: Principal, devbox_id: str) -> list[AgentTokenInfo]:
         await self._owned(principal, devbox_id)
         return [
             AgentTokenInfo(

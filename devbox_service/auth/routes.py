@@ -36,7 +36,7 @@ class AgentTokenController(Controller):
     async def list_tokens(
         self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
     ) -> AgentTokenList:
-        return AgentTokenList(data=await services.agent_tokens.list(principal, devbox_id))
+        return AgentTokenList(data=await services.agent_tokens.tokens(principal, devbox_id))
 
     @delete(
         "/agent-tokens/{token_id:str}",

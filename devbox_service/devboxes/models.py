@@ -112,7 +112,9 @@ class TimelineEvent(msgspec.Struct, frozen=True, kw_only=True):
     inherited: bool | None = False
 
 
-class DevboxSummaryResponse(msgspec.Struct, frozen=True, kw_only=True):
+class DevboxView(msgspec.Struct, frozen=True, kw_only=True):
+    """What the summary and the full view of a devbox share (contract field order)."""
+
     id: str
     object: str = "instance"
     status: str
@@ -123,12 +125,15 @@ class DevboxSummaryResponse(msgspec.Struct, frozen=True, kw_only=True):
     ttl: TTL | None = None
     wake_on: WakeOn | None = None
     metadata: dict[str, Any] = {}
+    current_save_id: str | None = None
+    base_snapshot_id: str | None = None
+
+
+class DevboxSummaryResponse(DevboxView, frozen=True, kw_only=True):
     timeline_count: int = 0
     saves_count: int = 0
     branches_count: int = 0
     last_event: TimelineEvent | None = None
-    current_save_id: str | None = None
-    base_snapshot_id: str | None = None
 
 
 class DevboxListResponse(msgspec.Struct, frozen=True, kw_only=True):
@@ -136,20 +141,8 @@ class DevboxListResponse(msgspec.Struct, frozen=True, kw_only=True):
     data: list[DevboxSummaryResponse]
 
 
-class DevboxResponse(msgspec.Struct, frozen=True, kw_only=True):
-    id: str
-    object: str = "instance"
-    status: str
-    created: int
-    spec: DevboxSpec
-    refs: DevboxRefs
-    networking: Networking | None = None
-    ttl: TTL | None = None
-    wake_on: WakeOn | None = None
-    metadata: dict[str, Any] = {}
+class DevboxResponse(DevboxView, frozen=True, kw_only=True):
     timeline: list[TimelineEvent] = []
-    current_save_id: str | None = None
-    base_snapshot_id: str | None = None
 
 
 class DevboxDetailListResponse(msgspec.Struct, frozen=True, kw_only=True):

@@ -70,7 +70,9 @@ IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a",
 class GuestFiles(Protocol):
     """What the service needs from an SSH connection into a guest (an adapter in ssh/)."""
 
-    async def write_file(self, endpoint: SSHEndpoint, path: str, data: bytes) -> None: ...
+    async def write_file(
+        self, endpoint: SSHEndpoint, path: str, data: bytes, mode: int = 0o644
+    ) -> None: ...
 
     async def forget(self, endpoint: SSHEndpoint) -> None: ...
 

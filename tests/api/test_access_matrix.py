@@ -36,10 +36,10 @@ BODIES: dict[str, dict[str, Any]] = {
     "/uploads": {"files": {"file": ("a.txt", b"a", "text/plain")}},
     "/uploads/image": {"files": {"file": ("a.png", b"\x89PNG\r\n\x1a\n", "image/png")}},
     "/api/user-secrets/{name:str}": {"json": {"value": "v"}},
-    "/send-keys": {"json": {"keys": "x"}},
-    "/rename": {"json": {"name": "renamed"}},
+    "/send-keys": {"json": {"keys": "x", "pane_id": "%0"}},
+    "/rename": {"json": {"new_name": "renamed"}},
     "/tmux/sessions": {"json": {"name": "s"}},
-    "/wait": {"json": {"timeout_ms": 10}},
+    "/wait": {"json": {"idle_ms": 10, "timeout_ms": 10}},
 }
 
 

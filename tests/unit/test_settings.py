@@ -12,7 +12,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_every_setting_is_documented_in_the_readme() -> None:
-    documented = set(re.findall(r"`(DEVBOX_[A-Z_]+)`", README.read_text()))
+    documented = set(re.findall(r"^\| `(DEVBOX_[A-Z_]+)`", README.read_text(), re.MULTILINE))
     missing = set(setting_names()) - documented
     assert not missing, f"README.md does not document: {sorted(missing)}"
     stale = documented - set(setting_names())
@@ -64,3 +64,11 @@ def test_cli_refuses_to_start_on_a_bad_setting(
     monkeypatch.setenv("DEVBOX_NOPE", "1")
     assert main(["keys", "list"]) == 2
     assert "DEVBOX_NOPE" in capsys.readouterr().err
+
+
+def test_every_agent_scope_is_documented_in_the_readme() -> None:
+    from devbox_service.auth.scopes import ALL_SCOPES
+
+    text = README.read_text()
+    missing = [scope for scope in ALL_SCOPES if f"`{scope}`" not in text]
+    assert not missing, f"README.md does not document scopes: {missing}"

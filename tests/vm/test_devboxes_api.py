@@ -252,7 +252,9 @@ async def test_restart_of_the_service_keeps_every_devbox(
     default_image: dict[str, Any], tmp_path: Path
 ) -> None:
     """Stop the service while a devbox runs; a new service on the same data dir re-adopts it."""
-    settings = load_settings(environ={}, data_dir=str(tmp_path / "data"), vm_backend="qemu", ssh_port=0)
+    settings = load_settings(
+        environ={}, data_dir=str(tmp_path / "data"), vm_backend="qemu", ssh_port=0
+    )
     async with AsyncTestClient(create_app(settings), timeout=300) as client:
         api = Api(client, settings)
         while (await client.get("/health/ready")).status_code != 200:
