@@ -22,7 +22,7 @@ from devbox_service.backends.base import (
     SnapshotInfo,
 )
 from devbox_service.backends.qemu.config import QemuConfig
-from devbox_service.backends.qemu.driver import QemuBackend
+from devbox_service.backends.qemu.driver import QemuBackend, _live_chain
 from devbox_service.backends.qemu.util import pid_alive
 
 pytestmark = pytest.mark.vm
@@ -127,6 +127,20 @@ async def test_reboot_comes_back_with_its_disk(
     assert float(uptime) < 120 and sessions == "0"  # but the guest started afresh
 
 
+async def test_stop_then_wake_boots_the_same_disk(
+    qemu_backend: QemuBackend, clones: list[InstanceInfo]
+) -> None:
+    vm = clones[0]
+    pid = _pid_of(qemu_backend, vm.id)
+    assert (await qemu_backend.stop(vm.id)).state is InstanceState.STOPPED
+    assert not pid_alive(pid)
+    assert (await qemu_backend.stats(vm.id)).rss_mb == 0
+    info = await qemu_backend.wake(vm.id)  # nothing in memory to restore: a cold boot
+    assert info.state is InstanceState.RUNNING
+    assert info.ssh.port == vm.ssh.port
+    assert (await sh(info, "cat /root/before-reboot")).strip() == "kept"
+
+
 async def test_delete_leaves_no_process_or_file(
     qemu_backend: QemuBackend, qemu_config: QemuConfig, clones: list[InstanceInfo]
 ) -> None:
@@ -178,6 +192,10 @@ async def test_interrupted_save_leaves_no_bootable_snapshot(
         completed = True  # it won the race: then it must be complete and usable
     except asyncio.CancelledError:
         pass
+    # Whatever point the cancel hit, the layer the VM now writes to is still accounted for.
+    live = await _live_chain(qemu_backend._machines[booted_vm.id], [])
+    qemu_backend._gc_disks()
+    assert live and all(Path(p).exists() for p in live)
     await qemu_backend.close()
     await qemu_backend.start()  # what a restarted service sees
     ids = {s.id for s in await qemu_backend.list_snapshots()}

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import shlex
 import shutil
 import time
 import uuid
@@ -390,8 +389,16 @@ class QemuBackend(VMBackend):
                 fsync_path(self.snapshots_dir)
                 self._snapshots[snapshot_id] = snap
                 return snap.info()
-            except TimeoutError:
-                raise BackendTimeout(f"save of {instance_id} timed out") from None
+            except BaseException as exc:
+                # The disk may have been switched to new_top before the failure: believe QEMU,
+                # or a later garbage collection would delete the layer the VM writes to.
+                if str(new_top) not in rec.chain and machine.alive():
+                    rec.chain = await _live_chain(machine, rec.chain)
+                    rec.launch = msgspec.structs.replace(rec.launch, disk=rec.chain[0])
+                    self._write_instance(rec)
+                if isinstance(exc, TimeoutError):
+                    raise BackendTimeout(f"save of {instance_id} timed out") from None
+                raise
             finally:
                 self._pending_disks.discard(str(new_top))
                 shutil.rmtree(work, ignore_errors=True)
@@ -462,15 +469,7 @@ class QemuBackend(VMBackend):
         """Start QEMU on `rec.launch` from a state file; ready = sshd banner + guest synced."""
         try:
             async with asyncio.timeout(self.config.restore_timeout):
-                for attempt in range(3):
-                    machine = Machine(self.config.qemu_binary, rec.launch)
-                    try:
-                        await machine.launch(incoming="exec:cat " + shlex.quote(state_file))
-                        break
-                    except LaunchFailed as exc:
-                        if "forward" not in exc.output or attempt == 2:
-                            raise
-                        rec.launch = _new_ports(rec.launch)  # lost a race for a free port
+                machine = await self._launch(rec, Path(state_file))
                 self._machines[rec.id] = machine
                 rec.pid = machine.pid
                 await machine.wait_incoming(self.config.restore_timeout)
@@ -480,11 +479,34 @@ class QemuBackend(VMBackend):
                     machine.sync_guest(self.config.restore_timeout),
                     wait_ssh_banner(rec.launch.ssh_port, self.config.restore_timeout, machine),
                 )
-        except TimeoutError:
-            raise GuestUnreachable(
-                f"instance {rec.id} not ready in {self.config.restore_timeout} s",
-                console_tail=tail(self._dir(rec) / "console.log"),
-            ) from None
+        except BaseException as exc:
+            # Whoever called keeps the record as it was (standby stays standby); no VM lingers.
+            failed = self._machines.pop(rec.id, None)
+            if failed is not None:
+                await failed.shutdown(graceful=False)
+            rec.pid = None
+            if isinstance(exc, TimeoutError):
+                raise GuestUnreachable(
+                    f"instance {rec.id} not ready in {self.config.restore_timeout} s",
+                    console_tail=tail(self._dir(rec) / "console.log"),
+                ) from None
+            raise
+
+    async def _launch(self, rec: InstanceRecord, state_file: Path | None) -> Machine:
+        """Launch with the recorded ports; new ones only if another process took them."""
+        for attempt in range(3):
+            machine = Machine(self.config.qemu_binary, rec.launch)
+            try:
+                await machine.launch(state_file=state_file)
+                return machine
+            except LaunchFailed as exc:
+                if "forward" not in exc.output or attempt == 2:
+                    raise
+                forwards = {guest: free_port() for guest in rec.launch.forwards}
+                rec.launch = msgspec.structs.replace(
+                    rec.launch, ssh_port=free_port(), forwards=forwards
+                )
+        raise AssertionError("unreachable")
 
     async def branch(self, snapshot_id: str, instance_ids: Sequence[str]) -> list[InstanceInfo]:
         if len(set(instance_ids)) != len(instance_ids):
@@ -632,20 +654,21 @@ class QemuBackend(VMBackend):
 
     async def _cold_boot(self, rec: InstanceRecord) -> None:
         """A stopped instance has only its disk: boot it (slow under TCG, but correct)."""
-        rec.launch = _new_ports(rec.launch)
-        machine = Machine(self.config.qemu_binary, rec.launch)
-        await machine.launch()
-        self._machines[rec.id] = machine
-        rec.pid, rec.started_at, rec.state = machine.pid, time.time(), InstanceState.RUNNING
-        self._write_instance(rec)
+        machine = await self._launch(rec, None)
         try:
             async with asyncio.timeout(self.config.boot_timeout):
                 await wait_ssh_banner(rec.launch.ssh_port, self.config.boot_timeout, machine)
                 await machine.sync_guest(self.config.boot_timeout)
-        except TimeoutError:
-            raise GuestUnreachable(
-                f"{rec.id} did not boot", console_tail=machine.console_tail()
-            ) from None
+        except BaseException as exc:
+            await machine.shutdown(graceful=False)  # stays stopped; no VM lingers
+            if isinstance(exc, TimeoutError):
+                raise GuestUnreachable(
+                    f"{rec.id} did not boot", console_tail=machine.console_tail()
+                ) from None
+            raise
+        self._machines[rec.id] = machine
+        rec.pid, rec.started_at, rec.state = machine.pid, time.time(), InstanceState.RUNNING
+        self._write_instance(rec)
 
     async def expose_port(self, instance_id: str, guest_port: int) -> int:
         if not 0 < guest_port < 65536:
@@ -775,10 +798,6 @@ def _proc_usage(pid: int) -> tuple[int, float]:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return rss_kb, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _new_ports(ls: LaunchSpec) -> LaunchSpec:
-    return msgspec.structs.replace(ls, ssh_port=free_port())
 
 
 def _fsync_all(paths: list[Path]) -> None:

@@ -8,6 +8,9 @@ Layout::
       snapshots/<id>/manifest.json  + state (memory); <id>.tmp/ while a save is in progress
     cache_dir/images/<recipe>/boot/<key>/manifest.json, disk.qcow2, state   (boot snapshots)
 
+QMP and agent sockets sit in the instance directory unless that path is too long for a unix
+socket; then in $TMPDIR/devbox-vm-<uid>/<hash of the instance dir>/ (see machine.socket_dir).
+
 Every record lists its whole disk chain (top first). A layer in `disks/` is deleted once no
 record's chain mentions it: that reference counting keeps children working when a parent
 snapshot is deleted.
