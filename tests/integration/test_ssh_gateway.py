@@ -23,6 +23,7 @@ from pathlib import Path
 import asyncssh
 import paramiko
 import pytest
+from support import free_port
 
 from devbox_service.backends.base import SSHEndpoint
 from devbox_service.errors import NotFound
@@ -32,14 +33,6 @@ from devbox_service.ssh.gateway import HOST_KEY_FILE
 SSHD = "/usr/sbin/sshd"
 TOKEN, PASSWORD = "tok_" + secrets.token_hex(8), secrets.token_urlsafe(16)
 DEAD_TOKEN, GONE_TOKEN = "tok_dead", "tok_gone"
-
-pytestmark = pytest.mark.skipif(not os.path.exists(SSHD), reason="needs OpenSSH sshd (just setup)")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _established_to(port: int) -> int:
@@ -68,7 +61,7 @@ def gw_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHEndpoint]:
         path.chmod(0o600)
         key.write_public_key(f"{path}.pub")
     (root / "authorized_keys").write_bytes(Path(f"{user_key}.pub").read_bytes())
-    port = _free_port()
+    port = free_port()
     config = root / "sshd_config"
     config.write_text(
         f"ListenAddress 127.0.0.1:{port}\n"
@@ -112,7 +105,7 @@ class GwAuthority:
     def __init__(self, live: SSHEndpoint) -> None:
         dead = SSHEndpoint(
             host="127.0.0.1",
-            port=_free_port(),  # nothing listens there: a guest that is down
+            port=free_port(),  # nothing listens there: a guest that is down
             username=live.username,
             private_key_path=live.private_key_path,
         )
@@ -323,7 +316,7 @@ async def test_direct_tcpip_forwarding(gw_client: paramiko.SSHClient, gw_echo_se
 async def test_direct_tcpip_to_closed_port_is_refused(gw_client: paramiko.SSHClient) -> None:
     def open_closed() -> None:
         _transport(gw_client).open_channel(
-            "direct-tcpip", ("127.0.0.1", _free_port()), ("127.0.0.1", 0), timeout=10
+            "direct-tcpip", ("127.0.0.1", free_port()), ("127.0.0.1", 0), timeout=10
         )
 
     with pytest.raises(paramiko.ChannelException):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,11 @@ from typing import Any
 import httpx
 import paramiko
 import pytest
+from support import free_port
 
 pytestmark = pytest.mark.vm
 
 VENV_BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class LiveService:
@@ -264,3 +258,12 @@ def test_injected_agent_token_works_from_inside_the_devbox(
     finally:
         client.close()
     assert live.http.get(f"/api/devboxes/{devbox_id}", headers=live.headers()).status_code == 200
+
+
+def test_morphcloud_cli_deletes_a_devbox(live: LiveService) -> None:
+    devbox_id = live.create_devbox()["id"]
+    assert "Deleted: True" in live.cli("delete", devbox_id).stdout
+    gone = live.http.get(f"/api/devboxes/{devbox_id}", headers=live.headers())
+    assert gone.status_code == 404
+    missing = live.cli("get", devbox_id, check=False)
+    assert missing.returncode != 0 and "404" in missing.stdout + missing.stderr
