@@ -27,6 +27,7 @@ from devbox_service.notifications.routes import (
     DevboxNotificationController,
     NotificationController,
 )
+from devbox_service.previews.routes import HttpServiceController, preview_router
 from devbox_service.secrets.routes import UserSecretController
 from devbox_service.services import Services, build_backend
 from devbox_service.settings import Settings
@@ -66,6 +67,8 @@ def create_app(settings: Settings, backend: VMBackend | object | None = _NOT_GIV
             UserSecretController,
             DevboxNotificationController,
             NotificationController,
+            HttpServiceController,
+            preview_router(settings.upload_max_bytes),
             *tmux_routes.route_handlers,
         ],
         dependencies={

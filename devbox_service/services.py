@@ -18,6 +18,8 @@ from devbox_service.db import Database
 from devbox_service.devboxes.service import DevboxService
 from devbox_service.devboxes.store import DevboxStore
 from devbox_service.notifications.service import NotificationService
+from devbox_service.previews.proxy import PREVIEW_PREFIX, PreviewProxy
+from devbox_service.previews.service import HttpServiceRegistry
 from devbox_service.secrets.box import SecretBox
 from devbox_service.secrets.service import SecretService
 from devbox_service.settings import Settings
@@ -85,8 +87,14 @@ class Services:
         self.secret_box = SecretBox.open(data_dir)
         self.guests = GuestConnections()
         self.devboxes = DevboxService(
-            DevboxStore(self._database), self.backend, self.secret_box, self.guests
+            DevboxStore(self._database),
+            self.backend,
+            self.secret_box,
+            self.guests,
+            preview_base_url=self.settings.base_url + PREVIEW_PREFIX,
         )
+        self.previews = HttpServiceRegistry(self._database, self.devboxes, self.identities)
+        self.preview_proxy = PreviewProxy()
         self.agent_tokens = AgentTokenService(
             self.identities.agent_tokens, self.devboxes, self.guests, self.settings.guest_base_url
         )
@@ -139,6 +147,7 @@ class Services:
             await self.tmux.close()
             await self.devboxes.close()
             await self.guests.close()
+            await self.preview_proxy.close()
         if self._image_task is not None:
             self._image_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

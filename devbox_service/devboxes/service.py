@@ -27,6 +27,7 @@ from devbox_service.devboxes.models import (
     DevboxStatus,
     DevboxSummaryResponse,
     EventRecord,
+    HttpService,
     ImageResponse,
     Networking,
     SnapshotRecord,
@@ -96,8 +97,11 @@ class DevboxService:
         backend: VMBackend | None,
         secret_box: SecretBox,
         guests: GuestFiles | None = None,
+        *,
+        preview_base_url: str = "",
     ) -> None:
         self.store = store
+        self._preview_base_url = preview_base_url.rstrip("/")
         self._backend = backend
         self._box = secret_box
         self._guests = guests
@@ -127,12 +131,14 @@ class DevboxService:
     async def list_summaries(self, principal: Principal) -> list[DevboxSummaryResponse]:
         records = await self.store.list_for_org(principal.org_id)
         events = await self.store.events_for([r.id for r in records])
-        return [summary(r, events[r.id]) for r in records]
+        services = await self._http_services([r.id for r in records])
+        return [summary(r, events[r.id], services[r.id]) for r in records]
 
     async def list_detailed(self, principal: Principal) -> list[DevboxResponse]:
         records = await self.store.list_for_org(principal.org_id)
         events = await self.store.events_for([r.id for r in records])
-        return [detail(r, events[r.id]) for r in records]
+        services = await self._http_services([r.id for r in records])
+        return [detail(r, events[r.id], services[r.id]) for r in records]
 
     async def get(self, principal: Principal, devbox_id: str) -> DevboxResponse:
         return await self._detail(await self.visible(principal, devbox_id))
@@ -140,11 +146,29 @@ class DevboxService:
     async def summary(self, principal: Principal, devbox_id: str) -> DevboxSummaryResponse:
         record = await self.visible(principal, devbox_id)
         events = await self.store.events_for([record.id])
-        return summary(record, events[record.id])
+        services = await self._http_services([record.id])
+        return summary(record, events[record.id], services[record.id])
 
     async def _detail(self, record: DevboxRecord) -> DevboxResponse:
         events = await self.store.events_for([record.id])
-        return detail(record, events[record.id])
+        services = await self._http_services([record.id])
+        return detail(record, events[record.id], services[record.id])
+
+    async def _http_services(self, devbox_ids: list[str]) -> dict[str, list[HttpService]]:
+        """The exposed services of each devbox, with their preview URLs (see previews/)."""
+        rows = await self.store.http_services_for(devbox_ids)
+        return {
+            devbox_id: [
+                HttpService(
+                    name=row["name"],
+                    port=row["port"],
+                    url=f"{self._preview_base_url}/{devbox_id}/{row['name']}/",
+                    auth_mode=row["auth_mode"],
+                )
+                for row in found
+            ]
+            for devbox_id, found in rows.items()
+        }
 
     # creating
 
@@ -468,8 +492,9 @@ class DevboxService:
         expected = self._credentials(record)["password"]
         return record.id if secrets.compare_digest(expected, password) else None
 
-    async def connect_target(self, devbox_id: str) -> SSHEndpoint:
-        """Where the guest's sshd is; a paused devbox is resumed first (wake on SSH)."""
+    async def connect_target(self, devbox_id: str, *, woken_by: str = "SSH") -> SSHEndpoint:
+        """Where the guest's sshd is; a paused devbox is resumed first (wake on SSH, or on
+        HTTP when the preview proxy calls with `woken_by="HTTP"`)."""
         record = await self.store.get(devbox_id)
         if record is None:
             raise NotFound.of("devbox", devbox_id)
@@ -479,7 +504,7 @@ class DevboxService:
                 if record is not None and record.status is S.PAUSED:
                     await self.backend.resume(devbox_id)
                     await self._set_status_with_event(
-                        devbox_id, S.READY, "resume", detail={"name": "resumed by SSH"}
+                        devbox_id, S.READY, "resume", detail={"name": f"resumed by {woken_by}"}
                     )
             record = await self.store.get(devbox_id)
         deadline = time.monotonic() + 120
@@ -672,23 +697,25 @@ def snapshot_response(snapshot: SnapshotRecord) -> SnapshotResponse:
     )
 
 
-def _common(record: DevboxRecord) -> dict[str, Any]:
+def _common(record: DevboxRecord, http_services: list[HttpService]) -> dict[str, Any]:
     return {
         "id": record.id,
         "status": record.status.value,
         "created": int(record.created_at),
         "spec": DevboxSpec(vcpus=record.vcpus, memory=record.memory_mb, disk_size=record.disk_mb),
         "refs": DevboxRefs(snapshot_id=record.base_snapshot_id),
-        "networking": Networking(internal_ip=GUEST_IP, http_services=[]),
+        "networking": Networking(internal_ip=GUEST_IP, http_services=http_services),
         "metadata": record.metadata,
         "current_save_id": record.current_save_id,
         "base_snapshot_id": record.base_snapshot_id,
     }
 
 
-def summary(record: DevboxRecord, events: list[EventRecord]) -> DevboxSummaryResponse:
+def summary(
+    record: DevboxRecord, events: list[EventRecord], http_services: list[HttpService]
+) -> DevboxSummaryResponse:
     return DevboxSummaryResponse(
-        **_common(record),
+        **_common(record, http_services),
         timeline_count=len(events),
         saves_count=sum(1 for e in events if e.type == "save"),
         branches_count=sum(1 for e in events if e.type == "branch"),
@@ -696,5 +723,9 @@ def summary(record: DevboxRecord, events: list[EventRecord]) -> DevboxSummaryRes
     )
 
 
-def detail(record: DevboxRecord, events: list[EventRecord]) -> DevboxResponse:
-    return DevboxResponse(**_common(record), timeline=[timeline_event(e) for e in events])
+def detail(
+    record: DevboxRecord, events: list[EventRecord], http_services: list[HttpService]
+) -> DevboxResponse:
+    return DevboxResponse(
+        **_common(record, http_services), timeline=[timeline_event(e) for e in events]
+    )

@@ -143,6 +143,21 @@ class DevboxStore:
             found[row["devbox_id"]].append(_event(row))
         return found
 
+    # HTTP services (written by previews/; listed here for the devbox views)
+
+    async def http_services_for(self, devbox_ids: list[str]) -> dict[str, list[Row]]:
+        found: dict[str, list[Row]] = {i: [] for i in devbox_ids}
+        if not devbox_ids:
+            return found
+        marks = ",".join("?" * len(devbox_ids))
+        rows = await self.database.fetch_all(
+            f"SELECT * FROM http_services WHERE devbox_id IN ({marks}) ORDER BY created_at, name",
+            devbox_ids,
+        )
+        for row in rows:
+            found[row["devbox_id"]].append(row)
+        return found
+
     # snapshots
 
     async def insert_snapshot(self, tx: Transaction, snapshot: SnapshotRecord) -> None:

@@ -32,6 +32,7 @@ PLACEHOLDER_VALUES = {"name": "SOME_SECRET", "target": "main", "pane_id": "%0"}
 # Valid bodies where a route needs one, so that what is checked is the access rule alone.
 BODIES: dict[str, dict[str, Any]] = {
     "/display_name": {"json": {"display_name": "x"}},
+    "/http": {"json": {"name": "web", "port": 8080}},
     "/notifications": {"json": {"title": "t"}},
     "/uploads": {"files": {"file": ("a.txt", b"a", "text/plain")}},
     "/uploads/image": {"files": {"file": ("a.png", b"\x89PNG\r\n\x1a\n", "image/png")}},

@@ -1,0 +1,1 @@
+"""HTTP services a devbox exposes, and the preview proxy that serves them."""

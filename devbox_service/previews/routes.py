@@ -1,0 +1,141 @@
+"""`POST /api/devboxes/{id}/http` and `DELETE .../http/{name}` (both answer the devbox), and
+the preview URL `/preview/{devbox_id}/{name}/{path}` that serves an exposed service."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from litestar import Controller, HttpMethod, Request, Router, delete, post, route
+from litestar.background_tasks import BackgroundTask
+from litestar.exceptions import HTTPException
+from litestar.params import FromPath, JSONBody
+from litestar.response.base import ASGIResponse
+from litestar.response.redirect import ASGIRedirectResponse
+from litestar.response.streaming import ASGIStreamingResponse
+from litestar.status_codes import HTTP_502_BAD_GATEWAY
+
+from devbox_service.auth import scopes
+from devbox_service.auth.guards import PUBLIC, CurrentPrincipal, agent_scope, allow
+from devbox_service.devboxes.models import DevboxResponse
+from devbox_service.previews import proxy
+from devbox_service.previews.service import HttpExposeRequest
+from devbox_service.services import AppServices
+
+HTTP_WRITE = agent_scope(scopes.HTTP_WRITE)
+PROXIED_METHODS = [
+    HttpMethod.GET,
+    HttpMethod.HEAD,
+    HttpMethod.POST,
+    HttpMethod.PUT,
+    HttpMethod.PATCH,
+    HttpMethod.DELETE,
+    HttpMethod.OPTIONS,
+]
+
+
+class HttpServiceController(Controller):
+    path = "/api/devboxes/{devbox_id:str}/http"
+    tags = ["devboxes"]
+
+    @post(
+        "/",
+        guards=[allow(HTTP_WRITE)],
+        status_code=200,
+        summary="Expose HTTP Service",
+        description="Expose a local port as an HTTP service; returns the updated devbox",
+    )
+    async def expose(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
+        data: JSONBody[HttpExposeRequest],
+    ) -> DevboxResponse:
+        await services.previews.expose(
+            principal, devbox_id, name=data.name, port=data.port, auth_mode=data.auth_mode
+        )
+        return await services.devboxes.get(principal, devbox_id)
+
+    @delete(
+        "/{name:str}",
+        guards=[allow(HTTP_WRITE)],
+        status_code=200,
+        summary="Unexpose HTTP Service",
+        description="Remove an exposed HTTP service; returns the updated devbox",
+    )
+    async def unexpose(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
+        name: FromPath[str],
+    ) -> DevboxResponse:
+        await services.previews.unexpose(principal, devbox_id, name)
+        return await services.devboxes.get(principal, devbox_id)
+
+
+@route(
+    [
+        proxy.PREVIEW_PREFIX + "/{devbox_id:str}/{name:str}",
+        proxy.PREVIEW_PREFIX + "/{devbox_id:str}/{name:str}/{path:path}",
+    ],
+    http_method=PROXIED_METHODS,
+    guards=[allow(PUBLIC)],  # each service applies its own auth_mode (service.target)
+    include_in_schema=False,
+    status_code=200,
+)
+async def preview(
+    request: Request[Any, Any, Any],
+    services: AppServices,
+    devbox_id: FromPath[str],
+    name: FromPath[str],
+) -> ASGIResponse:
+    """Forward the request to the devbox's service (waking a paused devbox first) and stream
+    the answer back; 502 when nothing answers on the guest port."""
+    raw_headers: proxy.Headers = list(request.scope["headers"])
+    target = await services.previews.target(devbox_id, name, proxy.bearer_of(raw_headers))
+    prefix = f"{proxy.PREVIEW_PREFIX}/{devbox_id}/{name}"
+    # raw_path keeps the client's percent-encoding; httpx's ASGI bridge leaves the query in it
+    path = (request.scope.get("raw_path") or b"").decode("latin-1").partition("?")[0]
+    if path != prefix and not path.startswith(prefix + "/"):  # an encoded id or name
+        path = quote(request.scope["path"])
+    rest = path[len(prefix) :]
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    suffix = f"?{query}" if query else ""
+    if not rest:  # relative links in the page must resolve under the prefix
+        return ASGIRedirectResponse(path=f"{prefix}/{suffix}")
+    headers = proxy.request_headers(
+        raw_headers,
+        drop_authorization=target.consumed_authorization,
+        forwarded={
+            "x-forwarded-for": request.client.host if request.client else "",
+            "x-forwarded-host": request.headers.get("host", ""),
+            "x-forwarded-proto": request.url.scheme,
+            "x-forwarded-prefix": prefix,
+        },
+    )
+    url = f"http://127.0.0.1:{target.host_port}{rest}{suffix}"
+    try:
+        upstream = await services.preview_proxy.send(
+            request.method, url, headers, await request.body()
+        )
+    except proxy.UpstreamUnreachable as exc:
+        raise HTTPException(
+            status_code=HTTP_502_BAD_GATEWAY,
+            detail=f"nothing answered HTTP on port {target.service.port} of devbox {devbox_id} "
+            f"(service {name!r}): {exc}",
+        ) from exc
+    return ASGIStreamingResponse(
+        iterator=upstream.aiter_raw(),
+        status_code=upstream.status_code,
+        headers=proxy.response_headers(upstream, prefix, target.host_port),  # type: ignore[arg-type]
+        media_type=upstream.headers.get("content-type", "application/octet-stream"),
+        is_head_response=request.method == "HEAD",
+        background=BackgroundTask(upstream.aclose),
+    )
+
+
+def preview_router(max_body_bytes: int) -> Router:
+    """Mounted by `create_app`: request bodies up to the upload limit pass through."""
+    return Router(path="/", route_handlers=[preview], request_max_body_size=max_body_bytes)
