@@ -100,7 +100,7 @@ class Services:
         )
         self.secrets = SecretService(self._database, self.secret_box, self.identities.agent_tokens)
         self.notifications = NotificationService(self._database, self.devboxes)
-        self.tmux = TmuxService(self.devboxes, self.backend, data_dir / "run" / "tmux")
+        self.tmux = TmuxService(self.devboxes, self.guests, data_dir / "run" / "tmux")
         issued = await self.identities.bootstrap(data_dir)
         if issued is not None:
             print(

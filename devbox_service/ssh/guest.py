@@ -33,7 +33,8 @@ class GuestConnections:
         self._connections: dict[tuple[str, int], asyncssh.SSHClientConnection] = {}
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
 
-    async def _connection(self, endpoint: SSHEndpoint) -> asyncssh.SSHClientConnection:
+    async def connection(self, endpoint: SSHEndpoint) -> asyncssh.SSHClientConnection:
+        """The warm connection to a guest, opened if there is none or it was closed."""
         key = (endpoint.host, endpoint.port)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
@@ -46,7 +47,8 @@ class GuestConnections:
                         username=endpoint.username,
                         client_keys=[endpoint.private_key_path],
                         known_hosts=None,
-                        keepalive_interval=15,
+                        keepalive_interval=5,
+                        keepalive_count_max=3,
                     ),
                     CONNECT_TIMEOUT,
                 )
@@ -59,7 +61,7 @@ class GuestConnections:
         action: Callable[[asyncssh.SSHClientConnection], Awaitable[T]],
     ) -> T:
         for attempt in (1, 2):
-            connection = await self._connection(endpoint)
+            connection = await self.connection(endpoint)
             try:
                 return await action(connection)
             except (

@@ -28,6 +28,7 @@ import asyncssh
 import libtmux
 
 from devbox_service.backends.base import SSHEndpoint
+from devbox_service.ssh.guest import GuestConnections
 from devbox_service.tmux.control import ChannelClosed, ControlClient, quote
 
 CONNECT_TIMEOUT = 20.0
@@ -73,11 +74,17 @@ def socket_args(socket: str | None) -> list[str]:
 class GuestTmux:
     """tmux in one guest: a warm asyncssh connection, control clients, the libtmux wrapper."""
 
-    def __init__(self, devbox_id: str, endpoint: SSHEndpoint, runtime_dir: Path) -> None:
+    def __init__(
+        self,
+        devbox_id: str,
+        endpoint: SSHEndpoint,
+        runtime_dir: Path,
+        connections: GuestConnections,
+    ) -> None:
         self.devbox_id = devbox_id
         self.endpoint = endpoint
         self._dir = runtime_dir / devbox_id
-        self._connection: asyncssh.SSHClientConnection | None = None
+        self._connections = connections
         self._clients: dict[str, ControlClient] = {}
         self._lock = asyncio.Lock()
         self.wrapper = self._dir / "tmux"
@@ -108,39 +115,14 @@ class GuestTmux:
     # asyncssh
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
-        if self._connection is None or self._connection.is_closed():
-            ep = self.endpoint
-            self._connection = await asyncio.wait_for(
-                asyncssh.connect(
-                    ep.host,
-                    ep.port,
-                    username=ep.username,
-                    client_keys=[ep.private_key_path],
-                    known_hosts=None,
-                    keepalive_interval=5,
-                    keepalive_count_max=3,
-                ),
-                CONNECT_TIMEOUT,
-            )
-        return self._connection
+        return await asyncio.wait_for(self._connections.connection(self.endpoint), CONNECT_TIMEOUT)
 
     async def exec(self, command: str, timeout: float = 30.0) -> tuple[int, str, str]:
-        """Run a shell command in the guest: (exit status, stdout, stderr). Retries once on a
-        dropped connection (a restored guest forgot it)."""
-        for attempt in (1, 2):
-            async with self._lock:
-                connection = await self._connect()
-            try:
-                result = await asyncio.wait_for(
-                    connection.run(f"{ENV} {command}", check=False), timeout
-                )
-            except (asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError):
-                await self._drop_connection()
-                if attempt == 2:
-                    raise
-                continue
-            return int(result.exit_status or 0), str(result.stdout), str(result.stderr)
-        raise AssertionError("unreachable")
+        """Run a shell command in the guest: (exit status, stdout, stderr)."""
+        result = await self._connections.run(
+            self.endpoint, f"{ENV} {command}", timeout=timeout, check=False
+        )
+        return int(result.exit_status or 0), str(result.stdout), str(result.stderr)
 
     async def control(self, socket: str | None) -> ControlClient:
         """The command client for this tmux server, started (or restarted) on demand."""
@@ -187,14 +169,10 @@ class GuestTmux:
         raise AssertionError("unreachable")
 
     async def _drop_connection(self) -> None:
-        connection, self._connection = self._connection, None
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
-        if connection is not None:
-            connection.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(connection.wait_closed(), 2)
+        await self._connections.forget(self.endpoint)
 
     async def reset(self) -> None:
         """Forget connections after a failure so the next call reconnects."""

@@ -21,7 +21,7 @@ import libtmux
 from libtmux import exc as tmux_exc
 
 from devbox_service.auth.models import Principal
-from devbox_service.backends.base import BackendError, VMBackend
+from devbox_service.backends.base import BackendError
 from devbox_service.devboxes.service import DevboxService, require
 from devbox_service.errors import (
     Conflict,
@@ -31,6 +31,7 @@ from devbox_service.errors import (
     Timeout,
     Unavailable,
 )
+from devbox_service.ssh.guest import GuestConnections
 from devbox_service.tmux.control import CommandError, ControlError, Reply, quote
 from devbox_service.tmux.models import (
     MAX_KEYS_BYTES,
@@ -116,10 +117,10 @@ def _find(server: libtmux.Server, target: str) -> libtmux.Session:
 
 class TmuxService:
     def __init__(
-        self, devboxes: DevboxService, backend: VMBackend | None, runtime_dir: Path
+        self, devboxes: DevboxService, connections: GuestConnections, runtime_dir: Path
     ) -> None:
         self.devboxes = devboxes
-        self.backend = backend
+        self.connections = connections
         self.runtime_dir = runtime_dir
         self._guests: dict[str, GuestTmux] = {}
         self._installed: set[str] = set()
@@ -138,7 +139,7 @@ class TmuxService:
         if guest is None or guest.endpoint != endpoint:
             if guest is not None:
                 await guest.close()
-            guest = GuestTmux(devbox_id, endpoint, self.runtime_dir)
+            guest = GuestTmux(devbox_id, endpoint, self.runtime_dir, self.connections)
             self._guests[devbox_id] = guest
         return guest
 
