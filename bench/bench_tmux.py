@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import socket
 import statistics
 import tempfile
 import time
@@ -22,23 +20,11 @@ import asyncssh
 import httpx
 import uvicorn
 
+from bench.common import free_port, merge_results, percentile, print_table
 from devbox_service.app import create_app
 from devbox_service.settings import load_settings
 
-RESULTS = Path(__file__).parent / "results" / "latest.json"
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+TARGETS = {"tmux.roundtrip.p50": 0.15, "tmux.stream_latency.p95": 0.3}
 
 
 async def wait_ready(client: httpx.AsyncClient, headers: dict[str, str], devbox_id: str) -> None:
@@ -145,30 +131,14 @@ async def _measure(
     }
 
 
-def merge(results: dict[str, float]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    current: dict[str, Any] = {}
-    if RESULTS.exists():
-        with contextlib.suppress(ValueError):
-            loaded = json.loads(RESULTS.read_text())
-            current = loaded if isinstance(loaded, dict) else {}
-    current.update(
-        {k: round(v, 4) for k, v in results.items() if not k.endswith("stream_latency.p50")}
-    )
-    RESULTS.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-tmux-") as tmp:
         results = asyncio.run(measure(args.runs, Path(tmp)))
-    print(f"{'metric':32} {'seconds':>10}")
-    for key, value in results.items():
-        print(f"{key:32} {value:10.4f}")
-    merge(results)
-    print(f"merged into {RESULTS}")
+    merge_results(results)
+    print_table(results, TARGETS)
 
 
 if __name__ == "__main__":

@@ -76,8 +76,6 @@ async def saved_snapshot(qemu_backend: QemuBackend, booted_vm: InstanceInfo) -> 
 
 
 @pytest.fixture(scope="session")
-async def clones(
-    qemu_backend: QemuBackend, saved_snapshot: SnapshotInfo
-) -> list[InstanceInfo]:
+async def clones(qemu_backend: QemuBackend, saved_snapshot: SnapshotInfo) -> list[InstanceInfo]:
     """Two instances branched at once from `saved_snapshot`."""
     return await qemu_backend.branch(saved_snapshot.id, ["vm-clone-a", "vm-clone-b"])

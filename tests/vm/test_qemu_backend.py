@@ -238,4 +238,3 @@ async def test_deleting_parent_snapshot_keeps_child_working_through_standby(
     used |= {p for s in qemu_backend._snapshots.values() for p in s.chain}
     pool = {str(p) for p in (Path(qemu_config.state_dir) / "disks").iterdir()}
     assert pool <= used
-
