@@ -39,6 +39,7 @@ class DevboxRecord(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float
     updated_at: float
     ssh_credentials_sealed: str | None = None
+    image_id: str | None = None
 
 
 class SnapshotRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -182,11 +182,12 @@ class DevboxService:
     ) -> DevboxResponse:
         """Record the devbox as provisioning and restore the snapshot in the background."""
         snapshot_id = await self._bootable_snapshot(principal, snapshot_ref)
-        spec = (await self.backend.get_snapshot(snapshot_id)).spec
+        snapshot = await self.backend.get_snapshot(snapshot_id)
         record = await self._insert_devbox(
             principal,
             snapshot_id=snapshot_id,
-            spec=spec,
+            image_id=snapshot.image_id,
+            spec=snapshot.spec,
             name=name or "",
             metadata=metadata or {},
             parent_id=None,
@@ -214,6 +215,7 @@ class DevboxService:
         principal: Principal,
         *,
         snapshot_id: str,
+        image_id: str | None,
         spec: backend_api.MachineSpec,
         name: str,
         metadata: dict[str, Any],
@@ -230,6 +232,7 @@ class DevboxService:
             name=name,
             status=S.PROVISIONING,
             base_snapshot_id=snapshot_id,
+            image_id=image_id,
             current_save_id=None,
             parent_id=parent_id,
             vcpus=spec.vcpus,
@@ -399,6 +402,7 @@ class DevboxService:
                 child = await self._insert_devbox(
                     principal,
                     snapshot_id=snapshot.id,
+                    image_id=parent.image_id,
                     spec=backend_api.MachineSpec(
                         vcpus=parent.vcpus, memory_mb=parent.memory_mb, disk_mb=parent.disk_mb
                     ),
@@ -703,7 +707,7 @@ def _common(record: DevboxRecord, http_services: list[HttpService]) -> dict[str,
         "status": record.status.value,
         "created": int(record.created_at),
         "spec": DevboxSpec(vcpus=record.vcpus, memory=record.memory_mb, disk_size=record.disk_mb),
-        "refs": DevboxRefs(snapshot_id=record.base_snapshot_id),
+        "refs": DevboxRefs(snapshot_id=record.base_snapshot_id, image_id=record.image_id),
         "networking": Networking(internal_ip=GUEST_IP, http_services=http_services),
         "metadata": record.metadata,
         "current_save_id": record.current_save_id,

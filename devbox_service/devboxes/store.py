@@ -29,6 +29,7 @@ def _devbox(row: Row) -> DevboxRecord:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         ssh_credentials_sealed=row["ssh_credentials_sealed"],
+        image_id=row["image_id"],
     )
 
 
@@ -57,8 +58,8 @@ class DevboxStore:
         await tx.execute(
             "INSERT INTO devboxes (id, org_id, user_id, name, status, base_snapshot_id, "
             "current_save_id, parent_id, vcpus, memory_mb, disk_mb, metadata, error, created_at, "
-            "updated_at, ssh_token_hash, ssh_credentials_sealed) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "updated_at, ssh_token_hash, ssh_credentials_sealed, image_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 record.id,
                 record.org_id,
@@ -77,6 +78,7 @@ class DevboxStore:
                 record.updated_at,
                 ssh_token_hash,
                 record.ssh_credentials_sealed,
+                record.image_id,
             ),
         )
 

@@ -23,6 +23,10 @@ async def test_created_devbox_is_a_real_vm_with_a_truthful_record(
     assert await guest(vm_api, devbox["id"], "echo hello from $(uname -s)") == "hello from Linux\n"
     assert devbox["spec"] == {"vcpus": 1, "memory": 256, "disk_size": 2048}
     assert devbox["base_snapshot_id"] == default_image["boot_snapshot_id"]
+    assert devbox["refs"] == {
+        "snapshot_id": default_image["boot_snapshot_id"],
+        "image_id": default_image["id"],
+    }
     assert devbox["metadata"] == {"purpose": "tests"}
     assert [e["type"] for e in devbox["timeline"]] == ["create"]
     listed = (
@@ -115,6 +119,8 @@ async def test_branch_two_copies_with_the_parents_files(
     assert len(children) == 2
     for child in children:
         ready = await wait_status(vm_api, key, child["id"])
+        assert ready["refs"]["image_id"] == devbox["refs"]["image_id"]
+        assert ready["base_snapshot_id"] == ready["refs"]["snapshot_id"]
         assert await guest(vm_api, ready["id"], "cat /root/branch-marker") == "branch-marker\n"
     a, b = [await guest(vm_api, c["id"], "head -c 16 /dev/urandom | od -An -tx1") for c in children]
     assert a != b
