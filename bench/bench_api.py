@@ -17,6 +17,7 @@ import httpx
 import paramiko
 
 from bench.common import free_port, merge_results, percentile, print_table
+from devbox_service.settings import load_settings
 
 TARGETS = {
     "api.create_to_ready.p50": 1.2,
@@ -31,7 +32,12 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="devbox-bench-"))
     port, ssh_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEVBOX_")}
-    env.update(DEVBOX_DATA_DIR=str(data_dir), DEVBOX_PORT=str(port), DEVBOX_SSH_PORT=str(ssh_port))
+    env.update(
+        DEVBOX_DATA_DIR=str(data_dir),
+        DEVBOX_CACHE_DIR=load_settings().cache_dir,
+        DEVBOX_PORT=str(port),
+        DEVBOX_SSH_PORT=str(ssh_port),
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "devbox_service", "serve"],
         env=env,

@@ -37,7 +37,9 @@ async def wait_ready(client: httpx.AsyncClient, headers: dict[str, str], devbox_
 
 
 async def measure(runs: int, data_dir: Path) -> dict[str, float]:
-    settings = load_settings(environ={}, data_dir=str(data_dir), vm_backend="qemu")
+    settings = load_settings(
+        environ={}, data_dir=str(data_dir), cache_dir=load_settings().cache_dir, vm_backend="qemu"
+    )
     app = create_app(settings)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", lifespan="on"))

@@ -26,8 +26,9 @@ from devbox_service.backends.qemu.config import QemuConfig
 from devbox_service.backends.qemu.driver import QemuBackend
 from devbox_service.backends.qemu.machine import LaunchSpec, Machine, command_line
 from devbox_service.backends.qemu.util import free_port
+from devbox_service.settings import load_settings
 
-CACHE_DIR = os.environ.get("DEVBOX_VM_CACHE", str(Path.home() / ".cache" / "devbox-service"))
+CACHE_DIR = load_settings().cache_dir  # DEVBOX_CACHE_DIR, else the XDG cache directory
 RUNS = int(os.environ.get("BENCH_VM_RUNS", "5"))
 
 TARGETS = {

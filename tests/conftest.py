@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
-from support import Api, wait_status
+from support import Api, vm_settings, wait_status
 
 from devbox_service.app import create_app
 from devbox_service.settings import Settings, load_settings
@@ -58,7 +58,7 @@ async def api(make_settings: Callable[..., Settings]) -> AsyncIterator[Api]:
 @pytest.fixture(scope="session")
 async def vm_api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
     data_dir = tmp_path_factory.mktemp("api-data")
-    settings = load_settings(environ={}, data_dir=str(data_dir), vm_backend="qemu", ssh_port=0)
+    settings = vm_settings(data_dir)
     async with AsyncTestClient(create_app(settings), timeout=300) as client:
         api = Api(client, settings)
         deadline = time.monotonic() + 1800

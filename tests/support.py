@@ -14,7 +14,8 @@ from devbox_service.auth import tokens
 from devbox_service.auth.models import AgentTokenRecord, Role
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus
 from devbox_service.ids import new_id
-from devbox_service.settings import Settings
+from devbox_service.services import Services
+from devbox_service.settings import Settings, load_settings
 from devbox_service.ssh.guest import GuestConnections
 
 ApiClient = AsyncTestClient[Any]
@@ -26,7 +27,7 @@ class Api:
     def __init__(self, client: ApiClient, settings: Settings) -> None:
         self.client = client
         self.settings = settings
-        self.services = client.app.state.services
+        self.services: Services = client.app.state.services
 
     @property
     def admin_key(self) -> str:
@@ -131,3 +132,13 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def vm_settings(data_dir: Path) -> Settings:
+    """Settings for a service with real VMs in a test: its own data dir and a free SSH port,
+    the shared image cache (the one the backend fixtures use)."""
+    from vm_fixtures import CACHE_DIR
+
+    return load_settings(
+        environ={}, data_dir=str(data_dir), cache_dir=CACHE_DIR, vm_backend="qemu", ssh_port=0
+    )

@@ -6,9 +6,7 @@ boot snapshot are cached in ~/.cache/devbox-service across runs; instances live 
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +14,9 @@ from devbox_service.backends.base import InstanceInfo, SnapshotInfo
 from devbox_service.backends.qemu import guest
 from devbox_service.backends.qemu.config import QemuConfig
 from devbox_service.backends.qemu.driver import QemuBackend
+from devbox_service.settings import load_settings
 
-CACHE_DIR = os.environ.get("DEVBOX_VM_CACHE", str(Path.home() / ".cache" / "devbox-service"))
+CACHE_DIR = load_settings().cache_dir  # DEVBOX_CACHE_DIR, else the XDG cache directory
 
 # A tmux session that keeps counting, so tests can tell a live session from a restarted one.
 COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /root/counter; sleep 0.2; done"

@@ -8,11 +8,10 @@ from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
-from support import Api, guest, wait_status
+from support import Api, guest, vm_settings, wait_status
 
 from devbox_service.app import create_app
 from devbox_service.auth.models import Role
-from devbox_service.settings import load_settings
 
 pytestmark = pytest.mark.vm
 
@@ -258,9 +257,7 @@ async def test_restart_of_the_service_keeps_every_devbox(
     default_image: dict[str, Any], tmp_path: Path
 ) -> None:
     """Stop the service while a devbox runs; a new service on the same data dir re-adopts it."""
-    settings = load_settings(
-        environ={}, data_dir=str(tmp_path / "data"), vm_backend="qemu", ssh_port=0
-    )
+    settings = vm_settings(tmp_path / "data")
     async with AsyncTestClient(create_app(settings), timeout=300) as client:
         api = Api(client, settings)
         while (await client.get("/health/ready")).status_code != 200:

@@ -17,6 +17,7 @@ import httpx
 import paramiko
 import pytest
 from support import free_port
+from vm_fixtures import CACHE_DIR
 
 pytestmark = pytest.mark.vm
 
@@ -89,6 +90,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
         DEVBOX_DATA_DIR=str(data_dir),
         DEVBOX_PORT=str(service.port),
         DEVBOX_SSH_PORT=str(service.ssh_port),
+        DEVBOX_CACHE_DIR=CACHE_DIR,
     )
     log = (data_dir / "service.log").open("w")
     process = subprocess.Popen(
