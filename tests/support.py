@@ -65,7 +65,7 @@ _test_connections = GuestConnections()
 async def guest(api: Api, devbox_id: str, command: str) -> str:
     """Run a command inside the devbox over SSH (the test's own connection: the app under
     test runs on the test client's event loop, not this one)."""
-    instance = await api.services.backend.get_instance(devbox_id)
+    instance = await api.services.devboxes.backend.get_instance(devbox_id)
     result = await _test_connections.run(instance.ssh, command)
     return str(result.stdout)
 
