@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import logging
+
+import pytest
 from conftest import Api
+
+from devbox_service.logs import JsonFormatter
 
 
 async def test_no_token_is_401_with_a_detail(api: Api) -> None:
@@ -45,3 +50,18 @@ async def test_health_is_public_and_ready_reports_store(api: Api) -> None:
 async def test_openapi_document_is_served(api: Api) -> None:
     document = (await api.client.get("/openapi.json")).json()
     assert "/api/devboxes" in document["paths"]
+
+
+async def test_request_log_names_the_principal_never_the_key(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="devbox_service.requests")
+    await api.client.get(
+        "/api/devboxes", params={"token": "dbx_in_query"}, headers=api.auth(api.admin_key)
+    )
+    (record,) = [r for r in caplog.records if r.name == "devbox_service.requests"]
+    assert (record.method, record.path, record.status) == ("GET", "/api/devboxes", 200)  # type: ignore[attr-defined]
+    assert record.principal.startswith("user:key_")  # type: ignore[attr-defined]
+    assert record.duration_ms >= 0  # type: ignore[attr-defined]
+    line = JsonFormatter().format(record)
+    assert api.admin_key not in line and "dbx_in_query" not in line and "/api/devboxes" in line
