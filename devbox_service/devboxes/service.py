@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import posixpath
@@ -275,7 +276,11 @@ class DevboxService:
         task = asyncio.create_task(boot_all())
         for devbox_id in devbox_ids:
             self._tasks[devbox_id] = task
-        task.add_done_callback(lambda t: [self._tasks.pop(i, None) for i in devbox_ids])
+            task.add_done_callback(functools.partial(self._forget_task, devbox_id))
+
+    def _forget_task(self, devbox_id: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(devbox_id) is task:
+            del self._tasks[devbox_id]
 
     # lifecycle
 
@@ -301,7 +306,9 @@ class DevboxService:
                     return
                 await self.store.update(devbox_id, status=S.READY)
 
-        self._tasks[devbox_id] = asyncio.create_task(reboot())
+        task = asyncio.create_task(reboot())
+        self._tasks[devbox_id] = task
+        task.add_done_callback(functools.partial(self._forget_task, devbox_id))
         return await self._detail(await self.visible(principal, devbox_id))
 
     async def _transition(
