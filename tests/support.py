@@ -59,14 +59,15 @@ async def wait_status(api: Api, key: str, devbox_id: str, wanted: str = "ready")
         await asyncio.sleep(0.3)
 
 
-_test_connections = GuestConnections()
+guest_connections = GuestConnections()
+"""The tests' own SSH connections into guests (one set per test session)."""
 
 
 async def guest(api: Api, devbox_id: str, command: str) -> str:
     """Run a command inside the devbox over SSH (the test's own connection: the app under
     test runs on the test client's event loop, not this one)."""
     instance = await api.services.devboxes.backend.get_instance(devbox_id)
-    result = await _test_connections.run(instance.ssh, command)
+    result = await guest_connections.run(instance.ssh, command)
     return str(result.stdout)
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from support import guest_connections
 
 from devbox_service.backends.base import InstanceInfo, SnapshotInfo
-from devbox_service.backends.qemu import guest
 from devbox_service.backends.qemu.config import QemuConfig
 from devbox_service.backends.qemu.driver import QemuBackend
 from devbox_service.settings import load_settings
@@ -24,7 +24,7 @@ COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /root/counter; sleep 0.2; done
 
 async def sh(vm: InstanceInfo, command: str, timeout: float = 60.0) -> str:
     """Run a command in the guest over SSH and return its stdout; fail the test if it fails."""
-    result = await guest.run(vm.ssh, command, timeout=timeout)
+    result = await guest_connections.run(vm.ssh, command, timeout=timeout, check=False)
     assert result.exit_status == 0, f"{command!r} -> {result.exit_status}: {result.stderr!r}"
     return str(result.stdout)
 
