@@ -133,31 +133,26 @@ class DevboxStore:
         )
 
     async def events_for(self, devbox_ids: list[str]) -> dict[str, list[EventRecord]]:
-        found: dict[str, list[EventRecord]] = {i: [] for i in devbox_ids}
-        if not devbox_ids:
-            return found
-        marks = ",".join("?" * len(devbox_ids))
-        rows = await self.database.fetch_all(
-            f"SELECT * FROM devbox_events WHERE devbox_id IN ({marks}) ORDER BY created_at, rowid",
-            devbox_ids,
-        )
-        for row in rows:
-            found[row["devbox_id"]].append(_event(row))
-        return found
+        rows = await self._rows_by_devbox("devbox_events", "created_at, rowid", devbox_ids)
+        return {devbox_id: [_event(r) for r in found] for devbox_id, found in rows.items()}
 
     # HTTP services (written by previews/; listed here for the devbox views)
 
     async def http_services_for(self, devbox_ids: list[str]) -> dict[str, list[Row]]:
+        return await self._rows_by_devbox("http_services", "created_at, name", devbox_ids)
+
+    async def _rows_by_devbox(
+        self, table: str, order: str, devbox_ids: list[str]
+    ) -> dict[str, list[Row]]:
+        """One query for the rows of many devboxes, grouped by devbox (every id present)."""
         found: dict[str, list[Row]] = {i: [] for i in devbox_ids}
-        if not devbox_ids:
-            return found
-        marks = ",".join("?" * len(devbox_ids))
-        rows = await self.database.fetch_all(
-            f"SELECT * FROM http_services WHERE devbox_id IN ({marks}) ORDER BY created_at, name",
-            devbox_ids,
-        )
-        for row in rows:
-            found[row["devbox_id"]].append(row)
+        if devbox_ids:
+            marks = ",".join("?" * len(devbox_ids))
+            rows = await self.database.fetch_all(
+                f"SELECT * FROM {table} WHERE devbox_id IN ({marks}) ORDER BY {order}", devbox_ids
+            )
+            for row in rows:
+                found[row["devbox_id"]].append(row)
         return found
 
     # snapshots
