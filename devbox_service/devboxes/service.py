@@ -35,6 +35,7 @@ from devbox_service.devboxes.models import (
     SnapshotResponse,
     TimelineEvent,
     UploadResponse,
+    WakeOn,
 )
 from devbox_service.devboxes.store import DevboxStore
 from devbox_service.errors import (
@@ -64,6 +65,7 @@ ALLOWED_FROM: dict[str, set[DevboxStatus]] = {
 NO_OP: dict[str, set[DevboxStatus]] = {"pause": {S.PAUSED}, "resume": {S.READY}}
 
 GUEST_IP = "10.0.2.15"
+ALWAYS_WAKES = WakeOn(wake_on_ssh=True, wake_on_http=True)  # a paused devbox wakes on both
 UPLOAD_ROOT = "/tmp"
 DEFAULT_UPLOAD_DIR = "/tmp/codex-uploads"
 IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"RIFF")
@@ -716,6 +718,7 @@ def _common(record: DevboxRecord, http_services: list[HttpService]) -> dict[str,
         "spec": DevboxSpec(vcpus=record.vcpus, memory=record.memory_mb, disk_size=record.disk_mb),
         "refs": DevboxRefs(snapshot_id=record.base_snapshot_id, image_id=record.image_id),
         "networking": Networking(internal_ip=GUEST_IP, http_services=http_services),
+        "wake_on": ALWAYS_WAKES,
         "metadata": record.metadata,
         "current_save_id": record.current_save_id,
         "base_snapshot_id": record.base_snapshot_id,

@@ -27,6 +27,7 @@ async def test_created_devbox_is_a_real_vm_with_a_truthful_record(
         "image_id": default_image["id"],
     }
     assert devbox["metadata"] == {"purpose": "tests"}
+    assert devbox["wake_on"] == {"wake_on_ssh": True, "wake_on_http": True}
     assert [e["type"] for e in devbox["timeline"]] == ["create"]
     listed = (
         await vm_api.client.get("/api/devboxes", headers=vm_api.auth(vm_api.admin_key))
