@@ -92,6 +92,7 @@ class Services:
             self.secret_box,
             self.guests,
             preview_base_url=self.settings.base_url + PREVIEW_PREFIX,
+            standby_after=self.settings.standby_after_seconds,
         )
         self.previews = HttpServiceRegistry(self._database, self.devboxes, self.identities)
         self.preview_proxy = PreviewProxy()
@@ -121,6 +122,7 @@ class Services:
                 host_key_dir=data_dir / "ssh",
             )
             await self.gateway.start()
+            self.devboxes.start_policies()
             self._image_task = asyncio.create_task(self._ensure_image())
 
     async def _ensure_image(self) -> None:

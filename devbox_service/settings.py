@@ -52,6 +52,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     vm_vcpus: Annotated[int, Meta(ge=1, le=64)] = 1
     vm_memory_mb: Annotated[int, Meta(ge=128, le=65536)] = 256
     vm_disk_mb: Annotated[int, Meta(ge=512)] = 2048
+    standby_after_seconds: Annotated[float, Meta(ge=0)] = 900.0
 
     @property
     def database_path(self) -> Path:

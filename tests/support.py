@@ -135,11 +135,16 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def vm_settings(data_dir: Path) -> Settings:
+def vm_settings(data_dir: Path, **overrides: object) -> Settings:
     """Settings for a service with real VMs in a test: its own data dir and a free SSH port,
     the shared image cache (the one the backend fixtures use)."""
     from vm_fixtures import CACHE_DIR
 
-    return load_settings(
-        environ={}, data_dir=str(data_dir), cache_dir=CACHE_DIR, vm_backend="qemu", ssh_port=0
-    )
+    values: dict[str, object] = {
+        "data_dir": str(data_dir),
+        "cache_dir": CACHE_DIR,
+        "vm_backend": "qemu",
+        "ssh_port": 0,
+        **overrides,
+    }
+    return load_settings(environ={}, **values)

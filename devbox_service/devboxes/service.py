@@ -102,8 +102,10 @@ class DevboxService:
         guests: GuestFiles | None = None,
         *,
         preview_base_url: str = "",
+        standby_after: float = 0.0,
     ) -> None:
         self.store = store
+        self._standby_after = standby_after
         self._preview_base_url = preview_base_url.rstrip("/")
         self._backend = backend
         self._box = secret_box
@@ -111,6 +113,7 @@ class DevboxService:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._destroy_listeners: list[Callable[[str], Awaitable[None]]] = []
+        self._standby_task: asyncio.Task[None] | None = None
 
     def on_destroy(self, listener: Callable[[str], Awaitable[None]]) -> None:
         """Call `listener(devbox_id)` before a devbox's VM is removed (to close connections)."""
@@ -321,18 +324,73 @@ class DevboxService:
         during: DevboxStatus,
         after: DevboxStatus,
     ) -> DevboxResponse:
-        """Run a quick backend action (`pause` or `resume`) named after its API action."""
+        """Pause, or resume (from memory, or from standby on disk)."""
         async with self._locks[devbox_id]:
             record = await self.visible(principal, devbox_id)
             if require(record, action):
                 await self.store.update(devbox_id, status=during)
                 try:
-                    await getattr(self.backend, action)(devbox_id)
+                    if action == "resume":
+                        await self._bring_back(devbox_id)
+                    else:
+                        await self.backend.pause(devbox_id)
                 except backend_api.BackendError as exc:
                     await self.store.update(devbox_id, status=record.status)
                     raise Unavailable(f"{action} failed: {exc.message}") from exc
                 await self._set_status_with_event(devbox_id, after, action)
         return await self._detail(await self.visible(principal, devbox_id))
+
+    async def _bring_back(self, devbox_id: str) -> None:
+        """Resume a paused VM, or restore one that idled into standby (processes kept)."""
+        if (await self.backend.get_instance(devbox_id)).state is InstanceState.STANDBY:
+            await self.backend.wake(devbox_id)
+        else:
+            await self.backend.resume(devbox_id)
+
+    async def _in_memory(self, devbox_id: str) -> None:
+        """Save and branch need the VM process: bring a standby VM back, still paused."""
+        if (await self.backend.get_instance(devbox_id)).state is InstanceState.STANDBY:
+            await self.backend.wake(devbox_id)
+            await self.backend.pause(devbox_id)
+
+    def start_policies(self) -> None:
+        """Background policies: devboxes paused longer than `standby_after` go to standby
+        (memory saved to disk, VM process ended), so idle devboxes cost no memory."""
+        if self._backend is not None and self._standby_after > 0 and self._standby_task is None:
+            self._standby_task = asyncio.create_task(self._standby_loop())
+
+    async def _standby_loop(self) -> None:
+        interval = min(max(self._standby_after / 4, 0.25), 30.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.standby_idle()
+            except Exception:
+                log.exception("standby of idle devboxes failed; will try again")
+
+    async def standby_idle(self) -> list[str]:
+        """Put every devbox paused for longer than `standby_after` into standby."""
+        cutoff = time.time() - self._standby_after
+        moved = []
+        for record in await self.store.all():
+            if record.status is not S.PAUSED or record.updated_at > cutoff:
+                continue
+            async with self._locks[record.id]:
+                current = await self.store.get(record.id)
+                if current is None or current.status is not S.PAUSED:
+                    continue
+                instance = await self.backend.get_instance(record.id)
+                if instance.state is not InstanceState.PAUSED:
+                    continue
+                try:
+                    await self.backend.standby(record.id)
+                except backend_api.BackendError as exc:
+                    log.warning("standby failed", extra={"devbox": record.id, "error": str(exc)})
+                    with contextlib.suppress(backend_api.BackendError):
+                        await self.backend.pause(record.id)  # a failed standby resumes it
+                    continue
+                moved.append(record.id)
+        return moved
 
     async def _set_status_with_event(
         self,
@@ -383,6 +441,7 @@ class DevboxService:
         async with self.store.database.transaction() as tx:
             await self.store.insert_snapshot(tx, snapshot)
         try:
+            await self._in_memory(record.id)
             await self.backend.save(record.id, snapshot.id)
         except BaseException:
             await self.store.delete_snapshot(snapshot.id)
@@ -515,7 +574,7 @@ class DevboxService:
             async with self._locks[devbox_id]:
                 record = await self.store.get(devbox_id)
                 if record is not None and record.status is S.PAUSED:
-                    await self.backend.resume(devbox_id)
+                    await self._bring_back(devbox_id)
                     await self._set_status_with_event(
                         devbox_id, S.READY, "resume", detail={"name": f"resumed by {woken_by}"}
                     )
@@ -641,6 +700,9 @@ class DevboxService:
 
     async def close(self) -> None:
         tasks = {t for t in self._tasks.values() if not t.done()}
+        if self._standby_task is not None:
+            tasks.add(self._standby_task)
+            self._standby_task = None
         for task in tasks:
             task.cancel()
         for task in tasks:

@@ -1,0 +1,81 @@
+"""A devbox paused long enough goes to standby (no VM process, memory on disk) and comes
+back with its processes when resumed or saved."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from litestar.testing import AsyncTestClient
+from support import Api, guest, vm_settings, wait_status
+
+from devbox_service.app import create_app
+from devbox_service.backends.base import InstanceState
+
+pytestmark = pytest.mark.vm
+
+
+def qemu_running_for(devbox_id: str) -> bool:
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in args and devbox_id.encode() + b"\0" in args:
+            return True
+    return False
+
+
+async def wait_standby(api: Api, devbox_id: str) -> None:
+    deadline = time.monotonic() + 120
+    while (await api.services.devboxes.backend.get_instance(devbox_id)).state is not (
+        InstanceState.STANDBY
+    ):
+        assert time.monotonic() < deadline, "the paused devbox never went to standby"
+        await asyncio.sleep(0.2)
+
+
+async def test_paused_devbox_goes_to_standby_and_comes_back_whole(tmp_path: Path) -> None:
+    settings = vm_settings(tmp_path / "data", standby_after_seconds=1.0)
+    async with AsyncTestClient(create_app(settings), timeout=300) as client:
+        api = Api(client, settings)
+        while (await client.get("/health/ready")).status_code != 200:
+            await asyncio.sleep(0.5)
+        auth = api.auth(api.admin_key)
+        image = next(i for i in (await client.get("/api/images", headers=auth)).json()["data"])
+        created = await client.post(
+            "/api/devboxes", params={"snapshot_id": image["id"]}, json={}, headers=auth
+        )
+        devbox_id = created.json()["id"]
+        await wait_status(api, api.admin_key, devbox_id)
+        await guest(
+            api,
+            devbox_id,
+            "echo kept > /root/standby-marker && "
+            "tmux new-session -d -s keep 'sh -c \"while :; do sleep 1; done\"'",
+        )
+        try:
+            assert qemu_running_for(devbox_id)
+            await client.post(f"/api/devboxes/{devbox_id}/pause", headers=auth)
+            await wait_standby(api, devbox_id)
+            assert not qemu_running_for(devbox_id)
+            record = (await client.get(f"/api/devboxes/{devbox_id}", headers=auth)).json()
+            assert record["status"] == "paused"
+
+            resumed = await client.post(f"/api/devboxes/{devbox_id}/resume", headers=auth)
+            assert resumed.status_code == 200 and resumed.json()["status"] == "ready"
+            assert await guest(api, devbox_id, "cat /root/standby-marker") == "kept\n"
+            assert "keep" in await guest(api, devbox_id, "tmux list-sessions -F '#S'")
+
+            await client.post(f"/api/devboxes/{devbox_id}/pause", headers=auth)
+            await wait_standby(api, devbox_id)
+            saved = await client.post(
+                f"/api/devboxes/{devbox_id}/save", json={"name": "cold"}, headers=auth
+            )
+            assert saved.status_code == 200 and saved.json()["status"] == "ready"
+            after = (await client.get(f"/api/devboxes/{devbox_id}", headers=auth)).json()
+            assert after["status"] == "paused"
+        finally:
+            await client.delete(f"/api/devboxes/{devbox_id}", headers=auth)
