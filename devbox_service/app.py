@@ -33,6 +33,7 @@ from devbox_service.services import Services, build_backend
 from devbox_service.settings import Settings
 from devbox_service.system import HealthController, openapi_json
 from devbox_service.tmux import routes as tmux_routes
+from devbox_service.web.pages import index, template_config
 
 _NOT_GIVEN = object()
 
@@ -55,6 +56,7 @@ def create_app(settings: Settings, backend: VMBackend | object | None = _NOT_GIV
 
     return Litestar(
         route_handlers=[
+            index,
             HealthController,
             openapi_json,
             DevboxController,
@@ -80,6 +82,7 @@ def create_app(settings: Settings, backend: VMBackend | object | None = _NOT_GIV
         lifespan=[lifespan],
         state=State({"services": services}),
         request_max_body_size=settings.max_body_bytes,
+        template_config=template_config(),
         openapi_config=OpenAPIConfig(
             title="devbox-service",
             version="0.1.0",

@@ -19,6 +19,8 @@ from devbox_service.settings import Settings, load_settings
 from devbox_service.ssh.guest import GuestConnections
 
 ApiClient = AsyncTestClient[Any]
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+"""Static test data (sample files), kept apart from pytest fixtures."""
 
 
 class Api:

@@ -65,3 +65,10 @@ async def test_request_log_names_the_principal_never_the_key(
     assert record.duration_ms >= 0  # type: ignore[attr-defined]
     line = JsonFormatter().format(record)
     assert api.admin_key not in line and "dbx_in_query" not in line and "/api/devboxes" in line
+
+
+async def test_landing_page_tells_a_browser_how_to_connect(api: Api) -> None:
+    page = await api.client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert f"MORPH_DEVBOX_BASE_URL={api.settings.base_url}" in page.text
+    assert f"MORPH_SSH_PORT={api.settings.ssh_port}" in page.text

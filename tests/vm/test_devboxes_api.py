@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
-from support import Api, guest, vm_settings, wait_status
+from support import FIXTURES, Api, guest, vm_settings, wait_status
 
 from devbox_service.app import create_app
 from devbox_service.auth.models import Role
@@ -238,7 +238,7 @@ async def test_uploads_land_in_the_devbox(vm_api: Api, devbox: dict[str, Any]) -
         "content_type": "text/plain",
     }
     assert await guest(vm_api, devbox["id"], "cat /tmp/codex-uploads/notes.txt") == "hello upload\n"
-    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
+    png = FIXTURES.joinpath("pixel.png").read_bytes()
     image = await vm_api.client.post(
         f"/api/devboxes/{devbox['id']}/uploads/image",
         files={"file": ("pic.png", png, "image/png")},
@@ -246,6 +246,8 @@ async def test_uploads_land_in_the_devbox(vm_api: Api, devbox: dict[str, Any]) -
         headers=auth,
     )
     assert image.status_code == 200 and image.json()["path"] == "/tmp/pics/pic.png"
+    copied = await guest(vm_api, devbox["id"], "od -An -v -tx1 /tmp/pics/pic.png | tr -d ' \\n'")
+    assert copied == png.hex()
     not_image = await vm_api.client.post(
         f"/api/devboxes/{devbox['id']}/uploads/image",
         files={"file": ("pic.png", b"plain text", "image/png")},
