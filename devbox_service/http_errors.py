@@ -82,8 +82,6 @@ def validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Res
             {"loc": loc, "msg": str(entry.get("message", exc.detail)), "type": "value_error"}
         )
     if not items:
-        if "malformed" in exc.detail.lower() or "decode" in exc.detail.lower():
-            return _json(HTTP_400_BAD_REQUEST, f"request body is not valid JSON: {exc.detail}")
         items.append({"loc": ["body"], "msg": exc.detail, "type": "value_error"})
     return _json(HTTP_422_UNPROCESSABLE_ENTITY, items)
 

@@ -28,6 +28,7 @@ import asyncssh
 import libtmux
 
 from devbox_service.backends.base import SSHEndpoint
+from devbox_service.errors import Unavailable
 from devbox_service.ssh.guest import GuestConnections
 from devbox_service.tmux.control import ChannelClosed, ControlClient, quote
 
@@ -118,10 +119,14 @@ class GuestTmux:
         return await asyncio.wait_for(self._connections.connection(self.endpoint), CONNECT_TIMEOUT)
 
     async def exec(self, command: str, timeout: float = 30.0) -> tuple[int, str, str]:
-        """Run a shell command in the guest: (exit status, stdout, stderr)."""
-        result = await self._connections.run(
-            self.endpoint, f"{ENV} {command}", timeout=timeout, check=False
-        )
+        """Run a shell command in the guest: (exit status, stdout, stderr); a guest that cannot
+        be reached is `Unavailable` (503) for every caller."""
+        try:
+            result = await self._connections.run(
+                self.endpoint, f"{ENV} {command}", timeout=timeout, check=False
+            )
+        except (asyncssh.Error, OSError, TimeoutError) as exc:
+            raise Unavailable(f"cannot reach devbox {self.devbox_id}: {exc}") from exc
         return int(result.exit_status or 0), str(result.stdout), str(result.stderr)
 
     async def control(self, socket: str | None) -> ControlClient:
