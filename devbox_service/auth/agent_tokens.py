@@ -12,6 +12,7 @@ from msgspec import Meta
 from devbox_service.auth import scopes, tokens
 from devbox_service.auth.models import AgentTokenRecord, AuditEntry, Principal
 from devbox_service.auth.store import AgentTokenStore
+from devbox_service.devboxes.models import DevboxRecord
 from devbox_service.devboxes.service import DevboxService, GuestFiles, require
 from devbox_service.errors import NotFound, PermissionDenied, Unavailable
 from devbox_service.ids import new_id
@@ -87,15 +88,18 @@ class AgentTokenService:
         self.guest_service_url = guest_service_url
         devboxes.on_destroy(store.revoke_all)
 
-    async def _owned(self, principal: Principal, devbox_id: str) -> None:
+    async def _owned(self, principal: Principal, devbox_id: str) -> DevboxRecord:
         record = await self.devboxes.visible(principal, devbox_id)
         if record.user_id != principal.user_id:
             raise PermissionDenied("only the devbox's owner may manage its agent tokens")
+        return record
 
     async def mint(
         self, principal: Principal, devbox_id: str, request: AgentTokenRequest
     ) -> AgentTokenResponse:
-        await self._owned(principal, devbox_id)
+        devbox = await self._owned(principal, devbox_id)
+        if request.inject:
+            require(devbox, "use")
         granted = sorted(
             set(request.scopes if request.scopes is not None else scopes.DEFAULT_SCOPES)
         )
@@ -115,8 +119,6 @@ class AgentTokenService:
             last_used_at=None,
             revoked_at=None,
         )
-        if request.inject:
-            require(await self.devboxes.visible(principal, devbox_id), "use")
         await self.store.insert(record, tokens.hash_secret(secret))
         if request.inject:
             try:

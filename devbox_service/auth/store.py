@@ -169,9 +169,7 @@ class IdentityStore:
         )
 
     async def touch_key(self, key_id: str) -> None:
-        await self.database.execute(
-            "UPDATE api_keys SET last_used_at = ? WHERE id = ?", (time.time(), key_id)
-        )
+        await touch(self.database, "api_keys", key_id)
 
 
 def _user(row: Row) -> User:
@@ -182,6 +180,20 @@ def _user(row: Row) -> User:
 
 def _org(row: Row) -> Org:
     return Org(id=row["id"], name=row["name"], created_at=row["created_at"])
+
+
+LAST_USED_RESOLUTION = 60.0
+
+
+async def touch(database: Database, table: str, credential_id: str) -> None:
+    """Record a credential's use at most once a minute: every request authenticates, and a
+    write per request would serialise the API on SQLite's single writer."""
+    now = time.time()
+    await database.execute(
+        f"UPDATE {table} SET last_used_at = ? "
+        "WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+        (now, credential_id, now - LAST_USED_RESOLUTION),
+    )
 
 
 def _agent_token(row: Row) -> AgentTokenRecord:
@@ -259,9 +271,7 @@ class AgentTokenStore:
         )
 
     async def touch(self, token_id: str) -> None:
-        await self.database.execute(
-            "UPDATE agent_tokens SET last_used_at = ? WHERE id = ?", (time.time(), token_id)
-        )
+        await touch(self.database, "agent_tokens", token_id)
 
     async def for_devbox(self, devbox_id: str) -> list[AgentTokenRecord]:
         rows = await self.database.fetch_all(

@@ -122,6 +122,9 @@ async def test_list_and_revoke_tokens_and_revoke_all_on_delete(api: Api) -> None
         f"/api/devboxes/{devbox_id}/summary", headers=api.auth(second["token"])
     )
     assert live.status_code == 200
+    used = (await api.client.get(f"/api/devboxes/{devbox_id}/agent-tokens", headers=owner)).json()
+    last_used = {t["id"]: t["last_used_at"] for t in used["data"]}
+    assert last_used[second["id"]] is not None and last_used[first["id"]] is None
     assert (await api.client.delete(f"/api/devboxes/{devbox_id}", headers=owner)).status_code == 200
     after = await api.client.get(
         f"/api/devboxes/{devbox_id}/summary", headers=api.auth(second["token"])
