@@ -8,9 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from litestar import Litestar
+from litestar.handlers import HTTPRouteHandler
 from litestar.testing import AsyncTestClient
 
 from devbox_service.auth import tokens
+from devbox_service.auth.guards import AccessGuard
 from devbox_service.auth.models import AgentTokenRecord, Role
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus
 from devbox_service.ids import new_id
@@ -150,3 +153,19 @@ def vm_settings(data_dir: Path, **overrides: object) -> Settings:
         **overrides,
     }
     return load_settings(environ={}, **values)
+
+
+def app_routes(app: Litestar) -> list[tuple[str, str, list[AccessGuard]]]:
+    """(method, path template, access rules) for every route of the app the project wrote
+    (Litestar's own OPTIONS answers and its docs UI under /docs left out)."""
+    found: list[tuple[str, str, list[AccessGuard]]] = []
+    for route in app.routes:
+        if route.path.startswith("/docs"):
+            continue
+        for handler in getattr(route, "route_handlers", []):
+            if not isinstance(handler, HTTPRouteHandler):
+                continue
+            rules = [g for g in handler.resolve_guards() if isinstance(g, AccessGuard)]
+            for method in sorted(handler.http_methods - {"OPTIONS", "HEAD"}):
+                found.append((str(method), route.path, rules))
+    return found

@@ -11,8 +11,7 @@ import re
 from typing import Any
 
 import pytest
-from litestar.handlers import HTTPRouteHandler
-from support import Api, insert_devbox, mint_agent_token
+from support import Api, app_routes, insert_devbox, mint_agent_token
 
 from devbox_service.auth import scopes
 from devbox_service.auth.guards import AccessGuard
@@ -44,20 +43,6 @@ BODIES: dict[str, dict[str, Any]] = {
 }
 
 
-def routes_of(api: Api) -> list[tuple[str, str, AccessGuard]]:
-    found = []
-    for route in api.client.app.routes:
-        for handler in getattr(route, "route_handlers", []):
-            if not isinstance(handler, HTTPRouteHandler) or route.path.startswith("/docs"):
-                continue
-            if handler.http_methods == {"OPTIONS"}:
-                continue
-            (rule,) = [g for g in handler.resolve_guards() if isinstance(g, AccessGuard)]
-            for method in handler.http_methods - {"OPTIONS", "HEAD"}:
-                found.append((method, route.path, rule))
-    return found
-
-
 @pytest.fixture
 async def people(api: Api) -> dict[str, Any]:
     admin = await api.services.identities.authenticate(api.admin_key)
@@ -72,7 +57,7 @@ async def test_every_route_answers_every_caller_as_its_rule_says(
     api: Api, people: dict[str, Any]
 ) -> None:
     admin = people["admin"]
-    routes = routes_of(api)
+    routes = [(m, path, rule) for m, path, (rule,) in app_routes(api.client.app)]
     assert len(routes) > 30
     failures = []
     for method, template, rule in routes:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import Api
+from support import Api
 
 from devbox_service.logs import JsonFormatter
 
