@@ -3,18 +3,16 @@ vm_fixtures.py; the API-level ones (a running service with real VMs, a ready dev
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
-from support import Api, vm_settings, wait_status
+from support import Api, create_devbox, vm_service, vm_settings
 
 from devbox_service.app import create_app
 from devbox_service.settings import Settings, load_settings
@@ -58,18 +56,12 @@ async def api(make_settings: Callable[..., Settings]) -> AsyncIterator[Api]:
 @pytest.fixture(scope="session")
 async def vm_api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
     data_dir = tmp_path_factory.mktemp("api-data")
-    settings = vm_settings(data_dir)
-    async with AsyncTestClient(create_app(settings), timeout=300) as client:
-        api = Api(client, settings)
-        deadline = time.monotonic() + 1800
-        while (await client.get("/health/ready")).status_code != 200:
-            assert time.monotonic() < deadline, "guest image never became ready"
-            await asyncio.sleep(1)
+    async with vm_service(vm_settings(data_dir)) as api:
         yield api
         # VMs outlive the service by design; a test session must not leave any behind.
         auth = api.auth(api.admin_key)
-        for devbox in (await client.get("/api/devboxes", headers=auth)).json()["data"]:
-            await client.delete(f"/api/devboxes/{devbox['id']}", headers=auth)
+        for devbox in (await api.client.get("/api/devboxes", headers=auth)).json()["data"]:
+            await api.client.delete(f"/api/devboxes/{devbox['id']}", headers=auth)
 
 
 @pytest.fixture(scope="session")
@@ -81,14 +73,6 @@ async def default_image(vm_api: Api) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 async def devbox(vm_api: Api, default_image: dict[str, Any]) -> dict[str, Any]:
     """One ready devbox shared by the tests that do not need a fresh one."""
-    key = vm_api.admin_key
-    response = await vm_api.client.post(
-        "/api/devboxes",
-        params={"snapshot_id": default_image["id"]},
-        json={"name": "shared", "metadata": {"purpose": "tests"}},
-        headers=vm_api.auth(key),
+    return await create_devbox(
+        vm_api, default_image["id"], name="shared", metadata={"purpose": "tests"}
     )
-    assert response.status_code == 200, response.text
-    created = response.json()
-    assert created["status"] == "provisioning"
-    return await wait_status(vm_api, key, created["id"])

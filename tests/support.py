@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from litestar import Litestar
 from litestar.handlers import HTTPRouteHandler
 from litestar.testing import AsyncTestClient
 
+from devbox_service.app import create_app
 from devbox_service.auth import tokens
 from devbox_service.auth.guards import AccessGuard
 from devbox_service.auth.models import AgentTokenRecord, Role
@@ -169,3 +172,28 @@ def app_routes(app: Litestar) -> list[tuple[str, str, list[AccessGuard]]]:
             for method in sorted(handler.http_methods - {"OPTIONS", "HEAD"}):
                 found.append((str(method), route.path, rules))
     return found
+
+
+@contextlib.asynccontextmanager
+async def vm_service(settings: Settings) -> AsyncIterator[Api]:
+    """A running app with real VMs whose guest image is ready."""
+    async with AsyncTestClient(create_app(settings), timeout=300) as client:
+        api = Api(client, settings)
+        deadline = time.monotonic() + 1800
+        while (await client.get("/health/ready")).status_code != 200:
+            assert time.monotonic() < deadline, "guest image never became ready"
+            await asyncio.sleep(0.5)
+        yield api
+
+
+async def create_devbox(api: Api, snapshot_id: str, **body: Any) -> dict[str, Any]:
+    """Create a devbox as the admin through the API and wait until it is ready."""
+    response = await api.client.post(
+        "/api/devboxes",
+        params={"snapshot_id": snapshot_id},
+        json=body,
+        headers=api.auth(api.admin_key),
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "provisioning"
+    return await wait_status(api, api.admin_key, response.json()["id"])

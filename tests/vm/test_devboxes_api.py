@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
-from support import FIXTURES, Api, guest, vm_settings, wait_status
+from support import FIXTURES, Api, create_devbox, guest, vm_service, vm_settings, wait_status
 
 from devbox_service.app import create_app
 from devbox_service.auth.models import Role
@@ -91,10 +91,7 @@ async def test_save_then_boot_the_save_keeps_files_and_tmux(
     listed = (await vm_api.client.get("/api/snapshots", headers=vm_api.auth(key))).json()
     assert snapshot["id"] in [s["id"] for s in listed["data"]]
 
-    created = await vm_api.client.post(
-        "/api/devboxes", params={"snapshot_id": snapshot["id"]}, json={}, headers=vm_api.auth(key)
-    )
-    restored = await wait_status(vm_api, key, created.json()["id"])
+    restored = await create_devbox(vm_api, snapshot["id"])
     assert restored["base_snapshot_id"] == snapshot["id"]
     assert await guest(vm_api, restored["id"], "cat /root/marker") == "saved-marker\n"
     assert "keep" in await guest(vm_api, restored["id"], "tmux list-sessions -F '#S'")
@@ -138,14 +135,7 @@ async def test_delete_removes_the_vm_and_the_record(
     from devbox_service.backends.base import NotFound
 
     key = vm_api.admin_key
-    created = await vm_api.client.post(
-        "/api/devboxes",
-        params={"snapshot_id": default_image["id"]},
-        json={},
-        headers=vm_api.auth(key),
-    )
-    devbox_id = created.json()["id"]
-    await wait_status(vm_api, key, devbox_id)
+    devbox_id = (await create_devbox(vm_api, default_image["id"]))["id"]
     assert (
         await vm_api.client.delete(f"/api/devboxes/{devbox_id}", headers=vm_api.auth(key))
     ).status_code == 200
@@ -261,18 +251,8 @@ async def test_restart_of_the_service_keeps_every_devbox(
 ) -> None:
     """Stop the service while a devbox runs; a new service on the same data dir re-adopts it."""
     settings = vm_settings(tmp_path / "data")
-    async with AsyncTestClient(create_app(settings), timeout=300) as client:
-        api = Api(client, settings)
-        while (await client.get("/health/ready")).status_code != 200:
-            await asyncio.sleep(0.5)
-        created = await client.post(
-            "/api/devboxes",
-            params={"snapshot_id": default_image["id"]},
-            json={},
-            headers=api.auth(api.admin_key),
-        )
-        devbox_id = created.json()["id"]
-        await wait_status(api, api.admin_key, devbox_id)
+    async with vm_service(settings) as api:
+        devbox_id = (await create_devbox(api, default_image["id"]))["id"]
         await guest(api, devbox_id, "echo survived > /root/restart-marker")
 
     async with AsyncTestClient(create_app(settings), timeout=300) as client:

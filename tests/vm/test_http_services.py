@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from support import Api, guest, mint_agent_token, wait_status
+from support import Api, create_devbox, guest, mint_agent_token
 
 from devbox_service.previews import proxy
 
@@ -185,16 +185,8 @@ async def test_a_paused_devbox_wakes_on_a_request_to_its_service(
     vm_api: Api, default_image: dict[str, Any]
 ) -> None:
     key = vm_api.admin_key
-    created = await vm_api.client.post(
-        "/api/devboxes",
-        params={"snapshot_id": default_image["id"]},
-        json={"name": "wake-on-http"},
-        headers=vm_api.auth(key),
-    )
-    assert created.status_code == 200, created.text
-    devbox_id = created.json()["id"]
+    devbox_id = (await create_devbox(vm_api, default_image["id"], name="wake-on-http"))["id"]
     try:
-        await wait_status(vm_api, key, devbox_id)
         await serve(vm_api, devbox_id, 8080)
         exposed = await expose(vm_api, key, devbox_id, name="web", port=8080)
         found = service(exposed.json(), "web")

@@ -8,10 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-from litestar.testing import AsyncTestClient
-from support import Api, guest, vm_settings, wait_status
+from support import Api, create_devbox, guest, vm_service, vm_settings
 
-from devbox_service.app import create_app
 from devbox_service.backends.base import InstanceState
 
 pytestmark = pytest.mark.vm
@@ -39,17 +37,10 @@ async def wait_standby(api: Api, devbox_id: str) -> None:
 
 async def test_paused_devbox_goes_to_standby_and_comes_back_whole(tmp_path: Path) -> None:
     settings = vm_settings(tmp_path / "data", standby_after_seconds=1.0)
-    async with AsyncTestClient(create_app(settings), timeout=300) as client:
-        api = Api(client, settings)
-        while (await client.get("/health/ready")).status_code != 200:
-            await asyncio.sleep(0.5)
-        auth = api.auth(api.admin_key)
+    async with vm_service(settings) as api:
+        client, auth = api.client, api.auth(api.admin_key)
         image = next(i for i in (await client.get("/api/images", headers=auth)).json()["data"])
-        created = await client.post(
-            "/api/devboxes", params={"snapshot_id": image["id"]}, json={}, headers=auth
-        )
-        devbox_id = created.json()["id"]
-        await wait_status(api, api.admin_key, devbox_id)
+        devbox_id = (await create_devbox(api, image["id"]))["id"]
         await guest(
             api,
             devbox_id,

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support import Api, guest, wait_status
+from support import Api, create_devbox, guest, wait_status
 
 pytestmark = pytest.mark.vm
 
@@ -66,16 +66,11 @@ async def snapshot(api: Api, devbox_id: str, pane: str, **params: Any) -> str:
 @pytest.fixture(scope="module")
 async def own_devbox(vm_api: Api, default_image: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """A devbox of our own for pausing, saving and branching."""
-    key = vm_api.admin_key
-    created = await vm_api.client.post(
-        "/api/devboxes",
-        params={"snapshot_id": default_image["id"]},
-        json={"name": "tmux-tests"},
-        headers=vm_api.auth(key),
+    created = await create_devbox(vm_api, default_image["id"], name="tmux-tests")
+    yield created
+    await vm_api.client.delete(
+        f"/api/devboxes/{created['id']}", headers=vm_api.auth(vm_api.admin_key)
     )
-    assert created.status_code == 200, created.text
-    yield await wait_status(vm_api, key, created.json()["id"])
-    await vm_api.client.delete(f"/api/devboxes/{created.json()['id']}", headers=vm_api.auth(key))
 
 
 async def test_install_debug_and_session_lifecycle(vm_api: Api, devbox: dict[str, Any]) -> None:
