@@ -63,6 +63,12 @@ ALLOWED_FROM: dict[str, set[DevboxStatus]] = {
     "use": {S.READY},  # upload, tmux, guest commands
 }
 NO_OP: dict[str, set[DevboxStatus]] = {"pause": {S.PAUSED}, "resume": {S.READY}}
+# What a VM found at start-up means for its record (standby shows as paused).
+STATUS_OF_INSTANCE = {
+    InstanceState.RUNNING: S.READY,
+    InstanceState.PAUSED: S.PAUSED,
+    InstanceState.STANDBY: S.PAUSED,
+}
 
 GUEST_IP = "10.0.2.15"
 ALWAYS_WAKES = WakeOn(wake_on_ssh=True, wake_on_http=True)  # a paused devbox wakes on both
@@ -681,10 +687,10 @@ class DevboxService:
                         status=S.ERROR,
                         error="the VM did not survive a restart of the service",
                     )
-            elif instance.state is InstanceState.RUNNING:
-                await self.store.update(record.id, status=S.READY)
-            elif instance.state in (InstanceState.PAUSED, InstanceState.STANDBY):
-                await self.store.update(record.id, status=S.PAUSED)
+            else:
+                actual = STATUS_OF_INSTANCE.get(instance.state, record.status)
+                if actual is not record.status:  # unchanged records keep their updated_at
+                    await self.store.update(record.id, status=actual)
         known_snapshots = {s.id: s for s in await self.backend.list_snapshots()}
         for snapshot in await self.store.all_snapshots():
             if snapshot.id not in known_snapshots:
