@@ -19,10 +19,11 @@ run: setup
 test: setup
     {{bin}}/pytest
 
-# lint and type-check
+# lint, type-check (the package, the tests and the benchmarks) and check the layer rules
 check: venv
     {{bin}}/ruff check devbox_service tests bench
     {{bin}}/mypy
+    {{bin}}/lint-imports
 
 # measure VM, API, SSH and tmux figures; writes bench/results/latest.json
 bench: setup

@@ -1,24 +1,36 @@
-"""The domain's exception tree. No web imports: `http_errors` maps these to HTTP in one place.
+"""The service's one exception tree. No web imports: `http_errors` maps it to HTTP in one place.
+
+Every error a public method raises is a `DevboxServiceError`; adapters (the VM backend, the tmux
+control client, guest SSH, the preview proxy) translate foreign errors into this tree at their
+edge, so a caller never sees an asyncssh or libtmux exception.
 
 DevboxServiceError
  +-- ConfigError            a bad setting; the service refuses to start
  +-- NotAuthenticated       no credentials, or unknown/revoked ones          (401)
  +-- PermissionDenied       known caller, not allowed                        (403)
  +-- NotFound               no such resource, or not visible to the caller   (404)
- +-- InvalidInput           a request that cannot be carried out as given    (400/422)
- +-- Conflict               wrong state for the action; carries the state    (409)
+ +-- InvalidInput           a request that cannot be carried out as given    (400)
+ +-- Conflict               wrong state for the action, or a name taken      (409)
  +-- PayloadTooLarge        a body or field over its limit                   (413)
  +-- Timeout                a wait the caller asked for was not met          (408)
- +-- Unavailable            a dependency (VM backend, guest) is not usable   (503)
+ +-- Unavailable            a part of the service is not usable right now    (503)
+ +-- Unreachable            a guest or upstream did not answer               (502)
+ +-- Failed                 an operation broke on the server's side          (500)
+
+The backend's tree (`backends.base`) hangs below these: its `NotFound` is a `NotFound`, its
+`InvalidState` a `Conflict`, its `GuestUnreachable` an `Unreachable`, and so on.
 """
 
 from __future__ import annotations
 
 
 class DevboxServiceError(Exception):
-    def __init__(self, message: str) -> None:
+    """Base of every domain error; `details` are extra facts for logs, never for users."""
+
+    def __init__(self, message: str, **details: object) -> None:
         super().__init__(message)
         self.message = message
+        self.details = details
 
 
 class ConfigError(DevboxServiceError):
@@ -46,8 +58,8 @@ class InvalidInput(DevboxServiceError):
 
 
 class Conflict(DevboxServiceError):
-    def __init__(self, message: str, *, state: str | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, state: str | None = None, **details: object) -> None:
+        super().__init__(message, **details)
         self.state = state
 
 
@@ -60,4 +72,12 @@ class Timeout(DevboxServiceError):
 
 
 class Unavailable(DevboxServiceError):
+    pass
+
+
+class Unreachable(DevboxServiceError):
+    pass
+
+
+class Failed(DevboxServiceError):
     pass

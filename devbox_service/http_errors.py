@@ -17,11 +17,11 @@ from litestar.status_codes import (
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_502_BAD_GATEWAY,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
 from devbox_service import errors
-from devbox_service.backends import base as backend
 
 log = logging.getLogger("devbox_service.errors")
 
@@ -34,11 +34,11 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     errors.PayloadTooLarge: HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     errors.Timeout: HTTP_408_REQUEST_TIMEOUT,
     errors.Unavailable: HTTP_503_SERVICE_UNAVAILABLE,
-    backend.NotFound: HTTP_404_NOT_FOUND,
-    backend.InvalidState: HTTP_409_CONFLICT,
-    backend.SnapshotInUse: HTTP_409_CONFLICT,
-    backend.BackendError: HTTP_503_SERVICE_UNAVAILABLE,
+    errors.Unreachable: HTTP_502_BAD_GATEWAY,
+    errors.Failed: HTTP_500_INTERNAL_SERVER_ERROR,
 }
+"""The first class of an error's MRO found here decides: backend errors list their domain
+category before `BackendError`, so a backend `NotFound` is a 404."""
 
 
 def status_for(exc: Exception) -> int:
@@ -99,7 +99,6 @@ def unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]
 
 EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
     errors.DevboxServiceError: domain_error,
-    backend.BackendError: domain_error,
     ValidationException: validation_error,
     HTTPException: http_error,
     Exception: unexpected_error,

@@ -15,16 +15,27 @@ from devbox_service.auth.service import ADMIN_KEY_FILE, IdentityService
 from devbox_service.auth.store import IdentityStore
 from devbox_service.backends.base import VMBackend
 from devbox_service.db import Database
+from devbox_service.devboxes.background import StandbyPolicy, recover
+from devbox_service.devboxes.checkpoints import CheckpointService
+from devbox_service.devboxes.core import DevboxCore
+from devbox_service.devboxes.guests import GuestAccess
 from devbox_service.devboxes.service import DevboxService
+from devbox_service.devboxes.snapshot_store import SnapshotStore
 from devbox_service.devboxes.store import DevboxStore
+from devbox_service.devboxes.uploads import UploadService
+from devbox_service.devboxes.views import DevboxViews
 from devbox_service.notifications.service import NotificationService
+from devbox_service.notifications.store import NotificationStore
 from devbox_service.previews.proxy import PREVIEW_PREFIX, PreviewProxy
 from devbox_service.previews.service import HttpServiceRegistry
+from devbox_service.previews.store import HttpServiceStore
 from devbox_service.secrets.box import SecretBox
 from devbox_service.secrets.service import SecretService
+from devbox_service.secrets.store import SecretStore
 from devbox_service.settings import Settings
 from devbox_service.ssh.gateway import SSHGateway
 from devbox_service.ssh.guest import GuestConnections
+from devbox_service.tmux.remote import guest_opener
 from devbox_service.tmux.service import TmuxService
 
 log = logging.getLogger("devbox_service")
@@ -85,23 +96,38 @@ class Services:
         self._database = await Database.open(self.settings.database_path)
         self.identities = IdentityService(IdentityStore(self._database))
         self.secret_box = SecretBox.open(data_dir)
-        self.guests = GuestConnections()
-        self.devboxes = DevboxService(
-            DevboxStore(self._database),
-            self.backend,
-            self.secret_box,
-            self.guests,
-            preview_base_url=self.settings.base_url + PREVIEW_PREFIX,
-            standby_after=self.settings.standby_after_seconds,
+        self.guest_connections = GuestConnections()
+        database = self._database
+        self.devbox_core = core = DevboxCore(
+            DevboxStore(database), SnapshotStore(database), self.backend, self.secret_box
         )
-        self.previews = HttpServiceRegistry(self._database, self.devboxes, self.identities)
+        self.guest_access = GuestAccess(core, self.guest_connections)
+        self.previews = HttpServiceRegistry(
+            HttpServiceStore(database),
+            core,
+            self.guest_access,
+            self.identities,
+            self.settings.base_url + PREVIEW_PREFIX,
+        )
+        self.devbox_views = DevboxViews(core, self.previews)
+        self.checkpoints = CheckpointService(core, self.devbox_views)
+        self.devboxes = DevboxService(core, self.devbox_views, self.checkpoints)
+        self.uploads = UploadService(self.guest_access, self.settings.upload_max_bytes)
+        self.standby = StandbyPolicy(core, self.settings.standby_after_seconds)
         self.preview_proxy = PreviewProxy()
         self.agent_tokens = AgentTokenService(
-            self.identities.agent_tokens, self.devboxes, self.guests, self.settings.guest_base_url
+            self.identities.agent_tokens,
+            self.devboxes,
+            self.guest_access,
+            self.settings.guest_base_url,
         )
-        self.secrets = SecretService(self._database, self.secret_box, self.identities.agent_tokens)
-        self.notifications = NotificationService(self._database, self.devboxes)
-        self.tmux = TmuxService(self.devboxes, self.guests, data_dir / "run" / "tmux")
+        self.secrets = SecretService(
+            SecretStore(database), self.secret_box, self.identities.agent_tokens
+        )
+        self.notifications = NotificationService(NotificationStore(database), self.devboxes)
+        self.tmux = TmuxService(
+            self.guest_access, guest_opener(self.guest_connections, data_dir / "run" / "tmux")
+        )
         issued = await self.identities.bootstrap(data_dir)
         if issued is not None:
             print(
@@ -114,15 +140,15 @@ class Services:
         if self.backend is not None:
             if self._owns_backend:
                 await self.backend.start()
-            await self.devboxes.recover()
+            await recover(core)
             self.gateway = SSHGateway(
-                self.devboxes,
+                self.guest_access,
                 hosts=gateway_hosts(self.settings.host),
                 port=self.settings.ssh_port,
                 host_key_dir=data_dir / "ssh",
             )
             await self.gateway.start()
-            self.devboxes.start_policies()
+            self.standby.start()
             self._image_task = asyncio.create_task(self._ensure_image())
 
     async def _ensure_image(self) -> None:
@@ -147,8 +173,9 @@ class Services:
             self.gateway = None
         if self._database is not None:
             await self.tmux.close()
-            await self.devboxes.close()
-            await self.guests.close()
+            await self.standby.close()
+            await self.devbox_core.close()
+            await self.guest_connections.close()
             await self.preview_proxy.close()
         if self._image_task is not None:
             self._image_task.cancel()

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
-from support import Api, create_devbox, vm_service, vm_settings
+from memory_backend import MemoryBackend
+from support import Api, create_devbox, vm_service, vm_settings, wait_ready
 
 from devbox_service.app import create_app
 from devbox_service.settings import Settings, load_settings
@@ -50,6 +51,27 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
 async def api(make_settings: Callable[..., Settings]) -> AsyncIterator[Api]:
     settings = make_settings()
     async with AsyncTestClient(create_app(settings)) as client:
+        yield Api(client, settings)
+
+
+@pytest.fixture
+async def fake_backend() -> MemoryBackend:
+    """The in-memory VM backend with its default image: for fast tests of the rules."""
+    backend = MemoryBackend()
+    await backend.start()
+    await backend.ensure_image()
+    return backend
+
+
+@pytest.fixture
+async def fake_api(
+    make_settings: Callable[..., Settings], fake_backend: MemoryBackend
+) -> AsyncIterator[Api]:
+    """The whole service (real SQLite file, real HTTP, real SSH gateway listener) on the
+    in-memory VM backend."""
+    settings = make_settings(vm_backend="qemu", ssh_port=0)
+    async with AsyncTestClient(create_app(settings, backend=fake_backend)) as client:
+        await wait_ready(client)
         yield Api(client, settings)
 
 

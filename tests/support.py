@@ -18,7 +18,8 @@ from devbox_service.app import create_app
 from devbox_service.auth import tokens
 from devbox_service.auth.guards import AccessGuard
 from devbox_service.auth.models import AgentTokenRecord, Role
-from devbox_service.devboxes.models import DevboxRecord, DevboxStatus
+from devbox_service.devboxes.core import new_event
+from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventType
 from devbox_service.ids import new_id
 from devbox_service.services import Services
 from devbox_service.settings import Settings, load_settings
@@ -56,15 +57,16 @@ READY_TIMEOUT = 240.0
 
 
 async def wait_status(api: Api, key: str, devbox_id: str, wanted: str = "ready") -> dict[str, Any]:
-    deadline = time.monotonic() + READY_TIMEOUT
+    start = time.monotonic()
     while True:
         response = await api.client.get(f"/api/devboxes/{devbox_id}", headers=api.auth(key))
         body: dict[str, Any] = response.json()
         if response.status_code == 200 and body["status"] == wanted:
             return body
-        assert body.get("status") != "error", body
-        assert time.monotonic() < deadline, f"{devbox_id} never became {wanted}: {body}"
-        await asyncio.sleep(0.3)
+        assert wanted == "error" or body.get("status") != "error", body
+        waited = time.monotonic() - start
+        assert waited < READY_TIMEOUT, f"{devbox_id} never became {wanted}: {body}"
+        await asyncio.sleep(0.02 if waited < 2 else 0.3)  # fast on the in-memory backend
 
 
 guest_connections = GuestConnections()
@@ -74,7 +76,7 @@ guest_connections = GuestConnections()
 async def guest(api: Api, devbox_id: str, command: str) -> str:
     """Run a command inside the devbox over SSH (the test's own connection: the app under
     test runs on the test client's event loop, not this one)."""
-    instance = await api.services.devboxes.backend.get_instance(devbox_id)
+    instance = await api.services.devbox_core.backend.get_instance(devbox_id)
     result = await guest_connections.run(instance.ssh, command)
     return str(result.stdout)
 
@@ -102,8 +104,11 @@ async def insert_devbox(api: Api, owner_id: str, org_id: str) -> str:
             '{"access_token": "t", "password": "p"}'
         ),
     )
+    event = new_event(record.id, EventType.CREATE)
     async with api.services.database.transaction() as tx:
-        await api.services.devboxes.store.insert(tx, record, ssh_token_hash=new_id("hash"))
+        await api.services.devbox_core.store.insert(
+            tx, record, event, ssh_token_hash=new_id("hash")
+        )
     return record.id
 
 
@@ -178,12 +183,16 @@ def app_routes(app: Litestar) -> list[tuple[str, str, list[AccessGuard]]]:
 async def vm_service(settings: Settings) -> AsyncIterator[Api]:
     """A running app with real VMs whose guest image is ready."""
     async with AsyncTestClient(create_app(settings), timeout=300) as client:
-        api = Api(client, settings)
-        deadline = time.monotonic() + 1800
-        while (await client.get("/health/ready")).status_code != 200:
-            assert time.monotonic() < deadline, "guest image never became ready"
-            await asyncio.sleep(0.5)
-        yield api
+        await wait_ready(client, timeout=1800)
+        yield Api(client, settings)
+
+
+async def wait_ready(client: ApiClient, timeout: float = 30) -> None:
+    """Until `/health/ready` answers 200 (the guest image is ready)."""
+    deadline = time.monotonic() + timeout
+    while (await client.get("/health/ready")).status_code != 200:
+        assert time.monotonic() < deadline, "guest image never became ready"
+        await asyncio.sleep(0.05)
 
 
 async def create_devbox(api: Api, snapshot_id: str, **body: Any) -> dict[str, Any]:

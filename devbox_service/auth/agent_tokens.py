@@ -10,11 +10,12 @@ import msgspec
 from msgspec import Meta
 
 from devbox_service.auth import scopes, tokens
+from devbox_service.auth.agent_token_store import AgentTokenStore
 from devbox_service.auth.models import AgentTokenRecord, AuditEntry, Principal
-from devbox_service.auth.store import AgentTokenStore
+from devbox_service.devboxes.guests import GuestAccess
 from devbox_service.devboxes.models import DevboxRecord
-from devbox_service.devboxes.service import DevboxService, GuestFiles, require
-from devbox_service.errors import NotFound, PermissionDenied, Unavailable
+from devbox_service.devboxes.service import DevboxService
+from devbox_service.errors import DevboxServiceError, NotFound, PermissionDenied, Unreachable
 from devbox_service.ids import new_id
 
 Scope = Literal[
@@ -79,17 +80,17 @@ class AgentTokenService:
         self,
         store: AgentTokenStore,
         devboxes: DevboxService,
-        guests: GuestFiles,
+        guests: GuestAccess,
         guest_service_url: str,
     ) -> None:
-        self.store = store
-        self.devboxes = devboxes
-        self.guests = guests
-        self.guest_service_url = guest_service_url
+        self._store = store
+        self._devboxes = devboxes
+        self._guests = guests
+        self._guest_service_url = guest_service_url
         devboxes.on_destroy(store.revoke_all)
 
     async def _owned(self, principal: Principal, devbox_id: str) -> DevboxRecord:
-        record = await self.devboxes.visible(principal, devbox_id)
+        record = await self._devboxes.visible(principal, devbox_id)
         if record.user_id != principal.user_id:
             raise PermissionDenied("only the devbox's owner may manage its agent tokens")
         return record
@@ -97,9 +98,9 @@ class AgentTokenService:
     async def mint(
         self, principal: Principal, devbox_id: str, request: AgentTokenRequest
     ) -> AgentTokenResponse:
-        devbox = await self._owned(principal, devbox_id)
+        await self._owned(principal, devbox_id)
         if request.inject:
-            require(devbox, "use")
+            await self._devboxes.usable(principal, devbox_id)
         granted = sorted(
             set(request.scopes if request.scopes is not None else scopes.DEFAULT_SCOPES)
         )
@@ -119,13 +120,15 @@ class AgentTokenService:
             last_used_at=None,
             revoked_at=None,
         )
-        await self.store.insert(record, tokens.hash_secret(secret))
+        await self._store.insert(record, tokens.hash_secret(secret))
         if request.inject:
             try:
-                await self._inject(devbox_id, secret)
+                await self._inject(principal, devbox_id, secret)
             except Exception as exc:
-                await self.store.revoke(devbox_id, record.id)
-                raise Unavailable(f"could not write the token into the devbox: {exc}") from exc
+                await self._store.revoke(devbox_id, record.id)
+                if isinstance(exc, DevboxServiceError):
+                    raise
+                raise Unreachable(f"could not write the token into the devbox: {exc}") from exc
         return AgentTokenResponse(
             token=secret,
             id=record.id,
@@ -138,18 +141,18 @@ class AgentTokenService:
             injected=request.inject,
         )
 
-    async def _inject(self, devbox_id: str, secret: str) -> None:
+    async def _inject(self, principal: Principal, devbox_id: str, secret: str) -> None:
         """A 0600 env file and a profile snippet, so an agent started in a login shell finds
         the token without it ever appearing on a command line."""
-        endpoint = (await self.devboxes.backend.get_instance(devbox_id)).ssh
         env = (
             f"export DEVBOX_AGENT_TOKEN='{secret}'\n"
             f"export DEVBOX_ID='{devbox_id}'\n"
-            f"export DEVBOX_SERVICE_BASE_URL='{self.guest_service_url}'\n"
+            f"export DEVBOX_SERVICE_BASE_URL='{self._guest_service_url}'\n"
         )
-        await self.guests.write_file(endpoint, GUEST_ENV_FILE, env.encode(), mode=0o600)
+        write = self._guests.write_file
+        await write(principal, devbox_id, GUEST_ENV_FILE, env.encode(), mode=0o600)
         snippet = f"[ -r {GUEST_ENV_FILE} ] && . {GUEST_ENV_FILE}\n"
-        await self.guests.write_file(endpoint, GUEST_PROFILE_SNIPPET, snippet.encode())
+        await write(principal, devbox_id, GUEST_PROFILE_SNIPPET, snippet.encode())
 
     async def tokens(self, principal: Principal, devbox_id: str) -> list[AgentTokenInfo]:
         await self._owned(principal, devbox_id)
@@ -164,15 +167,15 @@ class AgentTokenService:
                 last_used_at=t.last_used_at,
                 revoked_at=t.revoked_at,
             )
-            for t in await self.store.for_devbox(devbox_id)
+            for t in await self._store.for_devbox(devbox_id)
         ]
 
     async def revoke(self, principal: Principal, devbox_id: str, token_id: str) -> None:
         await self._owned(principal, devbox_id)
-        if not await self.store.revoke(devbox_id, token_id):
+        if not await self._store.revoke(devbox_id, token_id):
             raise NotFound.of("live agent token", token_id)
 
     async def audit(
         self, principal: Principal, devbox_id: str | None, limit: int
     ) -> list[AuditEntry]:
-        return await self.store.audit_entries(principal.user_id, devbox_id, limit)
+        return await self._store.audit_entries(principal.user_id, devbox_id, limit)

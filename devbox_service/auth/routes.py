@@ -14,7 +14,7 @@ from devbox_service.auth.agent_tokens import (
     AuditList,
 )
 from devbox_service.auth.guards import USER, CurrentPrincipal, allow
-from devbox_service.devboxes.models import DeleteResponse
+from devbox_service.devboxes.schemas import DeleteResponse
 from devbox_service.services import AppServices
 
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from devbox_service.auth import tokens
+from devbox_service.auth.agent_token_store import AgentTokenStore
 from devbox_service.auth.models import (
     ApiKeyRecord,
     IssuedKey,
@@ -16,7 +17,7 @@ from devbox_service.auth.models import (
     Role,
     User,
 )
-from devbox_service.auth.store import AgentTokenStore, IdentityStore
+from devbox_service.auth.store import IdentityStore
 from devbox_service.errors import Conflict, InvalidInput, NotAuthenticated, NotFound
 from devbox_service.ids import new_id
 

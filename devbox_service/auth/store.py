@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 from devbox_service.auth.models import (
-    AgentTokenRecord,
     ApiKeyRecord,
-    AuditEntry,
     Membership,
     Org,
     Principal,
@@ -16,8 +13,9 @@ from devbox_service.auth.models import (
     Role,
     User,
 )
-from devbox_service.db import Database, Row
+from devbox_service.db import Database
 from devbox_service.db.database import Transaction
+from devbox_service.db.records import Table
 
 _KEY_COLUMNS = """
     k.id, k.user_id, u.name AS user_name, k.org_id, o.name AS org_name, k.prefix, k.name,
@@ -25,19 +23,10 @@ _KEY_COLUMNS = """
 """
 
 
-def _key(row: Row) -> ApiKeyRecord:
-    return ApiKeyRecord(
-        id=row["id"],
-        user_id=row["user_id"],
-        user_name=row["user_name"],
-        org_id=row["org_id"],
-        org_name=row["org_name"],
-        prefix=row["prefix"],
-        name=row["name"],
-        created_at=row["created_at"],
-        last_used_at=row["last_used_at"],
-        revoked_at=row["revoked_at"],
-    )
+USERS = Table("users", User)
+ORGS = Table("orgs", Org)
+API_KEYS = Table("api_keys", ApiKeyRecord)  # read through a join that adds the names
+MEMBERSHIPS = Table("org_members", Membership)
 
 
 class IdentityStore:
@@ -49,16 +38,10 @@ class IdentityStore:
         return row is None or row[0] == 0
 
     async def insert_user(self, tx: Transaction, user: User) -> None:
-        await tx.execute(
-            "INSERT INTO users (id, name, is_admin, created_at) VALUES (?, ?, ?, ?)",
-            (user.id, user.name, int(user.is_admin), user.created_at),
-        )
+        await USERS.insert(tx, user)
 
     async def insert_org(self, tx: Transaction, org: Org) -> None:
-        await tx.execute(
-            "INSERT INTO orgs (id, name, created_at) VALUES (?, ?, ?)",
-            (org.id, org.name, org.created_at),
-        )
+        await ORGS.insert(tx, org)
 
     async def upsert_member(self, tx: Transaction, org_id: str, user_id: str, role: Role) -> None:
         await tx.execute(
@@ -87,19 +70,17 @@ class IdentityStore:
 
     async def user_by_name(self, name: str) -> User | None:
         row = await self.database.fetch_one("SELECT * FROM users WHERE name = ?", (name,))
-        return _user(row) if row else None
+        return USERS.decode(row) if row else None
 
     async def org_by_name(self, name: str) -> Org | None:
         row = await self.database.fetch_one("SELECT * FROM orgs WHERE name = ?", (name,))
-        return _org(row) if row else None
+        return ORGS.decode(row) if row else None
 
     async def users(self) -> list[User]:
-        return [
-            _user(r) for r in await self.database.fetch_all("SELECT * FROM users ORDER BY name")
-        ]
+        return USERS.decode_all(await self.database.fetch_all("SELECT * FROM users ORDER BY name"))
 
     async def orgs(self) -> list[Org]:
-        return [_org(r) for r in await self.database.fetch_all("SELECT * FROM orgs ORDER BY name")]
+        return ORGS.decode_all(await self.database.fetch_all("SELECT * FROM orgs ORDER BY name"))
 
     async def memberships(self, org_id: str | None = None) -> list[Membership]:
         rows = await self.database.fetch_all(
@@ -108,16 +89,7 @@ class IdentityStore:
             "WHERE (? IS NULL OR m.org_id = ?) ORDER BY o.name, u.name",
             (org_id, org_id),
         )
-        return [
-            Membership(
-                org_id=r["org_id"],
-                org_name=r["org_name"],
-                user_id=r["user_id"],
-                user_name=r["user_name"],
-                role=Role(r["role"]),
-            )
-            for r in rows
-        ]
+        return MEMBERSHIPS.decode_all(rows)
 
     async def role_in(self, org_id: str, user_id: str) -> Role | None:
         row = await self.database.fetch_one(
@@ -130,7 +102,7 @@ class IdentityStore:
             f"SELECT {_KEY_COLUMNS} FROM api_keys k JOIN users u ON u.id = k.user_id "
             "JOIN orgs o ON o.id = k.org_id ORDER BY k.created_at"
         )
-        return [_key(r) for r in rows]
+        return API_KEYS.decode_all(rows)
 
     async def key(self, key_id: str) -> ApiKeyRecord | None:
         row = await self.database.fetch_one(
@@ -138,7 +110,7 @@ class IdentityStore:
             "JOIN orgs o ON o.id = k.org_id WHERE k.id = ?",
             (key_id,),
         )
-        return _key(row) if row else None
+        return API_KEYS.decode(row) if row else None
 
     async def revoke_key(self, key_id: str) -> bool:
         changed = await self.database.execute(
@@ -172,16 +144,6 @@ class IdentityStore:
         await touch(self.database, "api_keys", key_id)
 
 
-def _user(row: Row) -> User:
-    return User(
-        id=row["id"], name=row["name"], is_admin=bool(row["is_admin"]), created_at=row["created_at"]
-    )
-
-
-def _org(row: Row) -> Org:
-    return Org(id=row["id"], name=row["name"], created_at=row["created_at"])
-
-
 LAST_USED_RESOLUTION = 60.0
 
 
@@ -194,151 +156,3 @@ async def touch(database: Database, table: str, credential_id: str) -> None:
         "WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
         (now, credential_id, now - LAST_USED_RESOLUTION),
     )
-
-
-def _agent_token(row: Row) -> AgentTokenRecord:
-    names = row["secret_names"]
-    return AgentTokenRecord(
-        id=row["id"],
-        user_id=row["user_id"],
-        org_id=row["org_id"],
-        devbox_id=row["devbox_id"],
-        session_id=row["session_id"],
-        scopes=json.loads(row["scopes"]),
-        secret_names=json.loads(names) if names is not None else None,
-        purpose=row["purpose"],
-        created_at=row["created_at"],
-        last_used_at=row["last_used_at"],
-        revoked_at=row["revoked_at"],
-    )
-
-
-class AgentTokenStore:
-    """Agent tokens, their sessions, and the audit log of what they were allowed to do."""
-
-    def __init__(self, database: Database) -> None:
-        self.database = database
-
-    async def insert(self, record: AgentTokenRecord, token_hash: str) -> None:
-        async with self.database.transaction() as tx:
-            if record.session_id is not None:
-                await tx.execute(
-                    "INSERT INTO agent_sessions (id, user_id, created_at) VALUES (?, ?, ?)",
-                    (record.session_id, record.user_id, record.created_at),
-                )
-            await tx.execute(
-                "INSERT INTO agent_tokens (id, token_hash, user_id, org_id, devbox_id, "
-                "session_id, scopes, secret_names, purpose, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.id,
-                    token_hash,
-                    record.user_id,
-                    record.org_id,
-                    record.devbox_id,
-                    record.session_id,
-                    json.dumps(record.scopes),
-                    None if record.secret_names is None else json.dumps(record.secret_names),
-                    record.purpose,
-                    record.created_at,
-                ),
-            )
-
-    async def principal_for_hash(self, token_hash: str) -> Principal | None:
-        """The caller behind a live agent token, with the user's current role in the org."""
-        row = await self.database.fetch_one(
-            "SELECT t.*, u.name AS user_name, m.role FROM agent_tokens t "
-            "JOIN users u ON u.id = t.user_id "
-            "JOIN org_members m ON m.org_id = t.org_id AND m.user_id = t.user_id "
-            "WHERE t.token_hash = ? AND t.revoked_at IS NULL",
-            (token_hash,),
-        )
-        if row is None:
-            return None
-        token = _agent_token(row)
-        return Principal(
-            kind=PrincipalKind.AGENT,
-            credential_id=token.id,
-            user_id=token.user_id,
-            user_name=row["user_name"],
-            org_id=token.org_id,
-            role=Role(row["role"]),
-            devbox_id=token.devbox_id,
-            scopes=frozenset(token.scopes),
-            purpose=token.purpose,
-            session_id=token.session_id,
-            secret_names=None if token.secret_names is None else frozenset(token.secret_names),
-        )
-
-    async def touch(self, token_id: str) -> None:
-        await touch(self.database, "agent_tokens", token_id)
-
-    async def for_devbox(self, devbox_id: str) -> list[AgentTokenRecord]:
-        rows = await self.database.fetch_all(
-            "SELECT * FROM agent_tokens WHERE devbox_id = ? ORDER BY created_at", (devbox_id,)
-        )
-        return [_agent_token(r) for r in rows]
-
-    async def revoke(self, devbox_id: str, token_id: str) -> bool:
-        changed = await self.database.execute(
-            "UPDATE agent_tokens SET revoked_at = ? "
-            "WHERE id = ? AND devbox_id = ? AND revoked_at IS NULL",
-            (time.time(), token_id, devbox_id),
-        )
-        return changed > 0
-
-    async def revoke_all(self, devbox_id: str) -> None:
-        await self.database.execute(
-            "UPDATE agent_tokens SET revoked_at = ? WHERE devbox_id = ? AND revoked_at IS NULL",
-            (time.time(), devbox_id),
-        )
-
-    async def session_exists(self, session_id: str | None) -> bool:
-        if session_id is None:
-            return False
-        row = await self.database.fetch_one(
-            "SELECT 1 FROM agent_sessions WHERE id = ?", (session_id,)
-        )
-        return row is not None
-
-    async def audit(
-        self, principal: Principal, *, method: str, route: str, allowed: bool, reason: str
-    ) -> None:
-        await self.database.execute(
-            "INSERT INTO audit_log (created_at, user_id, devbox_id, token_id, purpose, method, "
-            "route, allowed, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                time.time(),
-                principal.user_id,
-                principal.devbox_id,
-                principal.credential_id,
-                principal.purpose,
-                method,
-                route,
-                int(allowed),
-                reason,
-            ),
-        )
-
-    async def audit_entries(
-        self, user_id: str, devbox_id: str | None, limit: int
-    ) -> list[AuditEntry]:
-        rows = await self.database.fetch_all(
-            "SELECT * FROM audit_log WHERE user_id = ? AND (? IS NULL OR devbox_id = ?) "
-            "ORDER BY id DESC LIMIT ?",
-            (user_id, devbox_id, devbox_id, limit),
-        )
-        return [
-            AuditEntry(
-                id=r["id"],
-                created_at=r["created_at"],
-                devbox_id=r["devbox_id"],
-                token_id=r["token_id"],
-                purpose=r["purpose"],
-                method=r["method"],
-                route=r["route"],
-                allowed=bool(r["allowed"]),
-                reason=r["reason"],
-            )
-            for r in rows
-        ]

@@ -3,17 +3,21 @@
 Domain services talk to VMs only through `VMBackend`, so a remote backend can replace the
 embedded QEMU driver without touching them. Nothing here imports the web layer.
 
-Exception tree::
+Exception tree (each class also sits under the domain category in `errors` named after it,
+so the service maps backend errors to HTTP with the same table as its own)::
 
-    BackendError                 anything a backend operation failed at
-     +-- NotFound                unknown image, snapshot or instance id
-     +-- InvalidState            the operation makes no sense in the instance's current state
-     +-- SnapshotInUse           a snapshot others still depend on (only if the backend cannot
-     |                           keep dependants working on its own)
-     +-- BackendTimeout          an operation missed its deadline
+    BackendError                 anything a backend operation failed at          (Failed)
+     +-- NotFound                unknown image, snapshot or instance id          (NotFound)
+     +-- AlreadyExists           an id that is already taken                     (Conflict)
+     +-- InvalidState            the operation makes no sense in the instance's  (Conflict)
+     |                           current state
+     +-- SnapshotInUse           a snapshot others still depend on (only if the  (Conflict)
+     |                           backend cannot keep dependants working on its own)
+     +-- BackendTimeout          an operation missed its deadline                (Failed)
      +-- CommandFailed           a host command (qemu-img, debootstrap, ...) exited non-zero
      +-- QMPFailed               QEMU's monitor answered with an error
-     +-- GuestUnreachable        the guest did not answer SSH in time (carries the console tail)
+     +-- GuestUnreachable        the guest did not answer in time (carries the   (Unreachable)
+                                 console tail)
 """
 
 from __future__ import annotations
@@ -24,27 +28,27 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
-
-class BackendError(Exception):
-    """Base for every backend failure; `details` says what failed, for logs and API errors."""
-
-    def __init__(self, message: str, **details: object) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details
+from devbox_service import errors
 
 
-class NotFound(BackendError):
+class BackendError(errors.Failed):
+    """Base for every backend failure; `details` says what failed, for logs."""
+
+
+class NotFound(errors.NotFound, BackendError):
     pass
 
 
-class InvalidState(BackendError):
+class AlreadyExists(errors.Conflict, BackendError):
+    pass
+
+
+class InvalidState(errors.Conflict, BackendError):
     def __init__(self, message: str, *, state: str) -> None:
         super().__init__(message, state=state)
-        self.state = state
 
 
-class SnapshotInUse(BackendError):
+class SnapshotInUse(errors.Conflict, BackendError):
     pass
 
 
@@ -69,7 +73,7 @@ class QMPFailed(BackendError):
         self.error = error
 
 
-class GuestUnreachable(BackendError):
+class GuestUnreachable(errors.Unreachable, BackendError):
     def __init__(self, message: str, *, console_tail: str) -> None:
         super().__init__(message, console_tail=console_tail)
         self.console_tail = console_tail

@@ -11,7 +11,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, MultipartBody, QueryP
 
 from devbox_service.auth.guards import USER, CurrentPrincipal, agent_scope, allow
 from devbox_service.auth.models import Principal
-from devbox_service.devboxes.models import (
+from devbox_service.devboxes.schemas import (
     BranchRequest,
     BranchResponse,
     CreateDevboxFromSnapshotRequest,
@@ -44,13 +44,13 @@ class DevboxController(Controller):
     async def list_devboxes(
         self, services: AppServices, principal: CurrentPrincipal
     ) -> DevboxListResponse:
-        return DevboxListResponse(data=await services.devboxes.list_summaries(principal))
+        return DevboxListResponse(data=await services.devbox_views.list_summaries(principal))
 
     @get("/detailed", guards=[allow(USER)], summary="List Devboxes Detailed")
     async def list_detailed(
         self, services: AppServices, principal: CurrentPrincipal
     ) -> DevboxDetailListResponse:
-        return DevboxDetailListResponse(data=await services.devboxes.list_detailed(principal))
+        return DevboxDetailListResponse(data=await services.devbox_views.list_detailed(principal))
 
     @post("/", guards=[allow(USER)], status_code=200, summary="Create Devbox From Snapshot")
     async def create(
@@ -69,13 +69,13 @@ class DevboxController(Controller):
     async def get_devbox(
         self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
     ) -> DevboxResponse:
-        return await services.devboxes.get(principal, devbox_id)
+        return await services.devbox_views.get(principal, devbox_id)
 
     @get("/{devbox_id:str}/summary", guards=[allow(SUMMARY_READ)], summary="Get Devbox Summary")
     async def get_summary(
         self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
     ) -> DevboxSummaryResponse:
-        return await services.devboxes.summary(principal, devbox_id)
+        return await services.devbox_views.summary(principal, devbox_id)
 
     @delete("/{devbox_id:str}", guards=[allow(USER)], status_code=200, summary="Delete Devbox")
     async def delete_devbox(
@@ -126,7 +126,7 @@ class DevboxController(Controller):
         devbox_id: FromPath[str],
         data: JSONBody[SaveRequest | None] = None,
     ) -> SnapshotResponse:
-        return await services.devboxes.save(principal, devbox_id, (data or SaveRequest()).name)
+        return await services.checkpoints.save(principal, devbox_id, (data or SaveRequest()).name)
 
     @post("/{devbox_id:str}/branch", guards=[allow(USER)], status_code=200, summary="Branch Devbox")
     async def branch(
@@ -137,7 +137,7 @@ class DevboxController(Controller):
         data: JSONBody[BranchRequest | None] = None,
     ) -> BranchResponse:
         request = data or BranchRequest()
-        instances = await services.devboxes.branch(
+        instances = await services.checkpoints.branch(
             principal, devbox_id, name=request.name, count=request.count
         )
         return BranchResponse(instances=instances)
@@ -209,14 +209,13 @@ async def _upload(
     image_only: bool,
 ) -> UploadResponse:
     content = await form.file.read()
-    return await services.devboxes.upload(
+    return await services.uploads.upload(
         principal,
         devbox_id,
         filename=form.file.filename,
         data=content,
         content_type=form.file.content_type,
         directory=form.path or dest_dir,
-        max_bytes=services.settings.upload_max_bytes,
         image_only=image_only,
     )
 
@@ -233,7 +232,7 @@ class ImageController(Controller):
 
     @get("/", guards=[allow(USER)], summary="List Images")
     async def list_images(self, services: AppServices) -> ImageListResponse:
-        return ImageListResponse(data=await services.devboxes.images())
+        return ImageListResponse(data=await services.checkpoints.images())
 
 
 class SnapshotController(Controller):
@@ -244,19 +243,19 @@ class SnapshotController(Controller):
     async def list_snapshots(
         self, services: AppServices, principal: CurrentPrincipal
     ) -> SnapshotListResponse:
-        return SnapshotListResponse(data=await services.devboxes.snapshots(principal))
+        return SnapshotListResponse(data=await services.checkpoints.snapshots(principal))
 
     @get("/{snapshot_id:str}", guards=[allow(USER)], summary="Get Snapshot")
     async def get_snapshot(
         self, services: AppServices, principal: CurrentPrincipal, snapshot_id: FromPath[str]
     ) -> SnapshotResponse:
-        return await services.devboxes.snapshot(principal, snapshot_id)
+        return await services.checkpoints.snapshot(principal, snapshot_id)
 
     @delete("/{snapshot_id:str}", guards=[allow(USER)], status_code=200, summary="Delete Snapshot")
     async def delete_snapshot(
         self, services: AppServices, principal: CurrentPrincipal, snapshot_id: FromPath[str]
     ) -> DeleteResponse:
-        await services.devboxes.delete_snapshot(principal, snapshot_id)
+        await services.checkpoints.delete_snapshot(principal, snapshot_id)
         return DeleteResponse(id=snapshot_id, object="snapshot")
 
 
@@ -272,4 +271,4 @@ class SSHCredentialsController(Controller):
     async def ssh_credentials(
         self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
     ) -> DevboxSSHCredentialsResponse:
-        return await services.devboxes.ssh_credentials(principal, devbox_id)
+        return await services.guest_access.ssh_credentials(principal, devbox_id)

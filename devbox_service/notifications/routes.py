@@ -7,7 +7,7 @@ from litestar.params import FromPath, JSONBody
 
 from devbox_service.auth import scopes
 from devbox_service.auth.guards import USER, CurrentPrincipal, agent_scope, allow
-from devbox_service.notifications.service import (
+from devbox_service.notifications.models import (
     Notification,
     NotificationCreate,
     NotificationList,

@@ -17,9 +17,9 @@ from litestar.status_codes import HTTP_502_BAD_GATEWAY
 
 from devbox_service.auth import scopes
 from devbox_service.auth.guards import PUBLIC, CurrentPrincipal, agent_scope, allow
-from devbox_service.devboxes.models import DevboxResponse
+from devbox_service.devboxes.schemas import DevboxResponse
 from devbox_service.previews import proxy
-from devbox_service.previews.service import HttpExposeRequest
+from devbox_service.previews.models import HttpExposeRequest
 from devbox_service.services import AppServices
 
 HTTP_WRITE = agent_scope(scopes.HTTP_WRITE)
@@ -55,7 +55,7 @@ class HttpServiceController(Controller):
         await services.previews.expose(
             principal, devbox_id, name=data.name, port=data.port, auth_mode=data.auth_mode
         )
-        return await services.devboxes.get(principal, devbox_id)
+        return await services.devbox_views.get(principal, devbox_id)
 
     @delete(
         "/{name:str}",
@@ -72,7 +72,7 @@ class HttpServiceController(Controller):
         name: FromPath[str],
     ) -> DevboxResponse:
         await services.previews.unexpose(principal, devbox_id, name)
-        return await services.devboxes.get(principal, devbox_id)
+        return await services.devbox_views.get(principal, devbox_id)
 
 
 @route(

@@ -7,7 +7,7 @@ from litestar.params import FromPath, JSONBody
 
 from devbox_service.auth import scopes
 from devbox_service.auth.guards import CurrentPrincipal, agent_scope, allow
-from devbox_service.devboxes.models import DeleteResponse
+from devbox_service.devboxes.schemas import DeleteResponse
 from devbox_service.secrets.service import (
     SecretInfo,
     SecretList,

@@ -3,7 +3,6 @@ only through a live agent session and, when the token names them, only those nam
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from typing import Annotated, Any
@@ -11,11 +10,11 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from devbox_service.auth.agent_token_store import AgentTokenStore
 from devbox_service.auth.models import Principal, PrincipalKind
-from devbox_service.auth.store import AgentTokenStore
-from devbox_service.db import Database
 from devbox_service.errors import InvalidInput, NotAuthenticated, NotFound, PermissionDenied
 from devbox_service.secrets.box import SecretBox
+from devbox_service.secrets.store import SecretRecord, SecretStore
 
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
@@ -43,10 +42,10 @@ class SecretList(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SecretService:
-    def __init__(self, database: Database, box: SecretBox, agent_tokens: AgentTokenStore) -> None:
-        self.database = database
-        self.box = box
-        self.agent_tokens = agent_tokens
+    def __init__(self, store: SecretStore, box: SecretBox, agent_tokens: AgentTokenStore) -> None:
+        self._store = store
+        self._box = box
+        self._agent_tokens = agent_tokens
 
     async def _admit(self, principal: Principal, name: str | None = None) -> None:
         if name is not None and not NAME_PATTERN.fullmatch(name):
@@ -57,63 +56,55 @@ class SecretService:
             )
         if principal.kind is not PrincipalKind.AGENT:
             return
-        if not await self.agent_tokens.session_exists(principal.session_id):
+        if not await self._agent_tokens.session_exists(principal.session_id):
             raise NotAuthenticated("Agent token session not found (mint a new agent token)")
         allowed = principal.secret_names
         if name is not None and allowed is not None and name not in allowed:
             raise PermissionDenied(f"this agent token may not access secret {name!r}")
 
     async def list(self, principal: Principal) -> list[SecretInfo]:
+        """Names and metadata, never values; an agent token sees only the names it may read."""
         await self._admit(principal)
-        rows = await self.database.fetch_all(
-            "SELECT name, metadata, created_at, updated_at FROM user_secrets "
-            "WHERE user_id = ? ORDER BY name",
-            (principal.user_id,),
-        )
         allowed = principal.secret_names
         return [
-            SecretInfo(
-                name=r["name"],
-                metadata=json.loads(r["metadata"]),
-                created_at=r["created_at"],
-                updated_at=r["updated_at"],
-            )
-            for r in rows
-            if allowed is None or r["name"] in allowed
+            _info(s)
+            for s in await self._store.for_user(principal.user_id)
+            if allowed is None or s.name in allowed
         ]
 
     async def read(self, principal: Principal, name: str) -> SecretValueResponse:
+        """Raises InvalidInput, NotFound, NotAuthenticated/PermissionDenied (agent tokens)."""
         await self._admit(principal, name)
-        row = await self.database.fetch_one(
-            "SELECT value_sealed FROM user_secrets WHERE user_id = ? AND name = ?",
-            (principal.user_id, name),
-        )
-        if row is None:
+        secret = await self._store.get(principal.user_id, name)
+        if secret is None:
             raise NotFound.of("secret", name)
-        return SecretValueResponse(name=name, value=self.box.open_sealed(row["value_sealed"]))
+        return SecretValueResponse(name=name, value=self._box.open_sealed(secret.value_sealed))
 
     async def write(self, principal: Principal, name: str, request: SecretWrite) -> SecretInfo:
         await self._admit(principal, name)
         now = time.time()
-        metadata = request.metadata or {}
-        await self.database.execute(
-            "INSERT INTO user_secrets (user_id, name, value_sealed, metadata, created_at, "
-            "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, name) DO UPDATE SET "
-            "value_sealed = excluded.value_sealed, metadata = excluded.metadata, "
-            "updated_at = excluded.updated_at",
-            (principal.user_id, name, self.box.seal(request.value), json.dumps(metadata), now, now),
+        stored = await self._store.upsert(
+            SecretRecord(
+                user_id=principal.user_id,
+                name=name,
+                value_sealed=self._box.seal(request.value),
+                metadata=request.metadata or {},
+                created_at=now,
+                updated_at=now,
+            )
         )
-        row = await self.database.fetch_one(
-            "SELECT created_at FROM user_secrets WHERE user_id = ? AND name = ?",
-            (principal.user_id, name),
-        )
-        created = row["created_at"] if row else now
-        return SecretInfo(name=name, metadata=metadata, created_at=created, updated_at=now)
+        return _info(stored)
 
     async def delete(self, principal: Principal, name: str) -> None:
         await self._admit(principal, name)
-        removed = await self.database.execute(
-            "DELETE FROM user_secrets WHERE user_id = ? AND name = ?", (principal.user_id, name)
-        )
-        if not removed:
+        if not await self._store.delete(principal.user_id, name):
             raise NotFound.of("secret", name)
+
+
+def _info(secret: SecretRecord) -> SecretInfo:
+    return SecretInfo(
+        name=secret.name,
+        metadata=secret.metadata,
+        created_at=secret.created_at,
+        updated_at=secret.updated_at,
+    )

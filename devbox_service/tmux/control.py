@@ -9,12 +9,15 @@ Blocks answer our commands in order (tmux runs a client's commands sequentially)
 flags lack bit 1 answers the command the client was started with and is skipped. Lines outside
 blocks are notifications (`%output %3 ...`, `%exit`), handed to `on_notification`.
 
-Exception tree::
+Nothing here knows SSH: the client reads and writes any byte stream. Its errors sit in the
+domain tree (`devbox_service.errors`) already, so no caller translates them::
 
-    ControlError           the control client cannot be used
-     +-- ChannelClosed     the client exited or its SSH channel went away
-     +-- CommandTimeout    no answer in time (a paused or dead guest)
-    CommandError           tmux answered `%error`: the command itself failed
+    ControlError             the control client cannot be used            (Unreachable)
+     +-- ChannelClosed       the client exited or its channel went away
+     +-- CommandTimeout      no answer in time (a paused or dead guest)
+    CommandError             tmux answered `%error`: the command itself failed
+     +-- TargetNotFound      "can't find pane: %9", "no such session"     (NotFound)
+     +-- CommandRefused      any other refusal                            (InvalidInput)
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from devbox_service import errors
 
-class ControlError(Exception):
+
+class ControlError(errors.Unreachable):
     pass
 
 
@@ -38,13 +43,28 @@ class CommandTimeout(ControlError):
     pass
 
 
-class CommandError(Exception):
-    """tmux refused a command; `message` is its error text (e.g. "can't find pane: %9")."""
+class CommandError(errors.DevboxServiceError):
+    """tmux refused a command; `reason` is its error text (e.g. "can't find pane: %9")."""
 
-    def __init__(self, command: str, message: str) -> None:
-        super().__init__(f"tmux {command.split(' ', 1)[0]}: {message}")
+    def __init__(self, command: str, reason: str) -> None:
+        super().__init__(f"tmux {command.split(' ', 1)[0]}: {reason}")
         self.command = command
-        self.message = message
+        self.reason = reason
+
+    @staticmethod
+    def from_reply(command: str, reason: str) -> CommandError:
+        """The error for tmux's answer: a missing target is NotFound, anything else refused."""
+        if "can't find" in reason or "no such" in reason.lower():
+            return TargetNotFound(command, reason)
+        return CommandRefused(command, reason)
+
+
+class TargetNotFound(CommandError, errors.NotFound):
+    pass
+
+
+class CommandRefused(CommandError, errors.InvalidInput):
+    pass
 
 
 class ByteReader(Protocol):
@@ -58,12 +78,13 @@ class ByteWriter(Protocol):
 def quote(argument: str) -> str:
     """One tmux command-language token holding `argument` verbatim.
 
-    Double quotes with `\\`, `"` and `$` escaped, and control characters as octal escapes, so a
-    command stays on one line (control mode reads one command per line).
+    Double quotes, inside which tmux still expands `$VAR`, a leading `~` and `\\` escapes: so
+    `\\`, `"`, `$` and `~` are escaped, and control characters written as octal escapes, which
+    keeps a command on one line (control mode reads one command per line).
     """
     out = ['"']
     for char in argument:
-        if char in '\\"$':
+        if char in '\\"$~':
             out.append("\\" + char)
         elif ord(char) < 32 or ord(char) == 127:
             out.append(f"\\{ord(char):03o}")
@@ -125,14 +146,16 @@ class ControlClient:
         except TimeoutError as exc:
             # Replies are matched by position: one that never came poisons the channel.
             self._shut()
-            raise CommandTimeout(f"tmux did not answer within {timeout:.0f} s") from exc
+            raise CommandTimeout(f"tmux did not answer within {timeout:g} s") from exc
 
-    async def command(self, command: str, timeout: float = 10.0) -> list[str]:
-        """Run one command; its output lines, or CommandError with tmux's message."""
-        (reply,) = await self.run([command], timeout)
-        if not reply.ok:
-            raise CommandError(command, " ".join(reply.lines).strip() or "failed")
-        return reply.lines
+    async def outputs(self, commands: Sequence[str], timeout: float = 10.0) -> list[list[str]]:
+        """Run `commands`; their output lines, or the CommandError of the first one refused
+        (tmux still ran the others: each line is a command of its own)."""
+        replies = await self.run(commands, timeout)
+        for command, reply in zip(commands, replies, strict=True):
+            if not reply.ok:
+                raise CommandError.from_reply(command, " ".join(reply.lines).strip() or "failed")
+        return [reply.lines for reply in replies]
 
     async def _read_loop(self) -> None:
         block: list[str] | None = None
@@ -162,8 +185,6 @@ class ControlClient:
                     break
                 elif self._on_notification is not None:
                     self._on_notification(line)
-        except (OSError, EOFError, asyncio.IncompleteReadError):
-            pass
         except Exception:  # any transport error ends the client, never the service
             pass
         finally:

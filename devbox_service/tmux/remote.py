@@ -1,68 +1,35 @@
-"""How the service reaches tmux inside one guest: two transports over SSH.
+"""The adapter: tmux inside one guest over SSH, as `ports.TmuxGuest`. Two transports:
 
-* libtmux (the object model for sessions: list, create, rename, kill) runs a per-devbox wrapper
-  script as its `tmux_bin`; the wrapper runs tmux in the guest through a persistent OpenSSH
-  ControlMaster, so each libtmux call is one multiplexed channel, not a new SSH handshake.
-* The hot path (send-keys, capture-pane, pane watching) goes through a `tmux -C` control-mode
-  client on an asyncssh channel: no process spawn per command (see `control.py`).
+* sessions (list, create, rename, kill) through libtmux and an OpenSSH ControlMaster
+  (`sessions.py`), where a handful of calls matter less than libtmux's object model;
+* the hot path (send-keys, capture-pane, pane watching) through `tmux -C` control-mode clients
+  on asyncssh channels: no process spawn per command (see `control.py`).
 
 Both reconnect by themselves: a guest restored from a snapshot, resumed or rebooted drops its
 TCP connections, so a closed asyncssh connection or control client is opened again on the next
-call, and the wrapper replaces a dead ControlMaster (and retries once) before giving up.
-No web imports here.
+call. asyncssh's errors become domain errors here, once: a guest that does not answer is
+`Unreachable`. No web imports here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import os
 import shlex
-import subprocess
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import asyncssh
-import libtmux
 
 from devbox_service.backends.base import SSHEndpoint
-from devbox_service.errors import Unavailable
+from devbox_service.errors import Unreachable
 from devbox_service.ssh.guest import GuestConnections
-from devbox_service.tmux.control import ChannelClosed, ControlClient, quote
+from devbox_service.tmux.control import ControlClient, ControlError
+from devbox_service.tmux.models import TmuxSession
+from devbox_service.tmux.ports import COMMAND_TIMEOUT, OpenGuest, ShellResult
+from devbox_service.tmux.sessions import CONTROL_SESSION, ENV, LibtmuxSessions
 
 CONNECT_TIMEOUT = 20.0
-CONTROL_SESSION = "_devbox_ctl"
-"""The hidden session the command client attaches to (a control client needs one)."""
-
-ENV = "LC_ALL=C.UTF-8"
-
-WRAPPER = """#!/bin/bash
-# tmux in devbox {devbox_id}, through an OpenSSH ControlMaster (written by devbox-service).
-opts=(-o ControlMaster=auto -o ControlPath={control_path} -o ControlPersist=600
-      -o ServerAliveInterval=5 -o ServerAliveCountMax=3 -o ConnectTimeout=10
-      -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
-      -o LogLevel=ERROR -i {key} -p {port})
-dest={dest}
-remote="{env} exec tmux $(printf '%q ' "$@")"
-master() {{
-  # Start the master detached from our stdio: a master forked by the command itself would
-  # keep the caller's pipes open (libtmux would wait for EOF until ControlPersist ends).
-  ssh "${{opts[@]}}" -O check "$dest" >/dev/null 2>&1 ||
-    ssh "${{opts[@]}}" -M -N -f "$dest" </dev/null >/dev/null 2>&1
-}}
-master
-ssh "${{opts[@]}}" -n -T "$dest" -- "$remote"
-rc=$?
-if [ $rc -eq 255 ]; then
-  # the master's connection died (restore, reboot): replace it and try once more
-  ssh "${{opts[@]}}" -O exit "$dest" >/dev/null 2>&1
-  master
-  exec ssh "${{opts[@]}}" -n -T "$dest" -- "$remote"
-fi
-exit $rc
-"""
+TRANSPORT_ERRORS = (ControlError, asyncssh.Error, OSError, TimeoutError)
 
 
 def socket_args(socket: str | None) -> list[str]:
@@ -70,6 +37,16 @@ def socket_args(socket: str | None) -> list[str]:
     if not socket:
         return []
     return ["-S", socket] if "/" in socket else ["-L", socket]
+
+
+def guest_opener(connections: GuestConnections, runtime_dir: Path) -> OpenGuest:
+    """What `TmuxService` is given to reach guests: warm SSH connections from `connections`,
+    each devbox's wrapper script and ControlMaster socket under `runtime_dir`."""
+
+    def open_guest(devbox_id: str, endpoint: SSHEndpoint) -> GuestTmux:
+        return GuestTmux(devbox_id, endpoint, runtime_dir, connections)
+
+    return open_guest
 
 
 class GuestTmux:
@@ -84,52 +61,69 @@ class GuestTmux:
     ) -> None:
         self.devbox_id = devbox_id
         self.endpoint = endpoint
-        self._dir = runtime_dir / devbox_id
+        self._sessions = LibtmuxSessions(devbox_id, endpoint, runtime_dir)
         self._connections = connections
         self._clients: dict[str, ControlClient] = {}
         self._lock = asyncio.Lock()
-        self.wrapper = self._dir / "tmux"
-        self.control_path = _short_socket_path(self._dir / "cm.sock")
-        self._write_wrapper()
 
-    def _write_wrapper(self) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        ep = self.endpoint
-        text = WRAPPER.format(
-            devbox_id=self.devbox_id,
-            control_path=shlex.quote(str(self.control_path)),
-            key=shlex.quote(ep.private_key_path),
-            port=ep.port,
-            dest=shlex.quote(f"{ep.username}@{ep.host}"),
-            env=ENV,
-        )
-        self.wrapper.write_text(text)
-        self.wrapper.chmod(0o700)
+    def _unreachable(self, exc: BaseException) -> Unreachable:
+        reason = str(exc) or type(exc).__name__
+        return Unreachable(f"cannot reach tmux in devbox {self.devbox_id}: {reason}")
 
-    # libtmux (synchronous: call from a worker thread)
+    # sessions (libtmux)
 
-    def server(self, socket: str | None) -> libtmux.Server:
-        name = socket if socket and "/" not in socket else None
-        path = socket if socket and "/" in socket else None
-        return libtmux.Server(socket_name=name, socket_path=path, tmux_bin=str(self.wrapper))
+    async def list_sessions(self, socket: str | None) -> list[TmuxSession]:
+        return await self._sessions.list_sessions(socket)
 
-    # asyncssh
+    async def new_session(self, socket: str | None, name: str) -> TmuxSession:
+        return await self._sessions.new_session(socket, name)
 
-    async def _connect(self) -> asyncssh.SSHClientConnection:
-        return await asyncio.wait_for(self._connections.connection(self.endpoint), CONNECT_TIMEOUT)
+    async def rename_session(self, socket: str | None, target: str, new_name: str) -> TmuxSession:
+        return await self._sessions.rename_session(socket, target, new_name)
 
-    async def exec(self, command: str, timeout: float = 30.0) -> tuple[int, str, str]:
-        """Run a shell command in the guest: (exit status, stdout, stderr); a guest that cannot
-        be reached is `Unavailable` (503) for every caller."""
+    async def kill_session(self, socket: str | None, target: str) -> str:
+        return await self._sessions.kill_session(socket, target)
+
+    # asyncssh: shell commands and control clients
+
+    async def exec(self, command: str, timeout: float) -> ShellResult:
         try:
             result = await self._connections.run(
                 self.endpoint, f"{ENV} {command}", timeout=timeout, check=False
             )
         except (asyncssh.Error, OSError, TimeoutError) as exc:
-            raise Unavailable(f"cannot reach devbox {self.devbox_id}: {exc}") from exc
-        return int(result.exit_status or 0), str(result.stdout), str(result.stderr)
+            raise self._unreachable(exc) from exc
+        status = -1 if result.exit_status is None else result.exit_status  # None: a signal
+        return ShellResult(status, str(result.stdout), str(result.stderr))
 
-    async def control(self, socket: str | None) -> ControlClient:
+    async def run(
+        self, socket: str | None, commands: Sequence[str], timeout: float = COMMAND_TIMEOUT
+    ) -> list[list[str]]:
+        """Commands through the server's control client; a dead client (a restored guest) is
+        replaced once, transparently. tmux refusing a command is not retried."""
+        for attempt in (1, 2):
+            try:
+                client = await self._control(socket)
+                return await client.outputs(commands, timeout)
+            except TRANSPORT_ERRORS as exc:
+                await self.reset()
+                if attempt == 2:
+                    raise self._unreachable(exc) from exc
+        raise AssertionError("unreachable")
+
+    async def watch(
+        self, socket: str | None, session_id: str, on_notification: Callable[[str], None]
+    ) -> ControlClient:
+        """A read-only control client attached to a session, for its `%output` notices."""
+        args = [*socket_args(socket), "-C", "attach-session", "-r", "-t", session_id]
+        command = f"{ENV} exec tmux -u " + " ".join(shlex.quote(a) for a in args)
+        try:
+            async with self._lock:
+                return await self._open(command, on_notification)
+        except TRANSPORT_ERRORS as exc:
+            raise self._unreachable(exc) from exc
+
+    async def _control(self, socket: str | None) -> ControlClient:
         """The command client for this tmux server, started (or restarted) on demand."""
         key = socket or ""
         async with self._lock:
@@ -144,20 +138,13 @@ class GuestTmux:
                 self._clients[key] = client
             return client
 
-    async def watch(
-        self, socket: str | None, session_id: str, on_notification: Callable[[str], None]
-    ) -> ControlClient:
-        """A read-only control client attached to a session, for its `%output` notices."""
-        args = [*socket_args(socket), "-C", "attach-session", "-r", "-t", session_id]
-        command = f"{ENV} exec tmux -u " + " ".join(shlex.quote(a) for a in args)
-        async with self._lock:
-            return await self._open(command, on_notification)
-
     async def _open(
         self, command: str, on_notification: Callable[[str], None] | None
     ) -> ControlClient:
         for attempt in (1, 2):
-            connection = await self._connect()
+            connection = await asyncio.wait_for(
+                self._connections.connection(self.endpoint), CONNECT_TIMEOUT
+            )
             try:
                 process = await connection.create_process(command, encoding=None)
             except (asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError):
@@ -187,36 +174,4 @@ class GuestTmux:
     async def close(self) -> None:
         async with self._lock:
             await self._drop_connection()
-        await asyncio.to_thread(self._stop_master)
-
-    def _stop_master(self) -> None:
-        ep = self.endpoint
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(
-                [
-                    "ssh",
-                    "-o",
-                    f"ControlPath={self.control_path}",
-                    "-O",
-                    "exit",
-                    f"{ep.username}@{ep.host}",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                timeout=5,
-                check=False,
-            )
-
-
-def _short_socket_path(path: Path) -> Path:
-    """Unix socket paths are limited to ~108 bytes: deep data dirs fall back to /tmp."""
-    if len(str(path)) <= 90:
-        return path
-    digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
-    base = Path(tempfile.gettempdir()) / f"devbox-tmux-{os.getuid()}"
-    base.mkdir(mode=0o700, exist_ok=True)
-    return base / f"{digest}.sock"
-
-
-__all__ = ["CONTROL_SESSION", "ChannelClosed", "GuestTmux", "quote", "socket_args"]
+        await self._sessions.close()

@@ -25,8 +25,10 @@ async def test_migrations_from_empty_then_rerun_is_a_no_op(tmp_path: Path) -> No
         r[0] for r in await database.fetch_all("SELECT name FROM sqlite_master WHERE type='table'")
     }
     assert {"users", "orgs", "org_members", "api_keys", "devboxes", "devbox_events"} <= tables
-    assert (await database.fetch_one("PRAGMA journal_mode"))[0] == "wal"
-    assert (await database.fetch_one("PRAGMA foreign_keys"))[0] == 1
+    journal = await database.fetch_one("PRAGMA journal_mode")
+    foreign_keys = await database.fetch_one("PRAGMA foreign_keys")
+    assert journal is not None and journal[0] == "wal"
+    assert foreign_keys is not None and foreign_keys[0] == 1
     await database.close()
 
     reopened = await Database.open(path)

@@ -12,8 +12,6 @@ import httpx
 import pytest
 from support import Api, create_devbox, guest, mint_agent_token
 
-from devbox_service.previews import proxy
-
 pytestmark = pytest.mark.vm
 
 PAGE = "preview-ok\n"
@@ -151,27 +149,6 @@ async def test_a_service_exposed_with_an_agent_token_is_public(
     assert removed.status_code == 200 and service(removed.json(), "agent-web") is None
 
 
-async def test_bad_requests_name_the_field(vm_api: Api, devbox: dict[str, Any]) -> None:
-    key, devbox_id = vm_api.admin_key, devbox["id"]
-    for body, field in [
-        ({"name": "Bad Name", "port": 8080}, "name"),
-        ({"name": "-web", "port": 8080}, "name"),
-        ({"name": "w" * 41, "port": 8080}, "name"),
-        ({"name": "web", "port": 0}, "port"),
-        ({"name": "web", "port": 70000}, "port"),
-        ({"name": "web", "port": 8080, "auth_mode": "basic"}, "auth_mode"),
-    ]:
-        refused = await expose(vm_api, key, devbox_id, **body)
-        assert refused.status_code == 422, (body, refused.text)
-        assert refused.json()["detail"][0]["loc"] == ["body", field], refused.text
-    newline = await expose(vm_api, key, devbox_id, name="web\n", port=8080)
-    assert newline.status_code == 400 and "name" in newline.json()["detail"]
-    bad_delete = await vm_api.client.delete(
-        f"/api/devboxes/{devbox_id}/http/Bad_Name", headers=vm_api.auth(key)
-    )
-    assert bad_delete.status_code == 400 and "name" in bad_delete.json()["detail"]
-
-
 async def test_a_port_nobody_listens_on_answers_502(vm_api: Api, devbox: dict[str, Any]) -> None:
     key, devbox_id = vm_api.admin_key, devbox["id"]
     exposed = await expose(vm_api, key, devbox_id, name="silent", port=8099)
@@ -203,24 +180,3 @@ async def test_a_paused_devbox_wakes_on_a_request_to_its_service(
         assert (last["type"], last["name"]) == ("resume", "resumed by HTTP")
     finally:
         await vm_api.client.delete(f"/api/devboxes/{devbox_id}", headers=vm_api.auth(key))
-
-
-def test_proxy_header_rules() -> None:
-    sent = [
-        (b"host", b"example"),
-        (b"connection", b"keep-alive, x-private"),
-        (b"x-private", b"1"),
-        (b"authorization", b"Bearer k"),
-        (b"cookie", b"a=1"),
-        (b"content-length", b"3"),
-    ]
-    forwarded = {"x-forwarded-prefix": "/preview/d/n"}
-    kept = proxy.request_headers(sent, drop_authorization=True, forwarded=forwarded)
-    assert kept == [(b"cookie", b"a=1"), (b"x-forwarded-prefix", b"/preview/d/n")]
-    with_auth = proxy.request_headers(sent, drop_authorization=False, forwarded={})
-    assert (b"authorization", b"Bearer k") in with_auth
-    assert proxy.bearer_of(sent) == "k"
-    assert proxy.bearer_of([(b"authorization", b"Basic abc")]) is None
-    assert proxy.location("/next", "/preview/d/n", 5000) == "/preview/d/n/next"
-    assert proxy.location("http://127.0.0.1:5000/x", "/preview/d/n", 5000) == "/preview/d/n/x"
-    assert proxy.location("https://example.com/", "/preview/d/n", 5000) == "https://example.com/"

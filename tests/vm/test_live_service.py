@@ -248,7 +248,8 @@ def test_injected_agent_token_works_from_inside_the_devbox(
                 f'-H "Authorization: Bearer $DEVBOX_AGENT_TOKEN" {request}'
             )
             _, stdout, stderr = client.exec_command(command)
-            return stdout.read().decode().strip() or stderr.read().decode()
+            answer: str = stdout.read().decode().strip() or stderr.read().decode()
+            return answer
 
         _, mode, _ = client.exec_command("stat -c %a /root/.devbox/agent.env")
         assert mode.read().decode().strip() == "600"

@@ -28,7 +28,7 @@ def qemu_running_for(devbox_id: str) -> bool:
 
 async def wait_standby(api: Api, devbox_id: str) -> None:
     deadline = time.monotonic() + 120
-    while (await api.services.devboxes.backend.get_instance(devbox_id)).state is not (
+    while (await api.services.devbox_core.backend.get_instance(devbox_id)).state is not (
         InstanceState.STANDBY
     ):
         assert time.monotonic() < deadline, "the paused devbox never went to standby"

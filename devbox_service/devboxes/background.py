@@ -1,0 +1,106 @@
+"""Work no request waits for: making records match the VMs after a restart, and moving
+devboxes paused for long into standby (memory saved to disk, no VM process)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from devbox_service.backends import base as backend_api
+from devbox_service.backends.base import InstanceState
+from devbox_service.devboxes.core import DevboxCore
+from devbox_service.devboxes.lifecycle import STATUS_OF_INSTANCE
+from devbox_service.devboxes.models import DevboxStatus, SnapshotStatus
+
+log = logging.getLogger("devbox_service.devboxes")
+
+LOST_VM = "the VM did not survive a restart of the service"
+
+
+async def recover(core: DevboxCore) -> None:
+    """After a restart: make every record match the VMs that really exist, finish
+    interrupted deletions, and let the backend remove what no record owns."""
+    if not core.has_backend:
+        return
+    backend = core.backend
+    instances = {i.id: i for i in await backend.list_instances()}
+    for record in await core.store.all():
+        instance = instances.get(record.id)
+        if record.status is DevboxStatus.DELETING:
+            await core.destroy(record.id)
+        elif instance is None:
+            if record.status is not DevboxStatus.ERROR:
+                await core.store.update(record.id, status=DevboxStatus.ERROR, error=LOST_VM)
+        else:
+            actual = STATUS_OF_INSTANCE.get(instance.state, record.status)
+            if actual is not record.status:  # unchanged records keep their updated_at
+                await core.store.update(record.id, status=actual)
+    known_snapshots = {s.id for s in await backend.list_snapshots()}
+    for snapshot in await core.snapshots.all():
+        if snapshot.id not in known_snapshots:
+            await core.snapshots.delete(snapshot.id)
+        elif snapshot.status is SnapshotStatus.PENDING:
+            await core.snapshots.set_status(snapshot.id, SnapshotStatus.READY)
+    removed = await backend.reconcile(
+        {r.id for r in await core.store.all()},
+        {s.id for s in await core.snapshots.all()},
+    )
+    if removed:
+        log.info("removed VM resources no record owns", extra={"removed": removed})
+
+
+class StandbyPolicy:
+    """Devboxes paused longer than `after` seconds go to standby, so idle devboxes cost no
+    memory; resume, SSH and previews bring them back with their processes."""
+
+    def __init__(self, core: DevboxCore, after: float) -> None:
+        self._core = core
+        self._after = after
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._core.has_backend and self._after > 0 and self._task is None:
+            self._task = asyncio.create_task(self._loop())
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _loop(self) -> None:
+        interval = min(max(self._after / 4, 0.25), 30.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.standby_idle()
+            except Exception:
+                log.exception("standby of idle devboxes failed; will try again")
+
+    async def standby_idle(self) -> list[str]:
+        """Put every devbox paused for longer than `after` into standby; the ids moved."""
+        cutoff = time.time() - self._after
+        backend = self._core.backend
+        moved = []
+        for record in await self._core.store.all():
+            if record.status is not DevboxStatus.PAUSED or record.updated_at > cutoff:
+                continue
+            async with self._core.locks[record.id]:
+                current = await self._core.store.get(record.id)
+                if current is None or current.status is not DevboxStatus.PAUSED:
+                    continue
+                instance = await backend.get_instance(record.id)
+                if instance.state is not InstanceState.PAUSED:
+                    continue
+                try:
+                    await backend.standby(record.id)
+                except backend_api.BackendError as exc:
+                    log.warning("standby failed", extra={"devbox": record.id, "error": str(exc)})
+                    with contextlib.suppress(backend_api.BackendError):
+                        await backend.pause(record.id)  # a failed standby resumes it
+                    continue
+                moved.append(record.id)
+        return moved

@@ -1,0 +1,174 @@
+"""Saved moments of devboxes: save (memory + disk), branch (copies of a running devbox), the
+snapshots an organization holds and the images devboxes start from."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from devbox_service.auth.models import Principal
+from devbox_service.backends import base as backend_api
+from devbox_service.backends.base import MachineSpec
+from devbox_service.devboxes.core import DevboxCore, new_event
+from devbox_service.devboxes.lifecycle import Action, require
+from devbox_service.devboxes.models import (
+    DevboxRecord,
+    EventType,
+    SnapshotKind,
+    SnapshotRecord,
+    SnapshotStatus,
+)
+from devbox_service.devboxes.schemas import DevboxResponse, ImageResponse, SnapshotResponse
+from devbox_service.devboxes.views import DevboxViews, snapshot_response
+from devbox_service.errors import Conflict, NotFound, PermissionDenied, Unavailable
+from devbox_service.ids import new_id
+
+
+class CheckpointService:
+    def __init__(self, core: DevboxCore, views: DevboxViews) -> None:
+        self._core = core
+        self._views = views
+
+    async def save(self, principal: Principal, devbox_id: str, name: str) -> SnapshotResponse:
+        """Checkpoint memory and disk; answers once the snapshot is ready (clients never poll
+        a snapshot)."""
+        async with self._core.locks[devbox_id]:
+            record = await self._core.visible(principal, devbox_id)
+            require(record, Action.SAVE)
+            snapshot = await self._checkpoint(principal, record, name or "save", SnapshotKind.SAVE)
+            await self._core.store.update(
+                devbox_id,
+                current_save_id=snapshot.id,
+                event=new_event(devbox_id, EventType.SAVE, snapshot.id, {"name": snapshot.name}),
+            )
+        return snapshot_response(snapshot)
+
+    async def branch(
+        self, principal: Principal, devbox_id: str, *, name: str | None, count: int
+    ) -> list[DevboxResponse]:
+        """Checkpoint the parent, then boot `count` copies of that moment concurrently."""
+        async with self._core.locks[devbox_id]:
+            parent = await self._core.visible(principal, devbox_id)
+            require(parent, Action.BRANCH)
+            snapshot = await self._checkpoint(
+                principal, parent, name or f"branch of {parent.id}", SnapshotKind.BRANCH
+            )
+            children = []
+            for _ in range(count):
+                child = await self._core.insert(
+                    principal,
+                    snapshot_id=snapshot.id,
+                    image_id=parent.image_id,
+                    spec=MachineSpec(
+                        vcpus=parent.vcpus, memory_mb=parent.memory_mb, disk_mb=parent.disk_mb
+                    ),
+                    name=name or parent.name,
+                    metadata=dict(parent.metadata),
+                    parent_id=parent.id,
+                    created_detail={"name": f"branched from {parent.id}"},
+                )
+                children.append(child)
+                detail = {"name": snapshot.name, "branch_name": name}
+                await self._core.store.add_event(
+                    new_event(
+                        parent.id,
+                        EventType.BRANCH,
+                        snapshot.id,
+                        {**detail, "branch_instance_id": child.id},
+                    )
+                )
+        self._core.start_boot([c.id for c in children], snapshot.id)
+        return await self._views.details(children)
+
+    async def _checkpoint(
+        self, principal: Principal, record: DevboxRecord, name: str, kind: SnapshotKind
+    ) -> SnapshotRecord:
+        """The snapshot is recorded `pending` before the backend writes it and removed if
+        that fails, so no file is ever without a record (start-up settles the rest)."""
+        snapshot = SnapshotRecord(
+            id=new_id("snapshot"),
+            org_id=record.org_id,
+            user_id=principal.user_id,
+            devbox_id=record.id,
+            name=name,
+            kind=kind,
+            status=SnapshotStatus.PENDING,
+            vcpus=record.vcpus,
+            memory_mb=record.memory_mb,
+            disk_mb=record.disk_mb,
+            created_at=time.time(),
+        )
+        await self._core.snapshots.insert(snapshot)
+        try:
+            await self._core.in_memory(record.id)
+            await self._core.backend.save(record.id, snapshot.id)
+        except BaseException:
+            await self._core.snapshots.delete(snapshot.id)
+            raise
+        await self._core.snapshots.set_status(snapshot.id, SnapshotStatus.READY)
+        return await self._snapshot(snapshot.id)
+
+    async def _snapshot(self, snapshot_id: str) -> SnapshotRecord:
+        found = await self._core.snapshots.get(snapshot_id)
+        if found is None:
+            raise NotFound.of("snapshot", snapshot_id)
+        return found
+
+    async def bootable(self, principal: Principal, ref: str) -> backend_api.SnapshotInfo:
+        """What `snapshot_id=` names: an image, its boot snapshot, or a ready snapshot of the
+        caller's organization."""
+        backend = self._core.backend
+        images = await backend.list_images()
+        snapshot_id = next(
+            (i.boot_snapshot_id for i in images if ref in (i.id, i.boot_snapshot_id)), None
+        )
+        if snapshot_id is None:
+            snapshot = await self._core.snapshots.get(ref)
+            if snapshot is None or snapshot.org_id != principal.org_id:
+                if not images:
+                    raise Unavailable(
+                        "no guest image is ready yet; GET /health/ready says when it is"
+                    )
+                raise NotFound.of("snapshot", ref)
+            if snapshot.status is not SnapshotStatus.READY:
+                raise Conflict(
+                    f"snapshot {ref} is {snapshot.status.value}", state=snapshot.status.value
+                )
+            snapshot_id = snapshot.id
+        return await backend.get_snapshot(snapshot_id)
+
+    # listing
+
+    async def images(self) -> list[ImageResponse]:
+        return [
+            ImageResponse(
+                id=i.id,
+                name=i.name,
+                description=i.description,
+                boot_snapshot_id=i.boot_snapshot_id,
+                default=i.default,
+                created=int(i.created_at),
+            )
+            for i in await self._core.backend.list_images()
+        ]
+
+    async def snapshots(self, principal: Principal) -> list[SnapshotResponse]:
+        return [snapshot_response(s) for s in await self._core.snapshots.for_org(principal.org_id)]
+
+    async def snapshot(self, principal: Principal, snapshot_id: str) -> SnapshotResponse:
+        return snapshot_response(await self._visible(principal, snapshot_id))
+
+    async def delete_snapshot(self, principal: Principal, snapshot_id: str) -> None:
+        """Devboxes booted from the snapshot keep running: the backend keeps what they need."""
+        snapshot = await self._visible(principal, snapshot_id)
+        if snapshot.user_id != principal.user_id and not principal.role.manages_org:
+            raise PermissionDenied("only the snapshot's owner or an org admin may delete it")
+        with contextlib.suppress(backend_api.NotFound):
+            await self._core.backend.delete_snapshot(snapshot_id)
+        await self._core.snapshots.delete(snapshot_id)
+
+    async def _visible(self, principal: Principal, snapshot_id: str) -> SnapshotRecord:
+        snapshot = await self._core.snapshots.get(snapshot_id)
+        if snapshot is None or snapshot.org_id != principal.org_id:
+            raise NotFound.of("snapshot", snapshot_id)
+        return snapshot

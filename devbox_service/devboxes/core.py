@@ -1,0 +1,231 @@
+"""What the devbox services share: the stores, the VM backend, one lock per devbox, the
+background task each devbox may have, and how a devbox is recorded and destroyed.
+
+Every change of a devbox's VM happens under that devbox's lock, so two requests (or a request
+and a background task) never drive one VM at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
+
+from devbox_service.auth import tokens
+from devbox_service.auth.models import Principal
+from devbox_service.backends import base as backend_api
+from devbox_service.backends.base import InstanceState, MachineSpec, VMBackend
+from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventRecord, EventType
+from devbox_service.devboxes.snapshot_store import SnapshotStore
+from devbox_service.devboxes.store import DevboxStore
+from devbox_service.errors import NotFound, Unavailable
+from devbox_service.ids import new_id
+from devbox_service.secrets.box import SecretBox
+
+log = logging.getLogger("devbox_service.devboxes")
+
+DestroyListener = Callable[[str], Awaitable[None]]
+
+
+def new_event(
+    devbox_id: str,
+    type_: EventType,
+    snapshot_id: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> EventRecord:
+    return EventRecord(
+        id=new_id("event"),
+        devbox_id=devbox_id,
+        type=type_,
+        snapshot_id=snapshot_id,
+        detail=detail if detail is not None else {"name": type_.value},
+        created_at=time.time(),
+    )
+
+
+class DevboxCore:
+    def __init__(
+        self,
+        store: DevboxStore,
+        snapshots: SnapshotStore,
+        backend: VMBackend | None,
+        secret_box: SecretBox,
+    ) -> None:
+        self.store = store
+        self.snapshots = snapshots
+        self.box = secret_box
+        self._backend = backend
+        self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._destroy_listeners: list[DestroyListener] = []
+
+    @property
+    def has_backend(self) -> bool:
+        return self._backend is not None
+
+    @property
+    def backend(self) -> VMBackend:
+        """The VM backend; `Unavailable` when the service runs without one."""
+        if self._backend is None:
+            raise Unavailable("this service runs without a VM backend (DEVBOX_VM_BACKEND=none)")
+        return self._backend
+
+    # records
+
+    async def record(self, devbox_id: str) -> DevboxRecord:
+        record = await self.store.get(devbox_id)
+        if record is None:
+            raise NotFound.of("devbox", devbox_id)
+        return record
+
+    async def visible(self, principal: Principal, devbox_id: str) -> DevboxRecord:
+        """The devbox if the caller's organization holds it; 404 (not 403) otherwise."""
+        record = await self.store.get(devbox_id)
+        if record is None or record.org_id != principal.org_id:
+            raise NotFound.of("devbox", devbox_id)
+        return record
+
+    async def insert(
+        self,
+        principal: Principal,
+        *,
+        snapshot_id: str,
+        image_id: str | None,
+        spec: MachineSpec,
+        name: str,
+        metadata: dict[str, Any],
+        parent_id: str | None,
+        created_detail: dict[str, Any],
+    ) -> DevboxRecord:
+        """A new `provisioning` devbox with fresh SSH gateway credentials (kept sealed; the
+        access token is found by its hash) and its first timeline entry."""
+        now = time.time()
+        access_token = "dbxssh_" + secrets.token_hex(16)
+        password = secrets.token_urlsafe(24)
+        record = DevboxRecord(
+            id=new_id("devbox"),
+            org_id=principal.org_id,
+            user_id=principal.user_id,
+            name=name,
+            status=DevboxStatus.PROVISIONING,
+            base_snapshot_id=snapshot_id,
+            image_id=image_id,
+            current_save_id=None,
+            parent_id=parent_id,
+            vcpus=spec.vcpus,
+            memory_mb=spec.memory_mb,
+            disk_mb=spec.disk_mb,
+            metadata=metadata,
+            error=None,
+            created_at=now,
+            updated_at=now,
+            ssh_credentials_sealed=self.box.seal(
+                json.dumps({"access_token": access_token, "password": password})
+            ),
+        )
+        event = new_event(record.id, EventType.CREATE, snapshot_id, created_detail)
+        token_hash = tokens.hash_secret(access_token)
+        async with self.store.database.transaction() as tx:
+            await self.store.insert(tx, record, event, ssh_token_hash=token_hash)
+        return record
+
+    def credentials(self, record: DevboxRecord) -> dict[str, str]:
+        assert record.ssh_credentials_sealed is not None
+        sealed: dict[str, str] = json.loads(self.box.open_sealed(record.ssh_credentials_sealed))
+        return sealed
+
+    # VM states the API does not show
+
+    async def bring_back(self, devbox_id: str) -> None:
+        """Resume a paused VM, or restore one that idled into standby (processes kept)."""
+        if (await self.backend.get_instance(devbox_id)).state is InstanceState.STANDBY:
+            await self.backend.wake(devbox_id)
+        else:
+            await self.backend.resume(devbox_id)
+
+    async def in_memory(self, devbox_id: str) -> None:
+        """Save and branch need the VM process: bring a standby VM back, still paused."""
+        if (await self.backend.get_instance(devbox_id)).state is InstanceState.STANDBY:
+            await self.backend.wake(devbox_id)
+            await self.backend.pause(devbox_id)
+
+    # background work
+
+    def run_in_background(self, devbox_ids: Sequence[str], work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` as the devboxes' background task (cancelled if one is deleted)."""
+        task = asyncio.create_task(work)
+        for devbox_id in devbox_ids:
+            self._tasks[devbox_id] = task
+            task.add_done_callback(functools.partial(self._forget_task, devbox_id))
+
+    def _forget_task(self, devbox_id: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(devbox_id) is task:
+            del self._tasks[devbox_id]
+
+    async def cancel_background(self, devbox_id: str) -> None:
+        task = self._tasks.pop(devbox_id, None)
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def start_boot(self, devbox_ids: Sequence[str], snapshot_id: str) -> None:
+        """Restore `snapshot_id` into each devbox in the background; `ready` when the guest
+        answers, `error` with the reason (and no VM left behind) when it does not."""
+
+        async def boot_all() -> None:
+            async with contextlib.AsyncExitStack() as stack:
+                for devbox_id in devbox_ids:
+                    await stack.enter_async_context(self.locks[devbox_id])
+                try:
+                    await self.backend.branch(snapshot_id, list(devbox_ids))
+                except Exception as exc:
+                    log.warning(
+                        "boot failed", extra={"devboxes": list(devbox_ids), "error": str(exc)}
+                    )
+                    for devbox_id in devbox_ids:
+                        with contextlib.suppress(backend_api.BackendError):
+                            await self.backend.delete(devbox_id)
+                        await self.store.update(
+                            devbox_id, status=DevboxStatus.ERROR, error=f"boot failed: {exc}"
+                        )
+                    return
+                for devbox_id in devbox_ids:
+                    await self.store.update(devbox_id, status=DevboxStatus.READY)
+
+        self.run_in_background(devbox_ids, boot_all())
+
+    # removal
+
+    def on_destroy(self, listener: DestroyListener) -> None:
+        """Call `listener(devbox_id)` before a devbox's VM is removed (to close connections,
+        revoke tokens)."""
+        self._destroy_listeners.append(listener)
+
+    async def destroy(self, devbox_id: str) -> None:
+        """Remove the VM, then the record: a crash between leaves `deleting`, finished at start."""
+        for listener in self._destroy_listeners:
+            try:
+                await listener(devbox_id)
+            except Exception:
+                log.exception("clean-up before deletion failed", extra={"devbox": devbox_id})
+        if self._backend is not None:
+            with contextlib.suppress(backend_api.NotFound):
+                await self._backend.delete(devbox_id)
+        await self.store.delete(devbox_id)
+        self.locks.pop(devbox_id, None)
+
+    async def close(self) -> None:
+        tasks = {t for t in self._tasks.values() if not t.done()}
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

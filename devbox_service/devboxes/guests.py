@@ -1,0 +1,135 @@
+"""The way into a devbox's guest, for the domains that need one: the SSH gateway (credentials,
+wake on SSH), previews (wake on HTTP, forwarded ports), uploads, tmux and agent tokens.
+
+Each gets one narrow method here instead of the VM backend: they never see a VM, only
+"the guest endpoint of a devbox this caller may use".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from typing import Protocol
+
+from devbox_service.auth import tokens
+from devbox_service.auth.models import Principal
+from devbox_service.backends import base as backend_api
+from devbox_service.backends.base import SSHEndpoint
+from devbox_service.devboxes.core import DestroyListener, DevboxCore, new_event
+from devbox_service.devboxes.lifecycle import SETTLING, Action, require
+from devbox_service.devboxes.models import DevboxStatus, EventType
+from devbox_service.devboxes.schemas import DevboxSSHCredentialsResponse
+from devbox_service.errors import Conflict, PermissionDenied
+
+SETTLE_TIMEOUT = 120.0
+
+
+class GuestFiles(Protocol):
+    """What the service needs from an SSH connection into a guest (an adapter in ssh/)."""
+
+    async def write_file(
+        self, endpoint: SSHEndpoint, path: str, data: bytes, mode: int = 0o644
+    ) -> None: ...
+
+    async def forget(self, endpoint: SSHEndpoint) -> None: ...
+
+
+class GuestAccess:
+    def __init__(self, core: DevboxCore, files: GuestFiles) -> None:
+        self._core = core
+        self._files = files
+        core.on_destroy(self._forget_connection)
+
+    def on_destroy(self, listener: DestroyListener) -> None:
+        """Call `listener(devbox_id)` before a devbox's VM goes (to close connections)."""
+        self._core.on_destroy(listener)
+
+    async def guest_endpoint(self, principal: Principal, devbox_id: str) -> SSHEndpoint:
+        """Where the service reaches the guest of a devbox this principal may use.
+        Raises NotFound, Conflict (not ready), Unavailable (no backend)."""
+        record = await self._core.visible(principal, devbox_id)
+        require(record, Action.USE)
+        return (await self._core.backend.get_instance(devbox_id)).ssh
+
+    async def write_file(
+        self, principal: Principal, devbox_id: str, path: str, data: bytes, mode: int = 0o644
+    ) -> None:
+        """Write a whole file into the guest (readers never see half of it)."""
+        endpoint = await self.guest_endpoint(principal, devbox_id)
+        await self._files.write_file(endpoint, path, data, mode)
+
+    async def _forget_connection(self, devbox_id: str) -> None:
+        if self._core.has_backend:
+            with contextlib.suppress(backend_api.BackendError):
+                await self._files.forget((await self._core.backend.get_instance(devbox_id)).ssh)
+
+    # the SSH gateway
+
+    async def ssh_credentials(
+        self, principal: Principal, devbox_id: str
+    ) -> DevboxSSHCredentialsResponse:
+        """Only the owner. Raises NotFound, PermissionDenied."""
+        record = await self._core.visible(principal, devbox_id)
+        if record.user_id != principal.user_id:
+            raise PermissionDenied("only the devbox's owner may read its SSH credentials")
+        credentials = self._core.credentials(record)
+        return DevboxSSHCredentialsResponse(
+            access_token=credentials["access_token"], password=credentials["password"]
+        )
+
+    async def authenticate(self, username: str, password: str) -> str | None:
+        """The devbox whose SSH gateway credentials these are, or None."""
+        record = await self._core.store.by_ssh_token_hash(tokens.hash_secret(username))
+        if record is None or record.status in (DevboxStatus.DELETING, DevboxStatus.DELETED):
+            return None
+        expected = self._core.credentials(record)["password"]
+        return record.id if secrets.compare_digest(expected, password) else None
+
+    async def connect_target(self, devbox_id: str, *, woken_by: str = "SSH") -> SSHEndpoint:
+        """Where the guest's sshd is; a paused devbox is resumed first (wake on SSH, or on
+        HTTP for the preview proxy), one still starting is waited for. Raises NotFound,
+        Conflict (a devbox that cannot get ready)."""
+        record = await self._core.record(devbox_id)
+        if record.status is DevboxStatus.PAUSED:
+            async with self._core.locks[devbox_id]:
+                record = await self._core.record(devbox_id)
+                if record.status is DevboxStatus.PAUSED:
+                    await self._core.bring_back(devbox_id)
+                    await self._core.store.update(
+                        devbox_id,
+                        status=DevboxStatus.READY,
+                        event=new_event(
+                            devbox_id, EventType.RESUME, detail={"name": f"resumed by {woken_by}"}
+                        ),
+                    )
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        current = await self._core.store.get(devbox_id)
+        while current is not None and current.status in SETTLING:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+            current = await self._core.store.get(devbox_id)
+        if current is None or current.status is not DevboxStatus.READY:
+            state = current.status.value if current else "deleted"
+            raise Conflict(f"devbox {devbox_id} is {state}", state=state)
+        return (await self._core.backend.get_instance(devbox_id)).ssh
+
+    # previews
+
+    async def expose_port(self, principal: Principal, devbox_id: str, guest_port: int) -> int:
+        """Forward a guest port of a usable devbox; the host loopback port it got."""
+        record = await self._core.visible(principal, devbox_id)
+        require(record, Action.USE)
+        return await self._core.backend.expose_port(devbox_id, guest_port)
+
+    async def preview_port(self, devbox_id: str, guest_port: int) -> int:
+        """The host port that reaches a guest port now, waking the devbox first (wake on
+        HTTP); a VM relaunched after a restart may have lost the forward: it is re-added."""
+        await self.connect_target(devbox_id, woken_by="HTTP")
+        instance = await self._core.backend.get_instance(devbox_id)
+        host_port = instance.exposed_ports.get(guest_port)
+        if host_port is None:
+            host_port = await self._core.backend.expose_port(devbox_id, guest_port)
+        return host_port

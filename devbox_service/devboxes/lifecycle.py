@@ -1,0 +1,68 @@
+"""The devbox state machine: which action may start from which status, in one table."""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+from devbox_service.backends.base import InstanceState
+from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventType
+from devbox_service.errors import Conflict
+
+S = DevboxStatus
+
+
+class Action(enum.StrEnum):
+    PAUSE = "pause"
+    RESUME = "resume"
+    REBOOT = "reboot"
+    SAVE = "save"
+    BRANCH = "branch"
+    USE = "use"  # anything that needs the guest up: uploads, tmux, SSH from the service
+
+
+class Transition(NamedTuple):
+    allowed_from: frozenset[DevboxStatus]
+    no_op_in: frozenset[DevboxStatus] = frozenset()  # answered at once, unchanged
+    during: DevboxStatus | None = None  # the status while the backend works
+    after: DevboxStatus | None = None  # the status once it is done
+    event: EventType | None = None  # the timeline entry it leaves
+
+
+TRANSITIONS: dict[Action, Transition] = {
+    Action.PAUSE: Transition(
+        frozenset({S.READY}), frozenset({S.PAUSED}), S.PAUSING, S.PAUSED, EventType.PAUSE
+    ),
+    Action.RESUME: Transition(
+        frozenset({S.PAUSED}), frozenset({S.READY}), S.RESUMING, S.READY, EventType.RESUME
+    ),
+    Action.REBOOT: Transition(
+        frozenset({S.READY}), during=S.REBOOTING, after=S.READY, event=EventType.REBOOT
+    ),
+    Action.SAVE: Transition(frozenset({S.READY, S.PAUSED}), event=EventType.SAVE),
+    Action.BRANCH: Transition(frozenset({S.READY, S.PAUSED}), event=EventType.BRANCH),
+    Action.USE: Transition(frozenset({S.READY})),
+}
+
+STATUS_OF_INSTANCE = {
+    InstanceState.RUNNING: S.READY,
+    InstanceState.PAUSED: S.PAUSED,
+    InstanceState.STANDBY: S.PAUSED,  # standby is an implementation detail of "paused"
+}
+"""What a VM found at start-up means for its record."""
+
+SETTLING = frozenset({S.PROVISIONING, S.RESUMING, S.REBOOTING})
+"""Statuses a devbox leaves by itself: a caller that needs the guest may wait them out."""
+
+
+def require(record: DevboxRecord, action: Action) -> bool:
+    """True when the action must run, False for a harmless no-op; Conflict (409) otherwise."""
+    transition = TRANSITIONS[action]
+    if record.status in transition.no_op_in:
+        return False
+    if record.status not in transition.allowed_from:
+        raise Conflict(
+            f"cannot {action.value} devbox {record.id}: it is {record.status.value}",
+            state=record.status.value,
+        )
+    return True

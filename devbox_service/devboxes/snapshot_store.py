@@ -1,0 +1,40 @@
+"""SQL for the snapshots users saved (the `snapshots` table; image boot snapshots belong to
+the backend)."""
+
+from __future__ import annotations
+
+from devbox_service.db import Database
+from devbox_service.db.records import Table
+from devbox_service.devboxes.models import SnapshotRecord, SnapshotStatus
+
+SNAPSHOTS = Table("snapshots", SnapshotRecord)
+
+
+class SnapshotStore:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def insert(self, snapshot: SnapshotRecord) -> None:
+        async with self.database.transaction() as tx:
+            await SNAPSHOTS.insert(tx, snapshot)
+
+    async def get(self, snapshot_id: str) -> SnapshotRecord | None:
+        row = await self.database.fetch_one("SELECT * FROM snapshots WHERE id = ?", (snapshot_id,))
+        return SNAPSHOTS.decode(row) if row else None
+
+    async def for_org(self, org_id: str) -> list[SnapshotRecord]:
+        rows = await self.database.fetch_all(
+            "SELECT * FROM snapshots WHERE org_id = ? ORDER BY created_at", (org_id,)
+        )
+        return SNAPSHOTS.decode_all(rows)
+
+    async def all(self) -> list[SnapshotRecord]:
+        return SNAPSHOTS.decode_all(await self.database.fetch_all("SELECT * FROM snapshots"))
+
+    async def set_status(self, snapshot_id: str, status: SnapshotStatus) -> None:
+        await self.database.execute(
+            "UPDATE snapshots SET status = ? WHERE id = ?", (status.value, snapshot_id)
+        )
+
+    async def delete(self, snapshot_id: str) -> None:
+        await self.database.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))

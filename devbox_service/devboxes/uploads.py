@@ -1,0 +1,80 @@
+"""Files users upload into a devbox: where they may land (under /tmp only) and what counts
+as an image."""
+
+from __future__ import annotations
+
+import posixpath
+
+from devbox_service.auth.models import Principal
+from devbox_service.devboxes.guests import GuestAccess
+from devbox_service.devboxes.schemas import UploadResponse
+from devbox_service.errors import InvalidInput, PayloadTooLarge
+
+UPLOAD_ROOT = "/tmp"
+DEFAULT_UPLOAD_DIR = "/tmp/codex-uploads"
+IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"RIFF")
+
+
+class UploadService:
+    def __init__(self, guests: GuestAccess, max_bytes: int) -> None:
+        self._guests = guests
+        self._max_bytes = max_bytes
+
+    async def upload(
+        self,
+        principal: Principal,
+        devbox_id: str,
+        *,
+        filename: str,
+        data: bytes,
+        content_type: str,
+        directory: str | None,
+        image_only: bool = False,
+    ) -> UploadResponse:
+        """Raises InvalidInput (name, directory, not an image), PayloadTooLarge, NotFound,
+        Conflict (devbox not ready)."""
+        if len(data) > self._max_bytes:
+            raise PayloadTooLarge(f"file is {len(data)} bytes; the limit is {self._max_bytes}")
+        name = safe_filename(filename)
+        path = posixpath.join(safe_upload_dir(directory), name)
+        if image_only and not is_image(content_type, data):
+            raise InvalidInput("not an image: send a PNG, JPEG, GIF or WebP file", field="file")
+        await self._guests.write_file(principal, devbox_id, path, data)
+        return UploadResponse(
+            path=path,
+            filename=name,
+            size=len(data),
+            content_type=content_type or "application/octet-stream",
+        )
+
+
+def is_image(content_type: str, data: bytes) -> bool:
+    """Both the declared type and the file's first bytes must say image."""
+    return content_type.startswith("image/") and data.startswith(IMAGE_SIGNATURES)
+
+
+def safe_filename(filename: str) -> str:
+    name = filename.strip()
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        raise InvalidInput(
+            f"invalid file name {filename!r}: give a plain name without '/'", field="file"
+        )
+    return name
+
+
+def safe_upload_dir(directory: str | None) -> str:
+    """An absolute directory under /tmp, with no `..` anywhere (rejected, not normalised)."""
+    target = directory or DEFAULT_UPLOAD_DIR
+    parts = target.split("/")
+    if not target.startswith("/") or ".." in parts or "\x00" in target:
+        raise InvalidInput(
+            f"invalid upload directory {target!r}: use an absolute path under "
+            f"{UPLOAD_ROOT} without '..'",
+            field="dest_dir",
+        )
+    normal = posixpath.normpath(target)
+    if normal != UPLOAD_ROOT and not normal.startswith(UPLOAD_ROOT + "/"):
+        raise InvalidInput(
+            f"upload directory {target!r} must be under {UPLOAD_ROOT}", field="dest_dir"
+        )
+    return normal

@@ -1,0 +1,82 @@
+"""Exposing HTTP services: the request rules, on the in-memory VM backend (the proxying of
+real guest servers is in tests/vm/test_http_services.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from support import Api, create_devbox
+
+
+async def expose(api: Api, key: str, devbox_id: str, **body: Any) -> httpx.Response:
+    return await api.client.post(
+        f"/api/devboxes/{devbox_id}/http", json=body, headers=api.auth(key)
+    )
+
+
+async def default_devbox(api: Api) -> str:
+    images = (await api.client.get("/api/images", headers=api.auth(api.admin_key))).json()
+    image_id = next(i["id"] for i in images["data"] if i["default"])
+    return str((await create_devbox(api, image_id))["id"])
+
+
+async def test_bad_requests_name_the_field(fake_api: Api) -> None:
+    key, devbox_id = fake_api.admin_key, await default_devbox(fake_api)
+    for body, field in [
+        ({"name": "Bad Name", "port": 8080}, "name"),
+        ({"name": "-web", "port": 8080}, "name"),
+        ({"name": "w" * 41, "port": 8080}, "name"),
+        ({"name": "web", "port": 0}, "port"),
+        ({"name": "web", "port": 70000}, "port"),
+        ({"name": "web", "port": 8080, "auth_mode": "basic"}, "auth_mode"),
+    ]:
+        refused = await expose(fake_api, key, devbox_id, **body)
+        assert refused.status_code == 422, (body, refused.text)
+        assert refused.json()["detail"][0]["loc"] == ["body", field], refused.text
+    newline = await expose(fake_api, key, devbox_id, name="web\n", port=8080)
+    assert newline.status_code == 400 and "name" in newline.json()["detail"]
+    bad_delete = await fake_api.client.delete(
+        f"/api/devboxes/{devbox_id}/http/Bad_Name", headers=fake_api.auth(key)
+    )
+    assert bad_delete.status_code == 400 and "name" in bad_delete.json()["detail"]
+
+
+async def test_exposed_services_are_listed_replaced_and_removed(fake_api: Api) -> None:
+    key, devbox_id = fake_api.admin_key, await default_devbox(fake_api)
+    exposed = await expose(fake_api, key, devbox_id, name="web", port=8080, auth_mode="api_key")
+    assert exposed.status_code == 200, exposed.text
+    (listed,) = exposed.json()["networking"]["http_services"]
+    assert listed == {
+        "name": "web",
+        "port": 8080,
+        "url": f"{fake_api.settings.base_url}/preview/{devbox_id}/web/",
+        "auth_mode": "api_key",
+    }
+    unauthenticated = await fake_api.client.get(f"/preview/{devbox_id}/web/")
+    assert unauthenticated.status_code == 401
+    outsider = await fake_api.new_user("outsider-http")
+    hidden = await fake_api.client.get(
+        f"/preview/{devbox_id}/web/", headers=fake_api.auth(outsider)
+    )
+    assert hidden.status_code == 404
+
+    replaced = await expose(fake_api, key, devbox_id, name="web", port=9090)
+    (listed,) = replaced.json()["networking"]["http_services"]
+    assert (listed["port"], listed["auth_mode"]) == (9090, "none")
+
+    paused = await fake_api.client.post(
+        f"/api/devboxes/{devbox_id}/pause", headers=fake_api.auth(key)
+    )
+    assert paused.json()["status"] == "paused"
+    refused = await expose(fake_api, key, devbox_id, name="other", port=7070)
+    assert refused.status_code == 409 and "paused" in refused.json()["detail"]
+
+    removed = await fake_api.client.delete(
+        f"/api/devboxes/{devbox_id}/http/web", headers=fake_api.auth(key)
+    )
+    assert removed.status_code == 200 and removed.json()["networking"]["http_services"] == []
+    again = await fake_api.client.delete(
+        f"/api/devboxes/{devbox_id}/http/web", headers=fake_api.auth(key)
+    )
+    assert again.status_code == 404
