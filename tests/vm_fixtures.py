@@ -19,7 +19,11 @@ from devbox_service.settings import load_settings
 CACHE_DIR = load_settings().cache_dir  # DEVBOX_CACHE_DIR, else the XDG cache directory
 
 # A tmux session that keeps counting, so tests can tell a live session from a restarted one.
-COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /root/counter; sleep 0.2; done"
+# Each value is written aside and renamed in, so a reader never sees the file empty.
+COUNTER = (
+    "i=0; while :; do i=$((i+1)); echo $i > /root/counter.new; "
+    "mv /root/counter.new /root/counter; sleep 0.2; done"
+)
 
 
 async def sh(vm: InstanceInfo, command: str, timeout: float = 60.0) -> str:

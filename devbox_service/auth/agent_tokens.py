@@ -156,19 +156,8 @@ class AgentTokenService:
 
     async def tokens(self, principal: Principal, devbox_id: str) -> list[AgentTokenInfo]:
         await self._owned(principal, devbox_id)
-        return [
-            AgentTokenInfo(
-                id=t.id,
-                devbox_id=t.devbox_id,
-                scopes=t.scopes,
-                purpose=t.purpose,
-                secret_names=t.secret_names,
-                created_at=t.created_at,
-                last_used_at=t.last_used_at,
-                revoked_at=t.revoked_at,
-            )
-            for t in await self._store.for_devbox(devbox_id)
-        ]
+        records = await self._store.for_devbox(devbox_id)
+        return msgspec.convert(records, list[AgentTokenInfo], from_attributes=True)
 
     async def revoke(self, principal: Principal, devbox_id: str, token_id: str) -> None:
         await self._owned(principal, devbox_id)

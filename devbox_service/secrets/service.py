@@ -102,9 +102,5 @@ class SecretService:
 
 
 def _info(secret: SecretRecord) -> SecretInfo:
-    return SecretInfo(
-        name=secret.name,
-        metadata=secret.metadata,
-        created_at=secret.created_at,
-        updated_at=secret.updated_at,
-    )
+    """The record without its sealed value."""
+    return msgspec.convert(secret, SecretInfo, from_attributes=True)

@@ -39,7 +39,8 @@ async def test_pause_and_resume_keep_a_counter_running(vm_api: Api, devbox: dict
     await guest(
         vm_api,
         devbox_id,
-        "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done'"
+        "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new; "
+        "mv /tmp/counter.new /tmp/counter; sleep 0.1; done'"
         " >/dev/null 2>&1 &",
     )
     await asyncio.sleep(1)

@@ -22,7 +22,8 @@ from devbox_service.backends.base import (
     SnapshotInfo,
 )
 from devbox_service.backends.qemu.config import QemuConfig
-from devbox_service.backends.qemu.driver import QemuBackend, _live_chain
+from devbox_service.backends.qemu.driver import QemuBackend
+from devbox_service.backends.qemu.session import live_chain
 from devbox_service.backends.qemu.util import pid_alive
 
 pytestmark = pytest.mark.vm
@@ -193,7 +194,7 @@ async def test_interrupted_save_leaves_no_bootable_snapshot(
     except asyncio.CancelledError:
         pass
     # Whatever point the cancel hit, the layer the VM now writes to is still accounted for.
-    live = await _live_chain(qemu_backend._machines[booted_vm.id], [])
+    live = await live_chain(qemu_backend._machines[booted_vm.id], [])
     qemu_backend._gc_disks()
     assert live and all(Path(p).exists() for p in live)
     await qemu_backend.close()

@@ -9,7 +9,7 @@ Layout::
     cache_dir/images/<recipe>/boot/<key>/manifest.json, disk.qcow2, state   (boot snapshots)
 
 QMP and agent sockets sit in the instance directory unless that path is too long for a unix
-socket; then in $TMPDIR/devbox-vm-<uid>/<hash of the instance dir>/ (see machine.socket_dir).
+socket; then in $TMPDIR/devbox-vm-<uid>/<hash of the instance dir>/ (see argv.socket_dir).
 
 Every record lists its whole disk chain (top first). A layer in `disks/` is deleted once no
 record's chain mentions it: that reference counting keeps children working when a parent
@@ -17,6 +17,8 @@ snapshot is deleted.
 """
 
 from __future__ import annotations
+
+import time
 
 import msgspec
 
@@ -27,7 +29,7 @@ from devbox_service.backends.base import (
     SnapshotInfo,
     SSHEndpoint,
 )
-from devbox_service.backends.qemu.machine import LaunchSpec
+from devbox_service.backends.qemu.argv import LaunchSpec
 
 
 class SnapshotRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,6 +46,28 @@ class SnapshotRecord(msgspec.Struct, frozen=True, kw_only=True):
     size_bytes: int
     created_at: float
     boot: bool = False
+
+    @classmethod
+    def of_launch(
+        cls, launch: LaunchSpec, *, id: str, image_id: str, parent_snapshot_id: str | None,
+        chain: list[str], dir: str, size_bytes: int, boot: bool = False,
+    ) -> SnapshotRecord:  # fmt: skip
+        """A new snapshot of a guest run by `launch`: it restores only into the same machine."""
+        return cls(
+            id=id,
+            image_id=image_id,
+            parent_snapshot_id=parent_snapshot_id,
+            spec=launch.spec,
+            machine=launch.machine,
+            accel=launch.accel,
+            kernel=launch.kernel,
+            initrd=launch.initrd,
+            chain=chain,
+            dir=dir,
+            size_bytes=size_bytes,
+            created_at=time.time(),
+            boot=boot,
+        )
 
     @property
     def state_file(self) -> str:

@@ -14,12 +14,12 @@ from typing import Any
 
 from devbox_service.backends.base import BackendError, BackendTimeout, CommandFailed
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def check_id(kind: str, value: str) -> str:
     """Ids become path components, so only a safe alphabet is accepted."""
-    if not _ID_RE.match(value) or value.endswith(".tmp"):
+    if not _ID_RE.fullmatch(value) or value.endswith(".tmp"):
         raise BackendError(f"invalid {kind} id {value!r}", id=value)
     return value
 
@@ -106,11 +106,45 @@ def pid_alive(pid: int, must_contain: str | None = None) -> bool:
     return True
 
 
+def kill_strays(marker: str) -> None:
+    """Kill QEMU processes whose command line names `marker` (a boot cut short by a crash)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and pid_alive(int(entry.name), marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), 9)
+
+
+def proc_usage(pid: int) -> tuple[int, float]:
+    """RSS in kB and CPU seconds (user + system) of a process, from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return rss_kb, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def host_tsc_khz() -> int:
+    """Under TCG the microvm kernel must be told the TSC rate or it may hang calibrating."""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("cpu MHz"):
+                return round(float(line.split(":")[1]) * 1000)
+    return 0
+
+
 def free_port() -> int:
     """A free loopback TCP port (the kernel picks it; QEMU binds it right after)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def file_size(path: Path) -> int:
+    """Size in bytes, 0 for a file that is not there (a snapshot's size is best effort)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def tail(path: Path, lines: int = 40) -> str:

@@ -1,0 +1,108 @@
+"""User snapshots: save a running instance, list, look up and delete.
+
+A save freezes the instance's current top layer (it becomes the snapshot's disk), puts a new
+writable overlay on it for the instance, and writes memory to `snapshots/<id>/state`. The
+snapshot directory appears under its final name only once complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import msgspec
+
+from devbox_service.backends.base import (
+    AlreadyExists,
+    BackendTimeout,
+    InvalidState,
+    SnapshotInfo,
+)
+from devbox_service.backends.qemu.backend_state import BackendState
+from devbox_service.backends.qemu.session import live_chain
+from devbox_service.backends.qemu.store import SnapshotRecord
+from devbox_service.backends.qemu.util import check_id, file_size, fsync_path, write_json_atomic
+
+
+class Snapshots(BackendState):
+    """`save`, `list_snapshots`, `get_snapshot` and `delete_snapshot`."""
+
+    async def save(self, instance_id: str, snapshot_id: str) -> SnapshotInfo:
+        check_id("snapshot", snapshot_id)
+        if snapshot_id in self._snapshots or snapshot_id.startswith("boot-"):
+            raise AlreadyExists(f"snapshot {snapshot_id!r} already exists", id=snapshot_id)
+        async with self._locked(instance_id) as rec:
+            machine = self._live_machine(rec)
+            work = self.snapshots_dir / f"{snapshot_id}.tmp"
+            final = self.snapshots_dir / snapshot_id
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+            new_top = self.disks / f"{uuid.uuid4().hex}.qcow2"
+            self._pending_disks.add(str(new_top))
+            try:
+                async with asyncio.timeout(self.config.restore_timeout):
+                    self.last_save_pause = await machine.save_state(
+                        work / "state", new_top=new_top, timeout=self.config.restore_timeout
+                    )
+                old_chain = rec.chain
+                rec.chain = [str(new_top), *old_chain]
+                rec.launch = msgspec.structs.replace(rec.launch, disk=str(new_top))
+                parent = rec.parent_snapshot_id
+                rec.parent_snapshot_id = snapshot_id
+                self._write_instance(rec)
+                frozen = Path(old_chain[0])
+                os.chmod(frozen, 0o444)
+                await asyncio.to_thread(_fsync_all, [frozen, work / "state"])
+                snap = SnapshotRecord.of_launch(
+                    rec.launch,
+                    id=snapshot_id,
+                    image_id=rec.image_id,
+                    parent_snapshot_id=parent,
+                    chain=old_chain,
+                    dir=str(final),
+                    size_bytes=file_size(work / "state") + file_size(frozen),
+                )
+                write_json_atomic(work / "manifest.json", msgspec.to_builtins(snap))
+                os.replace(work, final)  # listed and bootable only from here on
+                fsync_path(self.snapshots_dir)
+                self._snapshots[snapshot_id] = snap
+                return snap.info()
+            except BaseException as exc:
+                # The disk may have been switched to new_top before the failure: believe QEMU,
+                # or a later garbage collection would delete the layer the VM writes to.
+                if str(new_top) not in rec.chain and machine.alive():
+                    rec.chain = await live_chain(machine, rec.chain)
+                    rec.launch = msgspec.structs.replace(rec.launch, disk=rec.chain[0])
+                    self._write_instance(rec)
+                if isinstance(exc, TimeoutError):
+                    raise BackendTimeout(f"save of {instance_id} timed out") from None
+                raise
+            finally:
+                self._pending_disks.discard(str(new_top))
+                shutil.rmtree(work, ignore_errors=True)
+
+    async def list_snapshots(self) -> list[SnapshotInfo]:
+        out = [s.info() for s in self._snapshots.values()]
+        if self._boot is not None:
+            out.insert(0, self._boot.info())
+        return out
+
+    async def get_snapshot(self, snapshot_id: str) -> SnapshotInfo:
+        return self._snapshot(snapshot_id).info()
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        rec = self._snapshot(snapshot_id)
+        if rec.boot:
+            raise InvalidState("boot snapshots belong to their image", state="boot")
+        del self._snapshots[snapshot_id]
+        shutil.rmtree(rec.dir, ignore_errors=True)
+        fsync_path(self.snapshots_dir)
+        self._gc_disks()  # layers that dependants still use stay
+
+
+def _fsync_all(paths: list[Path]) -> None:
+    for p in paths:
+        fsync_path(p)

@@ -1,0 +1,79 @@
+"""Work no request waits for, on the in-memory VM backend: start-up recovery after a restart
+and the standby policy. The real-VM versions are tests/vm/test_devboxes_api.py (restart) and
+tests/vm/test_standby.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from litestar.testing import AsyncTestClient
+from memory_backend import MemoryBackend
+from support import Api, create_devbox, wait_ready, wait_status
+
+from devbox_service.app import create_app
+from devbox_service.backends.base import InstanceState
+from devbox_service.devboxes.background import LOST_VM
+from devbox_service.devboxes.models import DevboxStatus
+from devbox_service.settings import Settings
+
+
+async def image_id(api: Api) -> str:
+    images = (await api.client.get("/api/images", headers=api.auth(api.admin_key))).json()
+    return str(images["data"][0]["id"])
+
+
+async def test_restart_marks_lost_vms_finishes_deletes_and_removes_orphans(
+    make_settings: Callable[..., Settings], fake_backend: MemoryBackend
+) -> None:
+    settings = make_settings(vm_backend="qemu", ssh_port=0)
+    async with AsyncTestClient(create_app(settings, backend=fake_backend)) as client:
+        await wait_ready(client)
+        api = Api(client, settings)
+        kept = (await create_devbox(api, await image_id(api)))["id"]
+        lost = (await create_devbox(api, await image_id(api)))["id"]
+        deleting = (await create_devbox(api, await image_id(api)))["id"]
+        paused = (await create_devbox(api, await image_id(api)))["id"]
+        await api.services.devbox_core.store.update(deleting, status=DevboxStatus.DELETING)
+    # while the service is down: one VM vanishes, one is paused behind its back, and a VM
+    # appears that no record owns
+    await fake_backend.delete(lost)
+    await fake_backend.pause(paused)
+    (image,) = await fake_backend.list_images()
+    await fake_backend.boot(image.boot_snapshot_id, "orphan")
+
+    async with AsyncTestClient(create_app(settings, backend=fake_backend)) as client:
+        await wait_ready(client)
+        api = Api(client, settings)
+        auth = api.auth(api.admin_key)
+        statuses = {
+            d["id"]: d["status"]
+            for d in (await client.get("/api/devboxes", headers=auth)).json()["data"]
+        }
+        assert statuses == {kept: "ready", lost: "error", paused: "paused"}
+        lost_record = await api.services.devbox_core.store.get(lost)
+        assert lost_record is not None and lost_record.error == LOST_VM
+    assert {i.id for i in await fake_backend.list_instances()} == {kept, paused}
+
+
+async def test_paused_devboxes_go_to_standby_and_resume_from_it(
+    make_settings: Callable[..., Settings], fake_backend: MemoryBackend
+) -> None:
+    settings = make_settings(vm_backend="qemu", ssh_port=0, standby_after_seconds=0.3)
+    async with AsyncTestClient(create_app(settings, backend=fake_backend)) as client:
+        await wait_ready(client)
+        api = Api(client, settings)
+        auth = api.auth(api.admin_key)
+        devbox_id = (await create_devbox(api, await image_id(api)))["id"]
+        await client.post(f"/api/devboxes/{devbox_id}/pause", headers=auth)
+        deadline = time.monotonic() + 10
+        while (await fake_backend.get_instance(devbox_id)).state is not InstanceState.STANDBY:
+            assert time.monotonic() < deadline, "the paused devbox never went to standby"
+            await asyncio.sleep(0.05)
+        shown = await client.get(f"/api/devboxes/{devbox_id}", headers=auth)
+        assert shown.json()["status"] == "paused", "standby is shown as paused"
+        resumed = await client.post(f"/api/devboxes/{devbox_id}/resume", headers=auth)
+        assert resumed.json()["status"] == "ready"
+        assert (await fake_backend.get_instance(devbox_id)).state is InstanceState.RUNNING
+        await wait_status(api, api.admin_key, devbox_id)
