@@ -1,0 +1,209 @@
+"""Template specs: YAML in, msgspec Structs out, with errors that name the step and field.
+
+A spec is a mapping with `name`, `description` and a non-empty `steps` list; each step is one
+of four types, a tagged union on `type` (default `command`), so the rules are declared on the
+Structs rather than written by hand. YAML anchors and aliases are refused outright: they are
+how a small document expands into a huge one ("billion laughs"), and templates do not need them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+from msgspec import Meta
+
+from devbox_service.errors import InvalidInput, PayloadTooLarge
+
+MAX_SPEC_BYTES = 256 * 1024
+MAX_STEPS = 200
+
+EnvName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+ServiceName = Annotated[str, Meta(pattern=r"^[a-z0-9]([a-z0-9-_]*[a-z0-9])?$", max_length=40)]
+SessionName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+Command = Annotated[str, Meta(min_length=1, max_length=65536)]
+Title = Annotated[str, Meta(max_length=200)]
+
+
+class _Step(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="type"):
+    title: Title | None = None
+
+
+class CommandStep(_Step, frozen=True, kw_only=True, tag="command"):
+    """A shell command run as root in the build devbox."""
+
+    run: Command
+
+
+class ExportSecretStep(_Step, frozen=True, kw_only=True, tag="exportSecret"):
+    """A secret made available to later steps (and the devboxes) as an environment variable;
+    `run`, if given, runs with it set."""
+
+    name: EnvName
+    run: Command | None = None
+    optional: bool = False
+    redact: bool = True
+
+
+class ExposeHttpServiceStep(_Step, frozen=True, kw_only=True, tag="exposeHttpService"):
+    name: ServiceName
+    port: Annotated[int, Meta(ge=1, le=65535)]
+    auth_mode: Literal["none", "api_key"] | None = None
+
+
+class TmuxSessionStep(_Step, frozen=True, kw_only=True, tag="tmuxSession"):
+    """A long-lived tmux session; it keeps running in every devbox started from the template."""
+
+    name: SessionName
+    run: Command
+
+
+Step = CommandStep | ExportSecretStep | ExposeHttpServiceStep | TmuxSessionStep
+STEP_TYPES = ("command", "exportSecret", "exposeHttpService", "tmuxSession")
+
+
+class TemplateSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    description: Annotated[str, Meta(max_length=10000)] = ""
+    steps: Annotated[list[Step], Meta(min_length=1, max_length=MAX_STEPS)]
+
+
+def step_title(step: Step) -> str:
+    if step.title:
+        return step.title
+    if isinstance(step, CommandStep | TmuxSessionStep):
+        first = step.run.strip().splitlines()[0] if step.run.strip() else ""
+        return first[:80]
+    return f"{type(step).__struct_config__.tag} {step.name}"
+
+
+def step_type(step: Step) -> str:
+    return str(type(step).__struct_config__.tag)
+
+
+def step_definition(step: Step) -> bytes:
+    """A canonical encoding of one step, the input of its fingerprint."""
+    return msgspec.json.encode(msgspec.to_builtins(step), order="sorted")
+
+
+def content_hash(spec: TemplateSpec) -> str:
+    """Identifies identical templates (what they build, not their name)."""
+    digest = hashlib.sha256()
+    for step in spec.steps:
+        digest.update(step_definition(step) + b"\n")
+    return digest.hexdigest()
+
+
+def fingerprint(previous: str, step: Step) -> str:
+    """A step's cache key: the chain of everything before it, and its own definition."""
+    return hashlib.sha256(previous.encode() + b"\0" + step_definition(step)).hexdigest()
+
+
+def base_fingerprint(base_snapshot_id: str) -> str:
+    return hashlib.sha256(b"base\0" + base_snapshot_id.encode()).hexdigest()
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """A safe loader that refuses anchors and aliases (bounded expansion by construction)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise InvalidInput(
+                f"YAML aliases are not supported (line {event.start_mark.line + 1}): "
+                "write the value out",
+                field="yaml",
+            )
+        event = self.peek_event()
+        if getattr(event, "anchor", None):
+            raise InvalidInput(
+                f"YAML anchors are not supported (line {event.start_mark.line + 1}): "
+                "write the value out",
+                field="yaml",
+            )
+        return super().compose_node(parent, index)
+
+
+_PATH_INDEX = re.compile(r"^\$\.steps\[(\d+)\](?:\.(\w+))?")
+_NAMED_FIELD = re.compile(r"field `(\w+)`")
+
+
+def parse(text: str) -> TemplateSpec:
+    """Parse and validate a template's YAML. Raises PayloadTooLarge (over 256 KiB) and
+    InvalidInput naming the step index, the field and, where known, the line."""
+    if len(text.encode()) > MAX_SPEC_BYTES:
+        raise PayloadTooLarge(f"the template is over {MAX_SPEC_BYTES // 1024} KiB")
+    loader = _NoAliasLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InvalidInput(f"the YAML does not parse{where}: {exc.problem}", field="yaml") from exc
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"the YAML does not parse: {exc}", field="yaml") from exc
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise InvalidInput("the template must be a YAML mapping with name and steps", field="yaml")
+    lines = _step_lines(node)
+    steps = data.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise InvalidInput("the template needs a non-empty 'steps' list", field="steps")
+    data = {**data, "steps": [_normalise(i, s, lines) for i, s in enumerate(steps)]}
+    try:
+        return msgspec.convert(data, TemplateSpec)
+    except msgspec.ValidationError as exc:
+        raise _located(str(exc), lines) from exc
+
+
+def _normalise(index: int, step: object, lines: dict[int, int]) -> dict[str, Any]:
+    """The spec's conveniences: `type` defaults to `command`, `command:` means `run:`."""
+    if not isinstance(step, dict):
+        raise InvalidInput(f"step {index}{_line(index, lines)} must be a mapping", field="steps")
+    step = dict(step)
+    step.setdefault("type", "command")
+    if step["type"] not in STEP_TYPES:
+        raise InvalidInput(
+            f"step {index}{_line(index, lines)}: unknown type {step['type']!r}; "
+            f"use one of {', '.join(STEP_TYPES)}",
+            field=f"steps[{index}].type",
+        )
+    if step["type"] == "command" and "command" in step and "run" not in step:
+        step["run"] = step.pop("command")
+    return step
+
+
+def _located(message: str, lines: dict[int, int]) -> InvalidInput:
+    path = message.rsplit(" - at `", 1)
+    detail = path[0]
+    where = path[1].rstrip("`") if len(path) == 2 else "$"
+    match = _PATH_INDEX.match(where)
+    if match is None:
+        field = where.removeprefix("$.") or "template"
+        return InvalidInput(f"{field}: {detail}", field=field)
+    index = int(match.group(1))
+    named = _NAMED_FIELD.search(detail)
+    field = match.group(2) or (named.group(1) if named else "step")
+    return InvalidInput(
+        f"step {index}{_line(index, lines)}, field {field!r}: {detail}",
+        field=f"steps[{index}].{field}",
+    )
+
+
+def _line(index: int, lines: dict[int, int]) -> str:
+    return f" (line {lines[index]})" if index in lines else ""
+
+
+def _step_lines(node: yaml.Node | None) -> dict[int, int]:
+    """The line each step starts on, from the composed YAML (1-based)."""
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    for key, value in node.value:
+        if getattr(key, "value", None) == "steps" and isinstance(value, yaml.SequenceNode):
+            return {i: item.start_mark.line + 1 for i, item in enumerate(value.value)}
+    return {}
