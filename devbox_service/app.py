@@ -14,6 +14,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from devbox_service.auth.guards import current_principal
 from devbox_service.auth.routes import AgentTokenController, AuditController
 from devbox_service.backends.base import VMBackend
+from devbox_service.devbox_templates.routes import TemplateController
 from devbox_service.devboxes.routes import (
     DevboxController,
     ImageController,
@@ -70,6 +71,7 @@ def create_app(settings: Settings, backend: VMBackend | object | None = _NOT_GIV
             DevboxNotificationController,
             NotificationController,
             HttpServiceController,
+            TemplateController,
             preview_router(settings.upload_max_bytes),
             *tmux_routes.route_handlers,
         ],

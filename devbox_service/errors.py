@@ -10,6 +10,7 @@ DevboxServiceError
  +-- PermissionDenied       known caller, not allowed                        (403)
  +-- NotFound               no such resource, or not visible to the caller   (404)
  +-- InvalidInput           a request that cannot be carried out as given    (400)
+ |    +-- InvalidSpec        a document (a template's YAML) that does not validate  (422)
  +-- Conflict               wrong state for the action, or a name taken      (409)
  +-- PayloadTooLarge        a body or field over its limit                   (413)
  +-- Timeout                a wait the caller asked for was not met          (408)
@@ -55,6 +56,14 @@ class InvalidInput(DevboxServiceError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class InvalidSpec(InvalidInput):
+    """Answered in the contract's 422 shape; `loc` is where in the request the problem is."""
+
+    def __init__(self, message: str, *, loc: list[str | int]) -> None:
+        super().__init__(message, field=".".join(str(part) for part in loc))
+        self.loc = loc
 
 
 class Conflict(DevboxServiceError):

@@ -30,6 +30,7 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     errors.PermissionDenied: HTTP_403_FORBIDDEN,
     errors.NotFound: HTTP_404_NOT_FOUND,
     errors.InvalidInput: HTTP_400_BAD_REQUEST,
+    errors.InvalidSpec: HTTP_422_UNPROCESSABLE_ENTITY,
     errors.Conflict: HTTP_409_CONFLICT,
     errors.PayloadTooLarge: HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     errors.Timeout: HTTP_408_REQUEST_TIMEOUT,
@@ -65,6 +66,8 @@ def domain_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
             extra={"details": getattr(exc, "details", None)},
         )
     headers = {"WWW-Authenticate": "Bearer"} if status == HTTP_401_UNAUTHORIZED else None
+    if isinstance(exc, errors.InvalidSpec):
+        return _json(status, [{"loc": exc.loc, "msg": message, "type": "value_error"}])
     return _json(status, message, headers)
 
 

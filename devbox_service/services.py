@@ -15,6 +15,10 @@ from devbox_service.auth.service import ADMIN_KEY_FILE, IdentityService
 from devbox_service.auth.store import IdentityStore
 from devbox_service.backends.base import VMBackend
 from devbox_service.db import Database
+from devbox_service.devbox_templates.events import RunEvents
+from devbox_service.devbox_templates.runs import BuildRuns
+from devbox_service.devbox_templates.service import TemplateService
+from devbox_service.devbox_templates.store import TemplateStore
 from devbox_service.devboxes.background import StandbyPolicy, recover
 from devbox_service.devboxes.checkpoints import CheckpointService
 from devbox_service.devboxes.core import DevboxCore
@@ -128,6 +132,31 @@ class Services:
         self.tmux = TmuxService(
             self.guest_access, guest_opener(self.guest_connections, data_dir / "run" / "tmux")
         )
+        template_store = TemplateStore(database)
+        run_events = RunEvents(template_store)
+        self.template_runs = BuildRuns(
+            template_store,
+            run_events,
+            devboxes=self.devboxes,
+            checkpoints=self.checkpoints,
+            views=self.devbox_views,
+            guests=self.guest_access,
+            shell=self.guest_connections,
+            secrets=self.secrets,
+            previews=self.previews,
+            secret_wait=self.settings.template_secret_wait_seconds,
+        )
+        self.templates = TemplateService(
+            template_store,
+            run_events,
+            self.template_runs,
+            devboxes=self.devboxes,
+            checkpoints=self.checkpoints,
+            guests=self.guest_access,
+            secrets=self.secrets,
+            previews=self.previews,
+        )
+        core.snapshot_keepers.append(self.templates.step_snapshots)
         issued = await self.identities.bootstrap(data_dir)
         if issued is not None:
             print(
@@ -141,6 +170,7 @@ class Services:
             if self._owns_backend:
                 await self.backend.start()
             await recover(core)
+            await self.template_runs.recover()
             self.gateway = SSHGateway(
                 self.guest_access,
                 hosts=gateway_hosts(self.settings.host),
@@ -173,6 +203,7 @@ class Services:
             self.gateway = None
         if self._database is not None:
             await self.tmux.close()
+            await self.template_runs.close()
             await self.standby.close()
             await self.devbox_core.close()
             await self.guest_connections.close()

@@ -53,6 +53,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     vm_memory_mb: Annotated[int, Meta(ge=128, le=65536)] = 256
     vm_disk_mb: Annotated[int, Meta(ge=512)] = 2048
     standby_after_seconds: Annotated[float, Meta(ge=0)] = 900.0
+    template_secret_wait_seconds: Annotated[float, Meta(gt=0, le=86400)] = 600.0
 
     @property
     def database_path(self) -> Path:

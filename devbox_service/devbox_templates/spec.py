@@ -16,9 +16,10 @@ import msgspec
 import yaml
 from msgspec import Meta
 
-from devbox_service.errors import InvalidInput, PayloadTooLarge
+from devbox_service.errors import InvalidSpec, PayloadTooLarge
 
 MAX_SPEC_BYTES = 256 * 1024
+YAML_LOC: list[str | int] = ["body", "yaml"]
 MAX_STEPS = 200
 
 EnvName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
@@ -28,7 +29,9 @@ Command = Annotated[str, Meta(min_length=1, max_length=65536)]
 Title = Annotated[str, Meta(max_length=200)]
 
 
-class _Step(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="type"):
+class _Step(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="type"
+):
     title: Title | None = None
 
 
@@ -109,20 +112,14 @@ def base_fingerprint(base_snapshot_id: str) -> str:
 class _NoAliasLoader(yaml.SafeLoader):
     """A safe loader that refuses anchors and aliases (bounded expansion by construction)."""
 
-    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise InvalidInput(
-                f"YAML aliases are not supported (line {event.start_mark.line + 1}): "
-                "write the value out",
-                field="yaml",
-            )
-        event = self.peek_event()
-        if getattr(event, "anchor", None):
-            raise InvalidInput(
-                f"YAML anchors are not supported (line {event.start_mark.line + 1}): "
-                "write the value out",
-                field="yaml",
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            mark = event.start_mark
+            line = f" (line {mark.line + 1})" if mark is not None else ""
+            raise InvalidSpec(
+                f"YAML anchors and aliases are not supported{line}: write the value out",
+                loc=YAML_LOC,
             )
         return super().compose_node(parent, index)
 
@@ -133,7 +130,7 @@ _NAMED_FIELD = re.compile(r"field `(\w+)`")
 
 def parse(text: str) -> TemplateSpec:
     """Parse and validate a template's YAML. Raises PayloadTooLarge (over 256 KiB) and
-    InvalidInput naming the step index, the field and, where known, the line."""
+    InvalidSpec (422) naming the step index, the field and, where known, the line."""
     if len(text.encode()) > MAX_SPEC_BYTES:
         raise PayloadTooLarge(f"the template is over {MAX_SPEC_BYTES // 1024} KiB")
     loader = _NoAliasLoader(text)
@@ -143,17 +140,17 @@ def parse(text: str) -> TemplateSpec:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InvalidInput(f"the YAML does not parse{where}: {exc.problem}", field="yaml") from exc
+        raise InvalidSpec(f"the YAML does not parse{where}: {exc.problem}", loc=YAML_LOC) from exc
     except yaml.YAMLError as exc:
-        raise InvalidInput(f"the YAML does not parse: {exc}", field="yaml") from exc
+        raise InvalidSpec(f"the YAML does not parse: {exc}", loc=YAML_LOC) from exc
     finally:
         loader.dispose()
     if not isinstance(data, dict):
-        raise InvalidInput("the template must be a YAML mapping with name and steps", field="yaml")
+        raise InvalidSpec("the template must be a YAML mapping with name and steps", loc=YAML_LOC)
     lines = _step_lines(node)
     steps = data.get("steps")
     if not isinstance(steps, list) or not steps:
-        raise InvalidInput("the template needs a non-empty 'steps' list", field="steps")
+        raise InvalidSpec("the template needs a non-empty 'steps' list", loc=[*YAML_LOC, "steps"])
     data = {**data, "steps": [_normalise(i, s, lines) for i, s in enumerate(steps)]}
     try:
         return msgspec.convert(data, TemplateSpec)
@@ -164,34 +161,36 @@ def parse(text: str) -> TemplateSpec:
 def _normalise(index: int, step: object, lines: dict[int, int]) -> dict[str, Any]:
     """The spec's conveniences: `type` defaults to `command`, `command:` means `run:`."""
     if not isinstance(step, dict):
-        raise InvalidInput(f"step {index}{_line(index, lines)} must be a mapping", field="steps")
+        raise InvalidSpec(
+            f"step {index}{_line(index, lines)} must be a mapping", loc=[*YAML_LOC, "steps", index]
+        )
     step = dict(step)
     step.setdefault("type", "command")
     if step["type"] not in STEP_TYPES:
-        raise InvalidInput(
+        raise InvalidSpec(
             f"step {index}{_line(index, lines)}: unknown type {step['type']!r}; "
             f"use one of {', '.join(STEP_TYPES)}",
-            field=f"steps[{index}].type",
+            loc=[*YAML_LOC, "steps", index, "type"],
         )
     if step["type"] == "command" and "command" in step and "run" not in step:
         step["run"] = step.pop("command")
     return step
 
 
-def _located(message: str, lines: dict[int, int]) -> InvalidInput:
+def _located(message: str, lines: dict[int, int]) -> InvalidSpec:
     path = message.rsplit(" - at `", 1)
     detail = path[0]
     where = path[1].rstrip("`") if len(path) == 2 else "$"
     match = _PATH_INDEX.match(where)
     if match is None:
         field = where.removeprefix("$.") or "template"
-        return InvalidInput(f"{field}: {detail}", field=field)
+        return InvalidSpec(f"{field}: {detail}", loc=[*YAML_LOC, *field.split(".")])
     index = int(match.group(1))
     named = _NAMED_FIELD.search(detail)
     field = match.group(2) or (named.group(1) if named else "step")
-    return InvalidInput(
+    return InvalidSpec(
         f"step {index}{_line(index, lines)}, field {field!r}: {detail}",
-        field=f"steps[{index}].{field}",
+        loc=[*YAML_LOC, "steps", index, field],
     )
 
 

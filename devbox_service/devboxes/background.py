@@ -43,10 +43,10 @@ async def recover(core: DevboxCore) -> None:
             await core.snapshots.delete(snapshot.id)
         elif snapshot.status is SnapshotStatus.PENDING:
             await core.snapshots.set_status(snapshot.id, SnapshotStatus.READY)
-    removed = await backend.reconcile(
-        {r.id for r in await core.store.all()},
-        {s.id for s in await core.snapshots.all()},
-    )
+    kept = {s.id for s in await core.snapshots.all()}
+    for keeper in core.snapshot_keepers:
+        kept |= await keeper()
+    removed = await backend.reconcile({r.id for r in await core.store.all()}, kept)
     if removed:
         log.info("removed VM resources no record owns", extra={"removed": removed})
 

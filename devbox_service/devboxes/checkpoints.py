@@ -114,9 +114,26 @@ class CheckpointService:
             raise NotFound.of("snapshot", snapshot_id)
         return found
 
+    async def save_unlisted(self, devbox_id: str) -> backend_api.SnapshotInfo:
+        """A checkpoint no user lists (a template step's): its owner keeps the id, and must
+        register it with `core.snapshot_keepers` so start-up recovery keeps it."""
+        async with self._core.locks[devbox_id]:
+            await self._core.in_memory(devbox_id)
+            return await self._core.backend.save(devbox_id, new_id("snapshot"))
+
+    async def delete_unlisted(self, snapshot_id: str) -> None:
+        with contextlib.suppress(backend_api.NotFound):
+            await self._core.backend.delete_snapshot(snapshot_id)
+
+    async def snapshot_info(self, snapshot_id: str) -> backend_api.SnapshotInfo:
+        return await self._core.backend.get_snapshot(snapshot_id)
+
     async def bootable(self, principal: Principal, ref: str) -> backend_api.SnapshotInfo:
         """What `snapshot_id=` names: an image, its boot snapshot, or a ready snapshot of the
-        caller's organization."""
+        caller's organization. Raises NotFound, Conflict (not ready), Unavailable."""
+        return await self.bootable_in(principal.org_id, ref)
+
+    async def bootable_in(self, org_id: str, ref: str) -> backend_api.SnapshotInfo:
         backend = self._core.backend
         images = await backend.list_images()
         snapshot_id = next(
@@ -124,7 +141,7 @@ class CheckpointService:
         )
         if snapshot_id is None:
             snapshot = await self._core.snapshots.get(ref)
-            if snapshot is None or snapshot.org_id != principal.org_id:
+            if snapshot is None or snapshot.org_id != org_id:
                 if not images:
                     raise Unavailable(
                         "no guest image is ready yet; GET /health/ready says when it is"

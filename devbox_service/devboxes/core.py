@@ -32,6 +32,8 @@ from devbox_service.secrets.box import SecretBox
 log = logging.getLogger("devbox_service.devboxes")
 
 DestroyListener = Callable[[str], Awaitable[None]]
+ReadyHook = Callable[[str], Awaitable[None]]
+SnapshotKeeper = Callable[[], Awaitable[set[str]]]
 
 
 def new_event(
@@ -65,6 +67,8 @@ class DevboxCore:
         self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._destroy_listeners: list[DestroyListener] = []
+        self.snapshot_keepers: list[SnapshotKeeper] = []
+        """Other domains' backend snapshots (template steps): start-up recovery keeps them."""
 
     @property
     def has_backend(self) -> bool:
@@ -176,9 +180,12 @@ class DevboxCore:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    def start_boot(self, devbox_ids: Sequence[str], snapshot_id: str) -> None:
+    def start_boot(
+        self, devbox_ids: Sequence[str], snapshot_id: str, after_ready: ReadyHook | None = None
+    ) -> None:
         """Restore `snapshot_id` into each devbox in the background; `ready` when the guest
-        answers, `error` with the reason (and no VM left behind) when it does not."""
+        answers, `error` with the reason (and no VM left behind) when it does not.
+        `after_ready(devbox_id)` then runs for each (its failure is logged, not fatal)."""
 
         async def boot_all() -> None:
             async with contextlib.AsyncExitStack() as stack:
@@ -199,6 +206,11 @@ class DevboxCore:
                     return
                 for devbox_id in devbox_ids:
                     await self.store.update(devbox_id, status=DevboxStatus.READY)
+            for devbox_id in devbox_ids if after_ready is not None else ():
+                try:
+                    await after_ready(devbox_id)  # type: ignore[misc]
+                except Exception:
+                    log.exception("setting up a new devbox failed", extra={"devbox": devbox_id})
 
         self.run_in_background(devbox_ids, boot_all())
 

@@ -6,17 +6,20 @@ the VM backend so that the record stays true, also when an action fails half-way
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from devbox_service.auth.models import Principal
 from devbox_service.backends import base as backend_api
+from devbox_service.backends.base import SnapshotInfo
 from devbox_service.devboxes.checkpoints import CheckpointService
-from devbox_service.devboxes.core import DestroyListener, DevboxCore, new_event
+from devbox_service.devboxes.core import DestroyListener, DevboxCore, ReadyHook, new_event
 from devbox_service.devboxes.lifecycle import TRANSITIONS, Action, require
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventType
 from devbox_service.devboxes.schemas import DevboxResponse
 from devbox_service.devboxes.views import DevboxViews
-from devbox_service.errors import PermissionDenied
+from devbox_service.errors import Failed, PermissionDenied
 
 
 class DevboxService:
@@ -56,6 +59,19 @@ class DevboxService:
         """Record the devbox as provisioning and restore the snapshot in the background.
         Raises NotFound (unknown snapshot), Conflict (snapshot not ready), Unavailable."""
         snapshot = await self._checkpoints.bootable(principal, snapshot_ref)
+        return await self.start_from(principal, snapshot, name=name, metadata=metadata)
+
+    async def start_from(
+        self,
+        principal: Principal,
+        snapshot: SnapshotInfo,
+        *,
+        name: str | None,
+        metadata: dict[str, Any] | None,
+        after_ready: ReadyHook | None = None,
+    ) -> DevboxResponse:
+        """A new devbox restored from a backend snapshot the caller was already allowed
+        (templates boot their step snapshots this way); answers at once as provisioning."""
         record = await self._core.insert(
             principal,
             snapshot_id=snapshot.id,
@@ -66,8 +82,21 @@ class DevboxService:
             parent_id=None,
             created_detail={"name": "created"},
         )
-        self._core.start_boot([record.id], snapshot.id)
+        self._core.start_boot([record.id], snapshot.id, after_ready)
         return await self._views.detail(record)
+
+    async def wait_ready(self, devbox_id: str, timeout: float) -> DevboxRecord:
+        """Until a new devbox is ready. Raises Failed (it ended in error, or took too long)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = await self._core.record(devbox_id)
+            if record.status is DevboxStatus.READY:
+                return record
+            if record.status is DevboxStatus.ERROR or time.monotonic() > deadline:
+                raise Failed(
+                    f"devbox {devbox_id} did not start: {record.error or record.status.value}"
+                )
+            await asyncio.sleep(0.05)
 
     async def pause(self, principal: Principal, devbox_id: str) -> DevboxResponse:
         """Raises NotFound, Conflict; a backend failure leaves the devbox as it was."""
@@ -133,6 +162,15 @@ class DevboxService:
             raise PermissionDenied("only the devbox's owner or an org admin may delete it")
         await self._core.cancel_background(devbox_id)
         async with self._core.locks[devbox_id]:
+            await self._core.store.update(devbox_id, status=DevboxStatus.DELETING)
+            await self._core.destroy(devbox_id)
+
+    async def remove(self, devbox_id: str) -> None:
+        """Delete a devbox the service made for its own work (a template's build devbox)."""
+        await self._core.cancel_background(devbox_id)
+        async with self._core.locks[devbox_id]:
+            if await self._core.store.get(devbox_id) is None:
+                return
             await self._core.store.update(devbox_id, status=DevboxStatus.DELETING)
             await self._core.destroy(devbox_id)
 

@@ -14,6 +14,7 @@ from typing import TypeVar
 import asyncssh
 
 from devbox_service.backends.base import SSHEndpoint
+from devbox_service.errors import Unreachable
 
 T = TypeVar("T")
 
@@ -91,6 +92,30 @@ class GuestConnections:
         if check and result.exit_status != 0:
             raise GuestCommandFailed(command, result.exit_status, str(result.stderr or ""))
         return result
+
+    async def stream(
+        self,
+        endpoint: SSHEndpoint,
+        command: str,
+        on_output: Callable[[str], Awaitable[None]],
+    ) -> int:
+        """Run a command, handing its output (stdout and stderr merged) to `on_output` as it
+        arrives; the exit status (-1 when a signal ended it). A guest that cannot be reached
+        is `Unreachable`."""
+
+        async def run(connection: asyncssh.SSHClientConnection) -> int:
+            async with connection.create_process(
+                command, stderr=asyncssh.STDOUT, encoding="utf-8", errors="replace"
+            ) as process:
+                while chunk := await process.stdout.read(8192):
+                    await on_output(chunk)
+                completed = await process.wait()
+            return -1 if completed.exit_status is None else int(completed.exit_status)
+
+        try:
+            return await self._with_connection(endpoint, run)
+        except (asyncssh.Error, OSError) as exc:
+            raise Unreachable(f"cannot reach the guest at {endpoint.host}: {exc}") from exc
 
     async def write_file(
         self, endpoint: SSHEndpoint, path: str, data: bytes, mode: int = 0o644

@@ -1,0 +1,304 @@
+"""One build run: boot from the longest cached prefix of steps, run the rest in a build
+devbox, save memory and disk after each step (so processes started by one step, tmux
+sessions included, live on in every later step and every devbox started from the template),
+and say what happens as events.
+
+Secrets never reach an event, a log line or a stored definition: their values live in the
+run's memory only, are redacted from output, and are written into a devbox (a 0600 env file)
+only for the user who gets that devbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from devbox_service.auth.models import Principal
+from devbox_service.backends.base import SSHEndpoint
+from devbox_service.devbox_templates.events import RunEvents
+from devbox_service.devbox_templates.models import RunRecord, RunStatus
+from devbox_service.devbox_templates.spec import (
+    CommandStep,
+    ExportSecretStep,
+    ExposeHttpServiceStep,
+    Step,
+    TemplateSpec,
+    TmuxSessionStep,
+    step_title,
+    step_type,
+)
+from devbox_service.devbox_templates.store import TemplateStore
+from devbox_service.devboxes.guests import GuestAccess
+from devbox_service.errors import NotFound
+from devbox_service.previews.models import HttpServiceAuthMode
+from devbox_service.previews.service import HttpServiceRegistry
+from devbox_service.secrets.service import SecretService
+
+SKIP = "__SKIP__"
+USE_SAVED = "__USE_SAVED__"
+REDACTED = "[redacted]"
+SECRETS_ENV_FILE = "/root/.devbox/secrets.env"
+SECRETS_PROFILE = "/etc/profile.d/devbox-secrets.sh"
+FAILURE_TAIL_LINES = 20
+
+
+class GuestShell(Protocol):
+    """Runs a command in a guest, streaming its output (an adapter in ssh/)."""
+
+    async def stream(
+        self, endpoint: SSHEndpoint, command: str, on_output: Callable[[str], Awaitable[None]]
+    ) -> int: ...
+
+
+class StepFailed(Exception):
+    """A step could not be carried out; the run ends with `step_failed`."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+        self.message = message
+
+
+class SecretPrompt:
+    """A run waiting for one secret: answered by `POST .../cache/{run_id}/secrets`."""
+
+    def __init__(self, index: int, name: str, optional: bool) -> None:
+        self.index = index
+        self.name = name
+        self.optional = optional
+        self.answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+
+
+class Redactor:
+    """Replaces secret values in output; holds back a line's end until it is complete, so a
+    value split across two chunks is still caught."""
+
+    def __init__(self) -> None:
+        self.values: list[str] = []
+        self._pending = ""
+
+    def add(self, value: str) -> None:
+        if value and value not in self.values:
+            self.values.append(value)
+            self.values.sort(key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        for value in self.values:
+            text = text.replace(value, REDACTED)
+        return text
+
+    def feed(self, chunk: str) -> str:
+        text = self._pending + chunk
+        cut = text.rfind("\n") + 1
+        longest = max((len(v) for v in self.values), default=0)
+        if cut == 0 and len(text) > max(4096, longest * 2):
+            cut = len(text) - longest  # a long line without newline: pass most of it on
+        self._pending = text[cut:]
+        return self.redact(text[:cut])
+
+    def flush(self) -> str:
+        text, self._pending = self._pending, ""
+        return self.redact(text)
+
+
+def env_exports(env: dict[str, str]) -> str:
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items())
+
+
+class StepRunner:
+    """Carries out one step in the build devbox (the guest side of a build)."""
+
+    def __init__(
+        self,
+        *,
+        principal: Principal,
+        run: RunRecord,
+        devbox_id: str,
+        events: RunEvents,
+        store: TemplateStore,
+        guests: GuestAccess,
+        shell: GuestShell,
+        secrets: SecretService,
+        previews: HttpServiceRegistry,
+        runtime_secrets: dict[str, str],
+        secret_wait: float,
+        prompts: dict[str, SecretPrompt],
+        redactor: Redactor,
+    ) -> None:
+        self.principal = principal
+        self.run = run
+        self.devbox_id = devbox_id
+        self.events = events
+        self.store = store
+        self.guests = guests
+        self.shell = shell
+        self.secrets = secrets
+        self.previews = previews
+        self.runtime_secrets = runtime_secrets
+        self.secret_wait = secret_wait
+        self.prompts = prompts
+        self.redactor = redactor
+        self.env: dict[str, str] = {}
+
+    async def carry_out(self, index: int, step: Step) -> dict[str, Any]:
+        """Run the step; extra fields for its `step_completed` event."""
+        if isinstance(step, CommandStep):
+            await self._shell(index, step.run)
+        elif isinstance(step, ExportSecretStep):
+            value = await self.secret(index, step)
+            if value is not None:
+                self.env[step.name] = value
+                if step.run:
+                    await self._shell(index, step.run)
+        elif isinstance(step, TmuxSessionStep):
+            command = f"tmux new-session -d -s {shlex.quote(step.name)} {shlex.quote(step.run)}"
+            await self._shell(index, command, with_env=False)
+        elif isinstance(step, ExposeHttpServiceStep):
+            return await self._expose(step)
+        return {}
+
+    async def _shell(self, index: int, script: str, *, with_env: bool = True) -> None:
+        endpoint = await self.guests.guest_endpoint(self.principal, self.devbox_id)
+        prefix = env_exports(self.env) if with_env else ""
+        command = f"cd /root && {prefix}exec bash -l -c {shlex.quote(script)}"
+        tail: list[str] = []
+
+        async def output(chunk: str) -> None:
+            shown = self.redactor.feed(chunk)
+            if shown:
+                tail.extend(shown.splitlines())
+                del tail[:-FAILURE_TAIL_LINES]
+                await self.events.emit(self.run.id, "output", index=index, content=shown)
+
+        status = await self.shell.stream(endpoint, command, output)
+        if rest := self.redactor.flush():
+            tail.extend(rest.splitlines())
+            await self.events.emit(self.run.id, "output", index=index, content=rest)
+        if status != 0:
+            last = "\n".join(tail[-FAILURE_TAIL_LINES:])
+            how = "was killed" if status < 0 else f"exited with status {status}"
+            raise StepFailed(
+                index, f"step {index} {how}" + (f"; last output:\n{last}" if last else "")
+            )
+
+    async def _expose(self, step: ExposeHttpServiceStep) -> dict[str, Any]:
+        mode = HttpServiceAuthMode(step.auth_mode) if step.auth_mode else None
+        await self.previews.expose(
+            self.principal, self.devbox_id, name=step.name, port=step.port, auth_mode=mode
+        )
+        listed = await self.previews.http_services_for([self.devbox_id])
+        url = next(s.url for s in listed[self.devbox_id] if s.name == step.name)
+        return {"serviceName": step.name, "servicePort": step.port, "serviceUrl": url}
+
+    async def secret(self, index: int, step: ExportSecretStep) -> str | None:
+        """The run's runtime value, else the user's saved one, else ask and wait. None means
+        skipped (an optional secret nobody gave)."""
+        given = self.runtime_secrets.get(step.name)
+        if given is not None and given != USE_SAVED:
+            return self._accept(step, given)
+        saved = await self.saved(step.name)
+        if saved is not None:
+            return self._accept(step, saved)
+        return await self._ask(index, step)
+
+    async def known_secrets(self, spec: TemplateSpec) -> dict[str, str]:
+        """The values of the template's secrets this run knows without asking: for the
+        devbox the user gets."""
+        known: dict[str, str] = {}
+        for step in spec.steps:
+            if not isinstance(step, ExportSecretStep):
+                continue
+            value = self.env.get(step.name) or self.runtime_secrets.get(step.name)
+            if value in (None, SKIP, USE_SAVED):
+                value = await self.saved(step.name)
+            if value is not None:
+                known[step.name] = value
+        return known
+
+    async def saved(self, name: str) -> str | None:
+        try:
+            return (await self.secrets.read(self.principal, name)).value
+        except NotFound:
+            return None
+
+    def _accept(self, step: ExportSecretStep, value: str) -> str | None:
+        if value == SKIP:
+            if not step.optional:
+                raise StepFailed(-1, f"secret {step.name} is required and cannot be skipped")
+            return None
+        if step.redact:
+            self.redactor.add(value)
+        return value
+
+    async def _ask(self, index: int, step: ExportSecretStep) -> str | None:
+        prompt = SecretPrompt(index, step.name, step.optional)
+        self.prompts[self.run.id] = prompt
+        deadline = time.time() + self.secret_wait
+        await self.store.update_run(self.run.id, status=RunStatus.AWAITING_INPUT)
+        await self.events.emit(
+            self.run.id,
+            "awaiting_input",
+            index=index,
+            secretName=step.name,
+            hasSaved=False,
+            optional=step.optional,
+            defaultAction="skip" if step.optional else "wait",
+            deadlineAt=int(deadline * 1000),
+            countdownSeconds=int(self.secret_wait),
+            runId=self.run.id,
+        )
+        try:
+            value = await asyncio.wait_for(asyncio.shield(prompt.answer), self.secret_wait)
+        except TimeoutError:
+            value = None
+        finally:
+            self.prompts.pop(self.run.id, None)
+            await self.store.update_run(self.run.id, status=RunStatus.RUNNING)
+        if value is None:
+            if step.optional:
+                await self.events.emit(
+                    self.run.id,
+                    "post_secret_instance",
+                    index=index,
+                    message=f"optional secret {step.name} skipped",
+                )
+                return None
+            raise StepFailed(index, f"secret {step.name} was not given before the deadline")
+        await self.events.emit(
+            self.run.id,
+            "post_secret_instance",
+            index=index,
+            message=f"secret {step.name} received; resuming",
+        )
+        return self._accept(step, value)
+
+
+async def inject_secrets(
+    guests: GuestAccess, principal: Principal, devbox_id: str, env: dict[str, str]
+) -> None:
+    """The template's secrets as environment variables of login shells in a devbox (0600)."""
+    if not env:
+        return
+    await guests.write_file(
+        principal, devbox_id, SECRETS_ENV_FILE, env_exports(env).encode(), mode=0o600
+    )
+    snippet = f"[ -r {SECRETS_ENV_FILE} ] && . {SECRETS_ENV_FILE}\n"
+    await guests.write_file(principal, devbox_id, SECRETS_PROFILE, snippet.encode())
+
+
+def step_label(step: Step) -> str:
+    return f"{step_type(step)}: {step_title(step)}"
+
+
+__all__ = [
+    "GuestShell",
+    "Redactor",
+    "SecretPrompt",
+    "StepFailed",
+    "StepRunner",
+    "inject_secrets",
+    "step_label",
+]
