@@ -170,7 +170,14 @@ class BuildRuns:
     ) -> None:
         build_devbox: str | None = None
         handed_over = False
-        runner: StepRunner | None = None
+
+        async def discard_build_devbox() -> None:
+            """Before the terminal event: a client that sees it finds nothing left over."""
+            nonlocal build_devbox
+            if build_devbox is not None and not handed_over:
+                doomed, build_devbox = build_devbox, None
+                await asyncio.shield(self._devboxes.remove(doomed))
+
         try:
             await self._events.emit(
                 run.id,
@@ -266,11 +273,13 @@ class BuildRuns:
                 warnings=_warnings(request),
             )
         except asyncio.CancelledError:
+            await discard_build_devbox()
             await self._events.emit(run.id, "cancelled", message="the build was cancelled")
             await self._finish(run, RunStatus.CANCELLED)
             await self._store.update(template.id, status=_settled(template))
             raise
         except StepFailed as failed:
+            await discard_build_devbox()
             await self._store.update_run(run.id, failed_index=failed.index)
             await self._events.emit(
                 run.id, "step_failed", index=failed.index, message=failed.message
@@ -281,12 +290,12 @@ class BuildRuns:
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
             if not isinstance(exc, DevboxServiceError):
                 log.exception("template build failed", extra={"run": run.id})
+            await discard_build_devbox()
             await self._events.emit(run.id, "error", message="the build failed", details=message)
             await self._finish(run, RunStatus.ERROR, error=message)
             await self._store.update(template.id, status=TemplateStatus.FAILED)
         finally:
-            if build_devbox is not None and not handed_over:
-                await asyncio.shield(self._devboxes.remove(build_devbox))
+            await discard_build_devbox()
 
     async def _finish(self, run: RunRecord, status: RunStatus, **fields: Any) -> None:
         await self._store.update_run(run.id, status=status, finished_at=time.time(), **fields)

@@ -4,148 +4,27 @@ devbox calling back with its injected token."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import paramiko
 import pytest
-from support import free_port
-from vm_fixtures import CACHE_DIR
+from live import LiveService, live_service
 
 pytestmark = pytest.mark.vm
-
-VENV_BIN = Path(sys.executable).parent
-
-
-class LiveService:
-    def __init__(self, data_dir: Path, port: int, ssh_port: int) -> None:
-        self.data_dir = data_dir
-        self.port = port
-        self.ssh_port = ssh_port
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.key = ""
-        self.http = httpx.Client(base_url=self.base_url, timeout=120)
-
-    def headers(self, key: str | None = None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key or self.key}"}
-
-    def create_devbox(self) -> dict[str, Any]:
-        images = self.http.get("/api/images", headers=self.headers()).json()["data"]
-        image = next(i for i in images if i["default"])
-        created = self.http.post(
-            "/api/devboxes",
-            params={"snapshot_id": image["id"]},
-            json={"name": "live"},
-            headers=self.headers(),
-        )
-        assert created.status_code == 200, created.text
-        return self.wait_ready(created.json()["id"])
-
-    def wait_ready(self, devbox_id: str) -> dict[str, Any]:
-        deadline = time.monotonic() + 240
-        while True:
-            body: dict[str, Any] = self.http.get(
-                f"/api/devboxes/{devbox_id}", headers=self.headers()
-            ).json()
-            if body.get("status") == "ready":
-                return body
-            assert body.get("status") != "error" and time.monotonic() < deadline, body
-            time.sleep(0.3)
-
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {
-            **os.environ,
-            "MORPH_API_KEY": self.key,
-            "MORPH_DEVBOX_BASE_URL": self.base_url,
-            "MORPH_SSH_HOSTNAME": "localhost",
-            "MORPH_SSH_PORT": str(self.ssh_port),
-            "HOME": str(self.data_dir),
-        }
-        result = subprocess.run(
-            [str(VENV_BIN / "morphcloud"), "devbox", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            stdin=subprocess.DEVNULL,
-        )
-        if check:
-            assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
-        return result
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
-    data_dir = tmp_path_factory.mktemp("live")
-    service = LiveService(data_dir, free_port(), free_port())
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVBOX_")}
-    env.update(
-        DEVBOX_DATA_DIR=str(data_dir),
-        DEVBOX_PORT=str(service.port),
-        DEVBOX_SSH_PORT=str(service.ssh_port),
-        DEVBOX_CACHE_DIR=CACHE_DIR,
-    )
-    log = (data_dir / "service.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "devbox_service", "serve"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 1800
-        while True:
-            assert process.poll() is None, (data_dir / "service.log").read_text()[-3000:]
-            try:
-                if service.http.get("/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
-        service.key = (data_dir / "admin.key").read_text().strip()
+    with live_service(tmp_path_factory.mktemp("live")) as service:
         yield service
-        for devbox in service.http.get("/api/devboxes", headers=service.headers()).json()["data"]:
-            service.http.delete(f"/api/devboxes/{devbox['id']}", headers=service.headers())
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")
 def live_devbox(live: LiveService) -> dict[str, Any]:
     return live.create_devbox()
-
-
-def gateway_client(
-    live: LiveService, devbox_id: str, host: str = "127.0.0.1"
-) -> paramiko.SSHClient:
-    credentials = live.http.get(
-        f"/api/admin/devboxes/{devbox_id}/ssh-credentials", headers=live.headers()
-    ).json()
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect(
-        host,
-        port=live.ssh_port,
-        username=credentials["access_token"],
-        password=credentials["password"],
-        look_for_keys=False,
-        allow_agent=False,
-        timeout=60,
-    )
-    return client
 
 
 def test_morphcloud_cli_drives_a_devbox(
@@ -181,7 +60,7 @@ def test_gateway_exec_pty_sftp_and_wake_on_ssh(
     paused = live.http.post(f"/api/devboxes/{devbox_id}/pause", headers=live.headers())
     assert paused.json()["status"] == "paused"
     for host in ("127.0.0.1", "::1"):
-        client = gateway_client(live, devbox_id, host)
+        client = live.gateway_client(devbox_id, host)
         try:
             _, stdout, stderr = client.exec_command("echo out; echo err >&2; exit 7")
             assert stdout.read() == b"out\n" and stderr.read() == b"err\n"
@@ -239,7 +118,7 @@ def test_injected_agent_token_works_from_inside_the_devbox(
     )
     assert minted.status_code == 200, minted.text
     assert minted.json()["injected"] is True
-    client = gateway_client(live, devbox_id)
+    client = live.gateway_client(devbox_id)
     try:
 
         def in_guest(request: str) -> str:

@@ -1,0 +1,152 @@
+"""The service as users run it: `devbox-service serve` in its own process, reached over real
+HTTP (and the `morphcloud` CLI), for tests that need a real server (streams, the CLI)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paramiko
+from support import free_port
+from vm_fixtures import CACHE_DIR
+
+VENV_BIN = Path(sys.executable).parent
+
+
+class LiveService:
+    def __init__(self, data_dir: Path, port: int, ssh_port: int) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.ssh_port = ssh_port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.key = ""
+        self.http = httpx.Client(base_url=self.base_url, timeout=120)
+
+    def headers(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.key}"}
+
+    def create_devbox(self) -> dict[str, Any]:
+        images = self.http.get("/api/images", headers=self.headers()).json()["data"]
+        image = next(i for i in images if i["default"])
+        created = self.http.post(
+            "/api/devboxes",
+            params={"snapshot_id": image["id"]},
+            json={"name": "live"},
+            headers=self.headers(),
+        )
+        assert created.status_code == 200, created.text
+        return self.wait_ready(created.json()["id"])
+
+    def wait_ready(self, devbox_id: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 240
+        while True:
+            body: dict[str, Any] = self.http.get(
+                f"/api/devboxes/{devbox_id}", headers=self.headers()
+            ).json()
+            if body.get("status") == "ready":
+                return body
+            assert body.get("status") != "error" and time.monotonic() < deadline, body
+            time.sleep(0.3)
+
+    def gateway_client(self, devbox_id: str, host: str = "127.0.0.1") -> paramiko.SSHClient:
+        credentials = self.http.get(
+            f"/api/admin/devboxes/{devbox_id}/ssh-credentials", headers=self.headers()
+        ).json()
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        client.connect(
+            host,
+            port=self.ssh_port,
+            username=credentials["access_token"],
+            password=credentials["password"],
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=60,
+        )
+        return client
+
+    def run_in(self, devbox_id: str, command: str) -> str:
+        """A command in the devbox through the SSH gateway, as users reach it; its stdout."""
+        client = self.gateway_client(devbox_id)
+        try:
+            _, stdout, stderr = client.exec_command(command)
+            status = stdout.channel.recv_exit_status()
+            out: str = stdout.read().decode()
+            assert status == 0, f"{command!r} -> {status}: {stderr.read().decode()}"
+            return out
+        finally:
+            client.close()
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "MORPH_API_KEY": self.key,
+            "MORPH_DEVBOX_BASE_URL": self.base_url,
+            "MORPH_SSH_HOSTNAME": "localhost",
+            "MORPH_SSH_PORT": str(self.ssh_port),
+            "HOME": str(self.data_dir),
+        }
+        result = subprocess.run(
+            [str(VENV_BIN / "morphcloud"), "devbox", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
+        if check:
+            assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
+        return result
+
+
+@contextlib.contextmanager
+def live_service(data_dir: Path, **settings: str) -> Iterator[LiveService]:
+    """`devbox-service serve` in its own process on free ports (extra `DEVBOX_*` settings
+    given by name, e.g. `TEMPLATE_SECRET_WAIT_SECONDS="5"`); its devboxes are deleted and
+    the process stopped at the end."""
+    service = LiveService(data_dir, free_port(), free_port())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVBOX_")}
+    env.update(
+        DEVBOX_DATA_DIR=str(data_dir),
+        DEVBOX_PORT=str(service.port),
+        DEVBOX_SSH_PORT=str(service.ssh_port),
+        DEVBOX_CACHE_DIR=CACHE_DIR,
+        **{f"DEVBOX_{name}": value for name, value in settings.items()},
+    )
+    log = (data_dir / "service.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devbox_service", "serve"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 1800
+        while True:
+            assert process.poll() is None, (data_dir / "service.log").read_text()[-3000:]
+            try:
+                if service.http.get("/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        service.key = (data_dir / "admin.key").read_text().strip()
+        yield service
+        for devbox in service.http.get("/api/devboxes", headers=service.headers()).json()["data"]:
+            service.http.delete(f"/api/devboxes/{devbox['id']}", headers=service.headers())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
