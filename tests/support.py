@@ -81,25 +81,35 @@ async def guest(api: Api, devbox_id: str, command: str) -> str:
     return str(result.stdout)
 
 
+def devbox_record(**overrides: Any) -> DevboxRecord:
+    """A ready devbox's record (fields overridable), for tests that need one without a VM."""
+    now = time.time()
+    values: dict[str, Any] = {
+        "id": new_id("devbox"),
+        "org_id": "org_1",
+        "user_id": "user_1",
+        "name": "",
+        "status": DevboxStatus.READY,
+        "base_snapshot_id": None,
+        "current_save_id": None,
+        "parent_id": None,
+        "vcpus": 1,
+        "memory_mb": 256,
+        "disk_mb": 2048,
+        "metadata": {},
+        "error": None,
+        "created_at": now,
+        "updated_at": now,
+        **overrides,
+    }
+    return DevboxRecord(**values)
+
+
 async def insert_devbox(api: Api, owner_id: str, org_id: str) -> str:
     """A devbox record with no VM behind it: for tests of rules, not of VMs."""
-    now = time.time()
-    record = DevboxRecord(
-        id=new_id("devbox"),
+    record = devbox_record(
         org_id=org_id,
         user_id=owner_id,
-        name="",
-        status=DevboxStatus.READY,
-        base_snapshot_id=None,
-        current_save_id=None,
-        parent_id=None,
-        vcpus=1,
-        memory_mb=256,
-        disk_mb=2048,
-        metadata={},
-        error=None,
-        created_at=now,
-        updated_at=now,
         ssh_credentials_sealed=api.services.secret_box.seal(
             '{"access_token": "t", "password": "p"}'
         ),

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
+from support import devbox_record
 
 from devbox_service.devboxes.lifecycle import TRANSITIONS, Action, require
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus
@@ -24,24 +23,7 @@ EXPECTED: dict[Action, tuple[set[DevboxStatus], set[DevboxStatus]]] = {
 
 
 def record(status: DevboxStatus) -> DevboxRecord:
-    now = time.time()
-    return DevboxRecord(
-        id="devbox_1",
-        org_id="org_1",
-        user_id="user_1",
-        name="",
-        status=status,
-        base_snapshot_id=None,
-        current_save_id=None,
-        parent_id=None,
-        vcpus=1,
-        memory_mb=256,
-        disk_mb=2048,
-        metadata={},
-        error=None,
-        created_at=now,
-        updated_at=now,
-    )
+    return devbox_record(status=status)
 
 
 def test_every_action_is_in_the_table() -> None:
