@@ -8,7 +8,7 @@ import sys
 
 from bench.common import RESULTS, print_table
 
-BENCHMARKS = ("bench.bench_vm", "bench.bench_api", "bench.bench_tmux")
+BENCHMARKS = ("bench.bench_vm", "bench.bench_api", "bench.bench_tmux", "bench.bench_templates")
 
 
 def main() -> int:

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import httpx
+import paramiko
+
+from devbox_service.settings import load_settings
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 
@@ -40,3 +53,70 @@ def print_table(figures: dict[str, float], targets: dict[str, float] | None = No
         target = targets.get(name)
         verdict = "" if target is None else f"<= {target}  {'ok' if value <= target else 'MISSED'}"
         print(f"{name:<{width}}  {value:>10.4f}  {verdict}")
+
+
+class Served:
+    """`devbox-service serve` in its own process, with an HTTP client and the admin key."""
+
+    def __init__(self, http: httpx.Client, auth: dict[str, str], ssh_port: int) -> None:
+        self.http = http
+        self.auth = auth
+        self.ssh_port = ssh_port
+
+    def default_image(self) -> str:
+        images = self.http.get("/api/images", headers=self.auth).json()["data"]
+        return str(next(i["id"] for i in images if i["default"]))
+
+    def gateway(self, devbox_id: str) -> paramiko.SSHClient:
+        credentials = self.http.get(
+            f"/api/admin/devboxes/{devbox_id}/ssh-credentials", headers=self.auth
+        ).json()
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        client.connect(
+            "127.0.0.1",
+            port=self.ssh_port,
+            username=credentials["access_token"],
+            password=credentials["password"],
+            look_for_keys=False,
+            allow_agent=False,
+        )
+        return client
+
+
+@contextlib.contextmanager
+def served() -> Iterator[Served]:
+    """A fresh data dir, the shared image cache, free ports; stopped (SIGTERM) at the end."""
+    data_dir = Path(tempfile.mkdtemp(prefix="devbox-bench-"))
+    port, ssh_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVBOX_")}
+    env.update(
+        DEVBOX_DATA_DIR=str(data_dir),
+        DEVBOX_CACHE_DIR=load_settings().cache_dir,
+        DEVBOX_PORT=str(port),
+        DEVBOX_SSH_PORT=str(ssh_port),
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devbox_service", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300)
+    try:
+        while True:
+            try:
+                if http.get("/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None:
+                raise RuntimeError("the service exited before it was ready")
+            time.sleep(0.2)
+        auth = {"Authorization": f"Bearer {(data_dir / 'admin.key').read_text().strip()}"}
+        yield Served(http, auth, ssh_port)
+        for devbox in http.get("/api/devboxes", headers=auth).json()["data"]:
+            http.delete(f"/api/devboxes/{devbox['id']}", headers=auth)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
