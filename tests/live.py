@@ -108,9 +108,12 @@ class LiveService:
 
 
 @contextlib.contextmanager
-def live_service(data_dir: Path, **settings: str) -> Iterator[LiveService]:
+def live_service(
+    data_dir: Path, *, keep_devboxes: bool = False, **settings: str
+) -> Iterator[LiveService]:
     """`devbox-service serve` in its own process on free ports (extra `DEVBOX_*` settings
-    given by name, e.g. `TEMPLATE_SECRET_WAIT_SECONDS="5"`); its devboxes are deleted and
+    given by name, e.g. `TEMPLATE_SECRET_WAIT_SECONDS="5"`); its devboxes are deleted (unless
+    `keep_devboxes`) and
     the process stopped at the end."""
     service = LiveService(data_dir, free_port(), free_port())
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEVBOX_")}
@@ -141,8 +144,10 @@ def live_service(data_dir: Path, **settings: str) -> Iterator[LiveService]:
             time.sleep(0.5)
         service.key = (data_dir / "admin.key").read_text().strip()
         yield service
-        for devbox in service.http.get("/api/devboxes", headers=service.headers()).json()["data"]:
-            service.http.delete(f"/api/devboxes/{devbox['id']}", headers=service.headers())
+        if not keep_devboxes:  # kept: a restart test's next service re-adopts them
+            listed = service.http.get("/api/devboxes", headers=service.headers()).json()["data"]
+            for devbox in listed:
+                service.http.delete(f"/api/devboxes/{devbox['id']}", headers=service.headers())
     finally:
         process.send_signal(signal.SIGTERM)
         try:

@@ -82,6 +82,7 @@ class BuildRuns:
         self._tasks: dict[str, asyncio.Task[None]] = {}  # template id -> its running build
         self._prompts: dict[str, SecretPrompt] = {}  # run id -> the secret it waits for
         self._start_lock = asyncio.Lock()
+        self._closing = False  # shutting down: runs are left for `recover` at the next start
 
     # starting, joining, cancelling
 
@@ -139,6 +140,9 @@ class BuildRuns:
         prompt.answer.set_result(values[prompt.name])
 
     async def close(self) -> None:
+        """Stop the builds without ending their runs: the next start settles them (`recover`),
+        as it would after a crash."""
+        self._closing = True
         tasks = [t for t in self._tasks.values() if not t.done()]
         for task in tasks:
             task.cancel()
@@ -174,7 +178,7 @@ class BuildRuns:
         async def discard_build_devbox() -> None:
             """Before the terminal event: a client that sees it finds nothing left over."""
             nonlocal build_devbox
-            if build_devbox is not None and not handed_over:
+            if build_devbox is not None and not handed_over and not self._closing:
                 doomed, build_devbox = build_devbox, None
                 await asyncio.shield(self._devboxes.remove(doomed))
 
@@ -273,6 +277,8 @@ class BuildRuns:
                 warnings=_warnings(request),
             )
         except asyncio.CancelledError:
+            if self._closing:
+                raise
             await discard_build_devbox()
             await self._events.emit(run.id, "cancelled", message="the build was cancelled")
             await self._finish(run, RunStatus.CANCELLED)

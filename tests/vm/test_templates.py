@@ -337,3 +337,22 @@ def test_the_public_cli_builds_and_starts_a_template(live: LiveService, tmp_path
     for devbox in live.http.get("/api/devboxes", headers=live.headers()).json()["data"]:
         if devbox["metadata"].get("template_id") == template_id:
             delete_devbox(live, devbox["id"])
+
+
+def test_a_restart_mid_run_ends_it_as_an_error_that_says_what_to_do(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    data_dir = tmp_path_factory.mktemp("restart")
+    with live_service(data_dir, keep_devboxes=True) as service:
+        template = create(service, "name: long\nsteps:\n  - run: sleep 120\n", name="long")
+        run_id = start_run(service, template["id"])
+        head = events(service, template["id"], run_id, stop_after=3)
+        assert types(head)[-1] == "step_started"
+    with live_service(data_dir) as service:
+        found = events(service, template["id"], run_id)
+        assert found[: len(head)] == head
+        assert found[-1]["type"] == "error" and "restarted" in found[-1]["message"]
+        body = service.http.get(f"/api/templates/{template['id']}", headers=service.headers())
+        assert body.json()["status"] == "draft"
+        listed = service.http.get("/api/devboxes", headers=service.headers()).json()["data"]
+        assert listed == [], "the interrupted build's devbox is removed"
