@@ -295,6 +295,12 @@ def test_an_instant_devbox_has_the_files_the_session_and_the_service(
     ]["http_services"]:
         assert time.monotonic() < deadline, "the template's HTTP service was never exposed"
         time.sleep(0.2)
+    # deleting the template keeps the devbox working and reclaims the steps only it reached
+    deleted = live.http.delete(f"/api/templates/{template_id}", headers=live.headers())
+    assert deleted.status_code == 204
+    assert guest(live, devbox["id"], "cat /root/built.txt") == "built\n"
+    again = create(live, FOUR_STEPS, name="again")
+    assert again["cached_step_count"] == 2, "steps 1-2 are shared with another template"
     delete_devbox(live, devbox["id"])
 
 
