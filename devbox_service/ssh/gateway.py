@@ -58,10 +58,17 @@ class _Failures:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+def throttle_key(address: str, username: str) -> str:
+    """Failures count per source address and user name: every local client (guests' port
+    forwards included) comes from 127.0.0.1, so an address alone would let a few bad logins
+    lock out everyone."""
+    return f"{address} {username}"
+
+
 class LoginThrottle:
-    """Slows password guessing per source address: attempts from one address run one at a time,
-    each after a delay that doubles with every failure (capped), forgotten on success or after
-    `forget_after` quiet seconds. Other addresses are never delayed."""
+    """Slows password guessing per key (`throttle_key`): attempts with one key run one at a
+    time, each after a delay that doubles with every failure (capped), forgotten on success or
+    after `forget_after` quiet seconds. Other keys are never delayed."""
 
     def __init__(
         self,
@@ -267,10 +274,11 @@ class SSHGateway:
                 return False
             return devbox_id is not None
 
-        if not await self.throttle.attempt(address, check):
+        key = throttle_key(address, username)
+        if not await self.throttle.attempt(key, check):
             log.warning(
                 "SSH login failed",
-                extra={"address": address, "failures": self.throttle.failures(address)},
+                extra={"address": address, "failures": self.throttle.failures(key)},
             )
             return None
         log.info("SSH login", extra={"address": address, "devbox_id": devbox_id})

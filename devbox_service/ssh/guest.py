@@ -48,6 +48,9 @@ class GuestConnections:
                         username=endpoint.username,
                         client_keys=[endpoint.private_key_path],
                         known_hosts=None,
+                        config=None,  # never the operator's ~/.ssh/config (ForwardAgent, ...)
+                        agent_path=None,  # nor the host's agent: guests are untrusted
+                        preferred_auth="publickey",
                         keepalive_interval=5,
                         keepalive_count_max=3,
                     ),

@@ -47,7 +47,8 @@ UNREACHABLE = "devbox-service: the guest did not answer SSH"
 
 WRAPPER = """#!/bin/bash
 # tmux in devbox {devbox_id}, through an OpenSSH ControlMaster (written by devbox-service).
-opts=(-o ControlMaster=auto -o ControlPath={control_path} -o ControlPersist=600
+opts=(-F /dev/null -o ForwardAgent=no -o IdentitiesOnly=yes -o IdentityAgent=none
+      -o ControlMaster=auto -o ControlPath={control_path} -o ControlPersist=600
       -o ServerAliveInterval=5 -o ServerAliveCountMax=3 -o ConnectTimeout=10
       -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
       -o LogLevel=ERROR -i {key} -p {port})
@@ -206,6 +207,8 @@ class LibtmuxSessions:
             subprocess.run(
                 [
                     "ssh",
+                    "-F",
+                    "/dev/null",
                     "-o",
                     f"ControlPath={self.control_path}",
                     "-O",

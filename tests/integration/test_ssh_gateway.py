@@ -28,7 +28,8 @@ from support import free_port
 from devbox_service.backends.base import SSHEndpoint
 from devbox_service.errors import NotFound
 from devbox_service.ssh import LoginThrottle, SSHGateway
-from devbox_service.ssh.gateway import HOST_KEY_FILE
+from devbox_service.ssh.gateway import HOST_KEY_FILE, throttle_key
+from devbox_service.ssh.guest import GuestConnections
 
 SSHD = "/usr/sbin/sshd"
 TOKEN, PASSWORD = "tok_" + secrets.token_hex(8), secrets.token_urlsafe(16)
@@ -325,24 +326,29 @@ async def test_direct_tcpip_to_closed_port_is_refused(gw_client: paramiko.SSHCli
     assert (status, out) == (0, b"still\n")
 
 
-async def test_wrong_password_is_denied_and_slowed_per_address(gw_gateway: SSHGateway) -> None:
+async def test_wrong_password_is_denied_and_slowed_per_address_and_user(
+    gw_gateway: SSHGateway,
+) -> None:
     throttle = gw_gateway.throttle
-    assert throttle.penalty("127.0.0.1") == 0
+    mine, other = throttle_key("127.0.0.1", TOKEN), throttle_key("127.0.0.1", "tok_other")
+    assert throttle.penalty(mine) == 0
     penalties = []
     for _ in range(5):
         with pytest.raises(paramiko.AuthenticationException):
             await asyncio.to_thread(_connect, gw_gateway.port, password="wrong")
-        penalties.append(throttle.penalty("127.0.0.1"))
+        penalties.append(throttle.penalty(mine))
     assert penalties == [0.05, 0.1, 0.2, 0.4, 0.4]  # doubles, then capped
-    assert throttle.penalty("::1") == 0  # other addresses are not slowed
+    assert throttle.penalty(throttle_key("::1", TOKEN)) == 0  # other addresses are not slowed
+    assert throttle.penalty(other) == 0, "another user on the same address is not slowed"
 
     with pytest.raises(paramiko.AuthenticationException):
         await asyncio.to_thread(_connect, gw_gateway.port, username="tok_unknown")
-    assert throttle.failures("127.0.0.1") == 6
+    assert throttle.failures(mine) == 5
+    assert throttle.failures(throttle_key("127.0.0.1", "tok_unknown")) == 1
 
     client = await asyncio.to_thread(_connect, gw_gateway.port)
     try:
-        assert throttle.penalty("127.0.0.1") == 0  # a success forgives
+        assert throttle.penalty(mine) == 0  # a success forgives
         status, out, _ = await asyncio.to_thread(_run, client, "echo in")
         assert (status, out) == (0, b"in\n")
     finally:
@@ -459,3 +465,21 @@ async def test_exec_latency_on_a_warm_connection(
     # loose on purpose (shared CI hosts are noisy); a reconnect per exec would break it, and
     # test_upstream_is_opened_lazily_once_and_closed_with_the_user pins that down exactly
     assert gateway < 2 * straight + 0.1
+
+
+async def test_guest_connections_ignore_the_operators_ssh_config(
+    gw_sshd: SSHEndpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `~/.ssh/config` that would break (or forward the agent into) every connection is
+    not read: guests are untrusted, and the operator's settings are not theirs."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text("Host *\n  ProxyCommand false\n  ForwardAgent yes\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(tmp_path / "no-agent.sock"))
+    connections = GuestConnections()
+    try:
+        result = await connections.run(gw_sshd, "echo reached")
+        assert result.stdout == "reached\n"
+    finally:
+        await connections.close()
