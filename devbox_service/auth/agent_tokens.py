@@ -101,8 +101,10 @@ class AgentTokenService:
         await self._owned(principal, devbox_id)
         if request.inject:
             await self._devboxes.usable(principal, devbox_id)
-        granted = sorted(
-            set(request.scopes if request.scopes is not None else scopes.DEFAULT_SCOPES)
+        granted = scopes.granted(
+            list(request.scopes) if request.scopes is not None else None,
+            injected=request.inject,
+            secret_names=request.secret_names,
         )
         secret = tokens.new_secret(tokens.AGENT_TOKEN_PREFIX)
         record = AgentTokenRecord(

@@ -27,3 +27,17 @@ DEFAULT_SCOPES: tuple[str, ...] = (
     SECRETS_READ,
     SECRETS_WRITE,
 )
+
+SECRET_SCOPES = frozenset({SECRETS_READ, SECRETS_WRITE})
+
+
+def granted(
+    asked: list[str] | None, *, injected: bool, secret_names: list[str] | None
+) -> list[str]:
+    """The scopes a new token holds. A token injected into the devbox is readable by anyone
+    with a shell there (org members included), so it reaches the owner's secrets only when
+    the owner named which (`secret_names`)."""
+    chosen = set(asked if asked is not None else DEFAULT_SCOPES)
+    if injected and secret_names is None:
+        chosen -= SECRET_SCOPES
+    return sorted(chosen)

@@ -32,8 +32,7 @@ class CheckpointService:
     async def save(self, principal: Principal, devbox_id: str, name: str) -> SnapshotResponse:
         """Checkpoint memory and disk; answers once the snapshot is ready (clients never poll
         a snapshot)."""
-        async with self._core.locks[devbox_id]:
-            record = await self._core.visible(principal, devbox_id)
+        async with self._core.locked(principal, devbox_id) as record:
             require(record, Action.SAVE)
             snapshot = await self._checkpoint(principal, record, name or "save", SnapshotKind.SAVE)
             await self._core.store.update(
@@ -47,8 +46,7 @@ class CheckpointService:
         self, principal: Principal, devbox_id: str, *, name: str | None, count: int
     ) -> list[DevboxResponse]:
         """Checkpoint the parent, then boot `count` copies of that moment concurrently."""
-        async with self._core.locks[devbox_id]:
-            parent = await self._core.visible(principal, devbox_id)
+        async with self._core.locked(principal, devbox_id) as parent:
             require(parent, Action.BRANCH)
             snapshot = await self._checkpoint(
                 principal, parent, name or f"branch of {parent.id}", SnapshotKind.BRANCH

@@ -15,7 +15,7 @@ import logging
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from devbox_service.auth import tokens
@@ -95,6 +95,14 @@ class DevboxCore:
         if record is None or record.org_id != principal.org_id:
             raise NotFound.of("devbox", devbox_id)
         return record
+
+    @contextlib.asynccontextmanager
+    async def locked(self, principal: Principal, devbox_id: str) -> AsyncIterator[DevboxRecord]:
+        """The devbox's lock, held, and its record as read under it. Visibility is checked
+        first, so requests for unknown ids never add to the lock table."""
+        await self.visible(principal, devbox_id)
+        async with self.locks[devbox_id]:
+            yield await self.visible(principal, devbox_id)
 
     async def insert(
         self,

@@ -7,6 +7,7 @@ the VM backend so that the record stays true, also when an action fails half-way
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -19,7 +20,9 @@ from devbox_service.devboxes.lifecycle import TRANSITIONS, Action, require
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventType
 from devbox_service.devboxes.schemas import DevboxResponse
 from devbox_service.devboxes.views import DevboxViews
-from devbox_service.errors import Failed, PermissionDenied
+from devbox_service.errors import Failed, PayloadTooLarge, PermissionDenied
+
+METADATA_MAX_BYTES = 64 * 1024
 
 
 class DevboxService:
@@ -111,8 +114,7 @@ class DevboxService:
     ) -> DevboxResponse:
         transition = TRANSITIONS[action]
         assert transition.during and transition.after and transition.event
-        async with self._core.locks[devbox_id]:
-            record = await self._core.visible(principal, devbox_id)
+        async with self._core.locked(principal, devbox_id) as record:
             if require(record, action):
                 await self._core.store.update(devbox_id, status=transition.during)
                 try:
@@ -132,8 +134,7 @@ class DevboxService:
 
     async def reboot(self, principal: Principal, devbox_id: str) -> DevboxResponse:
         """Answers at once as `rebooting`; the guest comes back in the background."""
-        async with self._core.locks[devbox_id]:
-            record = await self._core.visible(principal, devbox_id)
+        async with self._core.locked(principal, devbox_id) as record:
             require(record, Action.REBOOT)
             await self._core.store.update(
                 devbox_id,
@@ -179,13 +180,20 @@ class DevboxService:
     async def update_metadata(
         self, principal: Principal, devbox_id: str, metadata: dict[str, Any]
     ) -> None:
-        async with self._core.locks[devbox_id]:
-            record = await self._core.visible(principal, devbox_id)
-            await self._core.store.update(devbox_id, metadata={**record.metadata, **metadata})
+        """Merged into what is there. Raises PayloadTooLarge past METADATA_MAX_BYTES in total
+        (every list response carries it)."""
+        async with self._core.locked(principal, devbox_id) as record:
+            merged = {**record.metadata, **metadata}
+            size = len(json.dumps(merged))
+            if size > METADATA_MAX_BYTES:
+                raise PayloadTooLarge(
+                    f"the devbox's metadata would be {size} bytes; the limit is "
+                    f"{METADATA_MAX_BYTES} in total: send smaller values"
+                )
+            await self._core.store.update(devbox_id, metadata=merged)
 
     async def set_display_name(self, principal: Principal, devbox_id: str, name: str) -> None:
-        async with self._core.locks[devbox_id]:
-            record = await self._core.visible(principal, devbox_id)
+        async with self._core.locked(principal, devbox_id) as record:
             await self._core.store.update(
                 devbox_id, name=name, metadata={**record.metadata, "display_name": name}
             )

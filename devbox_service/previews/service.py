@@ -16,7 +16,7 @@ from devbox_service.auth.service import IdentityService
 from devbox_service.devboxes.guests import GuestAccess
 from devbox_service.devboxes.ports import DevboxVisibility
 from devbox_service.devboxes.schemas import HttpService
-from devbox_service.errors import InvalidInput, NotFound
+from devbox_service.errors import InvalidInput, NotFound, PermissionDenied
 from devbox_service.previews.models import (
     NAME_MAX_LENGTH,
     ExposedService,
@@ -64,13 +64,20 @@ class HttpServiceRegistry:
     ) -> ExposedService:
         """Forward the guest port and record the service; the same name again replaces it.
         A service exposed with an agent token is always public (the contract says so).
-        Raises InvalidInput, NotFound, Conflict (devbox not ready)."""
+        Raises InvalidInput, NotFound, Conflict (devbox not ready), PermissionDenied (an agent
+        token replacing a user's api_key service, which would make it public)."""
         check_name(name)
         if not 0 < port < 65536:
             raise InvalidInput(f"invalid port {port}: use 1-65535", field="port")
         mode = auth_mode or HttpServiceAuthMode.NONE
         if principal.kind is PrincipalKind.AGENT:
             mode = HttpServiceAuthMode.NONE
+            existing = await self._store.get(devbox_id, name)
+            if existing is not None and existing.auth_mode is HttpServiceAuthMode.API_KEY:
+                raise PermissionDenied(
+                    f"service {name!r} is protected with api_key by a user; an agent token "
+                    "cannot replace it (use another name)"
+                )
         host_port = await self._guests.expose_port(principal, devbox_id, port)
         await self._store.upsert(
             ExposedService(

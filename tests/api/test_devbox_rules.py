@@ -268,3 +268,23 @@ async def test_delete_during_provisioning_leaves_nothing(
     )
     assert gone.status_code == 404
     assert await fake_backend.list_instances() == []
+
+
+async def test_metadata_has_a_total_cap_and_unknown_ids_leave_no_trace(fake_api: Api) -> None:
+    devbox_id = (await new_devbox(fake_api))["id"]
+    auth = fake_api.auth(fake_api.admin_key)
+    for n in range(3):
+        added = await fake_api.client.post(
+            f"/api/devboxes/{devbox_id}/metadata", json={f"k{n}": "x" * 30_000}, headers=auth
+        )
+        assert added.status_code == (200 if n < 2 else 413), added.text
+    assert "limit" in added.json()["detail"]
+    shown = await fake_api.client.get(f"/api/devboxes/{devbox_id}", headers=auth)
+    assert set(shown.json()["metadata"]) == {"k0", "k1"}
+
+    locks = fake_api.services.devbox_core.locks
+    before = len(locks)
+    for n in range(50):
+        assert (await act(fake_api, f"devbox_unknown{n}", "pause")).status_code == 404
+        assert (await act(fake_api, f"devbox_unknown{n}", "save")).status_code == 404
+    assert len(locks) == before

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from support import Api, create_devbox
+from support import Api, create_devbox, mint_agent_token
 
 
 async def expose(api: Api, key: str, devbox_id: str, **body: Any) -> httpx.Response:
@@ -80,3 +80,18 @@ async def test_exposed_services_are_listed_replaced_and_removed(fake_api: Api) -
         f"/api/devboxes/{devbox_id}/http/web", headers=fake_api.auth(key)
     )
     assert again.status_code == 404
+
+
+async def test_an_agent_token_cannot_make_a_protected_service_public(fake_api: Api) -> None:
+    key, devbox_id = fake_api.admin_key, await default_devbox(fake_api)
+    admin = await fake_api.services.identities.authenticate(key)
+    agent = await mint_agent_token(
+        fake_api, admin.user_id, admin.org_id, devbox_id, ["devbox:http:write"]
+    )
+    await expose(fake_api, key, devbox_id, name="web", port=8080, auth_mode="api_key")
+    refused = await expose(fake_api, agent, devbox_id, name="web", port=8080)
+    assert refused.status_code == 403 and "api_key" in refused.json()["detail"]
+    shown = await fake_api.client.get(f"/api/devboxes/{devbox_id}", headers=fake_api.auth(key))
+    assert shown.json()["networking"]["http_services"][0]["auth_mode"] == "api_key"
+    own = await expose(fake_api, agent, devbox_id, name="agent-web", port=9090)
+    assert own.status_code == 200, own.text

@@ -63,3 +63,14 @@ def test_agent_token_is_bound_to_its_devbox() -> None:
     )
     with pytest.raises(PermissionDenied, match="different devbox"):
         check(agent_scope("devbox:summary:read"), agent, "d2")
+
+
+def test_injected_tokens_reach_secrets_only_when_names_are_given() -> None:
+    from devbox_service.auth import scopes
+
+    assert scopes.SECRETS_READ in scopes.granted(None, injected=False, secret_names=None)
+    injected = scopes.granted(None, injected=True, secret_names=None)
+    assert not scopes.SECRET_SCOPES & set(injected) and scopes.SUMMARY_READ in injected
+    asked = [scopes.SECRETS_READ, scopes.SUMMARY_READ]
+    assert scopes.granted(asked, injected=True, secret_names=None) == [scopes.SUMMARY_READ]
+    assert scopes.SECRETS_READ in scopes.granted(asked, injected=True, secret_names=["A"])

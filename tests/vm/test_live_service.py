@@ -118,6 +118,7 @@ def test_injected_agent_token_works_from_inside_the_devbox(
     )
     assert minted.status_code == 200, minted.text
     assert minted.json()["injected"] is True
+    assert not {"devbox:secrets:read", "devbox:secrets:write"} & set(minted.json()["scopes"])
     client = live.gateway_client(devbox_id)
     try:
 
@@ -137,6 +138,8 @@ def test_injected_agent_token_works_from_inside_the_devbox(
         save = "-X POST -H 'Content-Type: application/json' -d '{\"name\": \"by-agent\"}'"
         assert in_guest(f"{save} {base}/save") == "200"
         assert in_guest(f"-X DELETE {base}") == "403"
+        secrets = "$DEVBOX_SERVICE_BASE_URL/api/user-secrets"
+        assert in_guest(secrets) == "403", "an injected token without secret_names reads none"
     finally:
         client.close()
     assert live.http.get(f"/api/devboxes/{devbox_id}", headers=live.headers()).status_code == 200
