@@ -10,7 +10,8 @@ DevboxServiceError
  +-- PermissionDenied       known caller, not allowed                        (403)
  +-- NotFound               no such resource, or not visible to the caller   (404)
  +-- InvalidInput           a request that cannot be carried out as given    (400)
- |    +-- InvalidSpec        a document (a template's YAML) that does not validate  (422)
+ |    +-- InvalidSpec        a field that fails a check made past parsing: a template's
+ |                           YAML, a tmux wait pattern that takes too long   (422)
  +-- Conflict               wrong state for the action, or a name taken      (409)
  +-- PayloadTooLarge        a body or field over its limit                   (413)
  +-- Timeout                a wait the caller asked for was not met          (408)

@@ -6,10 +6,10 @@ error, which the app answers with 422 like any other malformed body.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 import msgspec
+import regex
 from msgspec import Meta
 
 MAX_KEYS_BYTES = 64 * 1024
@@ -130,8 +130,8 @@ class TmuxWaitRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
             raise ValueError("give `pattern` or `idle_ms` (or both)")
         if self.pattern is not None:
             try:
-                re.compile(self.pattern)
-            except re.error as exc:
+                regex.compile(self.pattern)
+            except regex.error as exc:
                 raise ValueError(f"`pattern` is not a valid regular expression: {exc}") from exc
 
 
