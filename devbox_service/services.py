@@ -13,7 +13,7 @@ from litestar.di import NamedDependency
 from devbox_service.auth.agent_tokens import AgentTokenService
 from devbox_service.auth.service import ADMIN_KEY_FILE, IdentityService
 from devbox_service.auth.store import IdentityStore
-from devbox_service.backends.base import VMBackend
+from devbox_service.backends.base import GUEST_API_PORT, GUEST_PROXY_PORT, VMBackend
 from devbox_service.db import Database
 from devbox_service.devbox_templates.events import RunEvents
 from devbox_service.devbox_templates.runs import BuildRuns
@@ -28,6 +28,7 @@ from devbox_service.devboxes.snapshot_store import SnapshotStore
 from devbox_service.devboxes.store import DevboxStore
 from devbox_service.devboxes.uploads import UploadService
 from devbox_service.devboxes.views import DevboxViews
+from devbox_service.egress.proxy import EgressProxy, GuestApiRelay
 from devbox_service.notifications.service import NotificationService
 from devbox_service.notifications.store import NotificationStore
 from devbox_service.previews.proxy import PREVIEW_PREFIX, PreviewProxy
@@ -37,6 +38,7 @@ from devbox_service.secrets.box import SecretBox
 from devbox_service.secrets.service import SecretService
 from devbox_service.secrets.store import SecretStore
 from devbox_service.settings import Settings
+from devbox_service.sockets import short_socket_path
 from devbox_service.ssh.gateway import SSHGateway
 from devbox_service.ssh.guest import GuestConnections
 from devbox_service.tmux.remote import guest_opener
@@ -54,6 +56,10 @@ def build_backend(settings: Settings) -> VMBackend | None:
 
     config = QemuConfig(
         state_dir=str(Path(settings.data_dir) / "vms"),
+        guest_services={
+            GUEST_API_PORT: str(guest_api_socket(settings)),
+            GUEST_PROXY_PORT: str(guest_proxy_socket(settings)),
+        },
         cache_dir=settings.cache_dir,
         machine=settings.vm_machine,
         accel=settings.vm_accel,
@@ -62,6 +68,15 @@ def build_backend(settings: Settings) -> VMBackend | None:
         ),
     )
     return QemuBackend(config)
+
+
+def guest_api_socket(settings: Settings) -> Path:
+    """Where guests' API connections arrive (stable per data dir: VMs outlive the service)."""
+    return short_socket_path(Path(settings.data_dir) / "run" / "guest-api.sock")
+
+
+def guest_proxy_socket(settings: Settings) -> Path:
+    return short_socket_path(Path(settings.data_dir) / "run" / "guest-proxy.sock")
 
 
 def gateway_hosts(http_host: str) -> tuple[str, ...]:
@@ -87,6 +102,8 @@ class Services:
         self._image_task: asyncio.Task[None] | None = None
         self.image_ready = asyncio.Event()
         self.gateway: SSHGateway | None = None
+        self.guest_api: GuestApiRelay | None = None
+        self.guest_proxy: EgressProxy | None = None
 
     @property
     def database(self) -> Database:
@@ -167,6 +184,12 @@ class Services:
                 flush=True,
             )
         if self.backend is not None:
+            self.guest_api = GuestApiRelay(
+                guest_api_socket(self.settings), self.settings.host, self.settings.port
+            )
+            self.guest_proxy = EgressProxy(guest_proxy_socket(self.settings))
+            await self.guest_api.start()
+            await self.guest_proxy.start()
             if self._owns_backend:
                 await self.backend.start()
             await recover(core)
@@ -214,6 +237,9 @@ class Services:
                 await self._image_task
         if self.backend is not None and self._owns_backend:
             await self.backend.close()
+        for egress in (self.guest_api, self.guest_proxy):
+            if egress is not None:
+                await egress.close()
         if self._database is not None:
             await self._database.close()
             self._database = None

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from devbox_service.backends.base import GUEST_SERVICE_ADDRESS
 from devbox_service.errors import ConfigError
 
 ENV_PREFIX = "DEVBOX_"
@@ -66,9 +67,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     @property
     def guest_base_url(self) -> str:
-        """Where a guest reaches the API: QEMU user networking maps 10.0.2.2 to the host's
-        loopback, so this works whenever the API listens on loopback or on all addresses."""
-        return f"http://10.0.2.2:{self.port}"
+        """Where a guest reaches the API: the one service address its closed network has
+        (relayed by the service to wherever the API listens)."""
+        return f"http://{GUEST_SERVICE_ADDRESS}"
 
 
 def setting_names() -> tuple[str, ...]:

@@ -79,6 +79,13 @@ class GuestUnreachable(errors.Unreachable, BackendError):
         self.console_tail = console_tail
 
 
+GUEST_SERVICE_ADDRESS = "10.0.2.100"
+"""The one address a guest reaches beyond itself: the service's API on port 80
+(`GUEST_API_PORT`) and an HTTP proxy to the internet on `GUEST_PROXY_PORT`."""
+GUEST_API_PORT = 80
+GUEST_PROXY_PORT = 3128
+
+
 class InstanceState(enum.StrEnum):
     RUNNING = "running"
     PAUSED = "paused"

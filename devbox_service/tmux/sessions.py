@@ -14,11 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import hashlib
-import os
 import shlex
 import subprocess
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -35,6 +32,7 @@ from devbox_service.errors import (
     NotFound,
     Unreachable,
 )
+from devbox_service.sockets import short_socket_path
 from devbox_service.tmux.models import TmuxSession
 
 T = TypeVar("T")
@@ -114,7 +112,7 @@ class LibtmuxSessions:
         self.endpoint = endpoint
         self._dir = runtime_dir / devbox_id
         self.wrapper = self._dir / "tmux"
-        self.control_path = _short_socket_path(self._dir / "cm.sock")
+        self.control_path = short_socket_path(self._dir / "cm.sock")
         self._write_wrapper()
 
     def _write_wrapper(self) -> None:
@@ -222,12 +220,3 @@ class LibtmuxSessions:
                 check=False,
             )
 
-
-def _short_socket_path(path: Path) -> Path:
-    """Unix socket paths are limited to ~108 bytes: deep data dirs fall back to /tmp."""
-    if len(str(path)) <= 90:
-        return path
-    digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
-    base = Path(tempfile.gettempdir()) / f"devbox-tmux-{os.getuid()}"
-    base.mkdir(mode=0o700, exist_ok=True)
-    return base / f"{digest}.sock"

@@ -106,7 +106,17 @@ def test_forwards_follow_ssh_in_guest_port_order() -> None:
 def test_kernel_line_and_launch_key_are_what_boot_snapshots_were_saved_with() -> None:
     # Changing either silently orphans every cached boot snapshot: bump LAUNCH_VERSION instead.
     assert KERNEL_APPEND == APPEND
-    assert launch_key() == "41942c3f"
+    assert launch_key() == "a1c3ac37"
+
+
+def test_an_isolated_guest_reaches_only_its_forwarded_service_addresses() -> None:
+    services = {80: "/run/devbox/api.sock", 3128: "/run/devbox/egress.sock"}
+    argv = command_line("qemu", launch(isolated=True, guest_services=services))
+    assert argv[argv.index("-netdev") + 1] == (
+        "user,id=n0,hostfwd=tcp:127.0.0.1:2222-:22,restrict=on"
+        ",guestfwd=tcp:10.0.2.100:80-cmd:socat STDIO UNIX-CONNECT:/run/devbox/api.sock"
+        ",guestfwd=tcp:10.0.2.100:3128-cmd:socat STDIO UNIX-CONNECT:/run/devbox/egress.sock"
+    )
 
 
 def test_short_instance_dir_holds_its_own_sockets() -> None:

@@ -15,9 +15,10 @@ from pathlib import Path
 import msgspec
 
 from devbox_service.backends.base import MachineSpec
+from devbox_service.backends.qemu.guest_files import SERVICE_ADDRESS
 
 # Bump when the QEMU command line changes in a way saved guests depend on (devices, ids).
-LAUNCH_VERSION = 1
+LAUNCH_VERSION = 2  # 2: isolated guest network with forwarded service addresses
 
 # The guest kernel's command line. reboot=t: microvm has no reset register or keyboard
 # controller, so a triple fault is the one reboot that reaches QEMU. tsc=reliable: under TCG
@@ -44,6 +45,8 @@ class LaunchSpec(msgspec.Struct, frozen=True, kw_only=True):
     ssh_port: int
     forwards: dict[int, int] = {}  # guest port -> host port, besides SSH
     tsc_khz: int = 0
+    isolated: bool = False  # restrict=on: no route to the host or out, only explicit forwards
+    guest_services: dict[int, str] = {}  # port on SERVICE_ADDRESS -> host Unix socket
 
 
 def launch_key() -> str:
@@ -82,6 +85,10 @@ def command_line(binary: str, ls: LaunchSpec, incoming: str | None = None) -> li
     fwd = f"hostfwd=tcp:127.0.0.1:{ls.ssh_port}-:22"
     for guest, host in sorted(ls.forwards.items()):
         fwd += f",hostfwd=tcp:127.0.0.1:{host}-:{guest}"
+    if ls.isolated:
+        fwd += ",restrict=on"
+    for port, path in sorted(ls.guest_services.items()):
+        fwd += f",guestfwd=tcp:{SERVICE_ADDRESS}:{port}-cmd:socat STDIO UNIX-CONNECT:{path}"
     net_dev = f"virtio-net-{bus},netdev=n0" + (",romfile=" if bus == "pci" else "")
     argv = [
         binary,

@@ -131,6 +131,8 @@ class BackendState:
             disk=disk,
             ssh_port=free_port(),
             tsc_khz=host_tsc_khz() if machine == "microvm" and accel == "tcg" else 0,
+            isolated=self.config.isolated,
+            guest_services=dict(self.config.guest_services),
         )
 
     # disk pool ------------------------------------------------------------------------------

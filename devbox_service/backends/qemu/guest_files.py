@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from devbox_service.backends.base import GUEST_PROXY_PORT, GUEST_SERVICE_ADDRESS
+
 # Run once by busybox init: the guest has no systemd, so mounts and network happen here.
 SYSINIT = r"""#!/bin/sh
 bb=/bin/busybox
@@ -39,8 +41,26 @@ INITTAB = r"""::sysinit:/etc/devbox/sysinit
 ::shutdown:/etc/devbox/shutdown
 """
 
-# Drop-in read before Debian's defaults (the first value wins): key auth only, fast handshakes.
-SSHD_CONFIG = r"""PermitRootLogin prohibit-password
+# The guest's network is closed except for two forwarded addresses (see `argv`): the service's
+# API and an HTTP proxy to the internet. Tools find the proxy through these variables.
+SERVICE_ADDRESS = GUEST_SERVICE_ADDRESS
+PROXY_URL = f"http://{SERVICE_ADDRESS}:{GUEST_PROXY_PORT}"
+NO_PROXY = f"{SERVICE_ADDRESS},localhost,127.0.0.1,::1"
+PROXY_VARIABLES = {
+    "http_proxy": PROXY_URL,
+    "https_proxy": PROXY_URL,
+    "HTTP_PROXY": PROXY_URL,
+    "HTTPS_PROXY": PROXY_URL,
+    "no_proxy": NO_PROXY,
+    "NO_PROXY": NO_PROXY,
+}
+PROXY_PROFILE = "".join(f"export {k}={v}\n" for k, v in PROXY_VARIABLES.items())
+APT_PROXY = f'Acquire::http::Proxy "{PROXY_URL}";\nAcquire::https::Proxy "{PROXY_URL}";\n'
+
+# Drop-in read before Debian's defaults (the first value wins): key auth only, fast handshakes;
+# every session (login or not) gets the proxy variables.
+SSHD_CONFIG = (
+    r"""PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
@@ -48,6 +68,10 @@ UseDNS no
 PrintMotd no
 HostKey /etc/ssh/ssh_host_ed25519_key
 """
+    + "SetEnv "
+    + " ".join(f"{k}={v}" for k, v in PROXY_VARIABLES.items())
+    + "\n"
+)
 
 # After a restore the host writes "sync SEC NSEC HEX" on the virtio-serial port devbox.agent:
 # the agent steps the clock (it stood still while saved) and reseeds the kernel RNG (clones

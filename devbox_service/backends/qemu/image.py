@@ -100,6 +100,8 @@ def recipe(config: QemuConfig, public_key: str) -> dict[str, object]:
             "shutdown": guest_files.SHUTDOWN,
             "inittab": guest_files.INITTAB,
             "sshd": guest_files.SSHD_CONFIG,
+            "proxy_profile": guest_files.PROXY_PROFILE,
+            "apt_proxy": guest_files.APT_PROXY,
             "agent": guest_files.AGENT,
             "initramfs": guest_files.INITRAMFS_INIT,
         },
@@ -265,6 +267,8 @@ def _configure_rootfs(root: Path, public_key: str) -> None:
     _write(root / "etc" / "devbox" / "shutdown", guest_files.SHUTDOWN, 0o755)
     _write(root / "etc" / "devbox" / "agent", guest_files.AGENT, 0o755)
     _write(root / "etc" / "ssh" / "sshd_config.d" / "devbox.conf", guest_files.SSHD_CONFIG)
+    _write(root / "etc" / "profile.d" / "devbox-proxy.sh", guest_files.PROXY_PROFILE)
+    _write(root / "etc" / "apt" / "apt.conf.d" / "80devbox-proxy", guest_files.APT_PROXY)
     _write(root / "etc" / "hostname", "devbox\n")
     _write(root / "etc" / "hosts", "127.0.0.1 localhost\n127.0.1.1 devbox\n")
     resolv = root / "etc" / "resolv.conf"
