@@ -7,11 +7,12 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
-from devbox_service.auth.models import Role
+from devbox_service.auth.models import Org, Role, User
 from devbox_service.auth.service import IdentityService
 from devbox_service.auth.store import IdentityStore
 from devbox_service.db import Database
-from devbox_service.errors import ConfigError, DevboxServiceError
+from devbox_service.devboxes.quotas import LimitStore
+from devbox_service.errors import ConfigError, DevboxServiceError, InvalidInput, NotFound
 from devbox_service.settings import Settings, load_settings
 
 
@@ -48,6 +49,17 @@ def _parser() -> argparse.ArgumentParser:
     add_org.add_argument("name")
     add_org.add_argument("--owner", required=True)
     orgs.add_parser("list", help="organizations and their members")
+    limits = commands.add_parser("limits", help="per-user and per-org limits").add_subparsers(
+        dest="action", required=True
+    )
+    for action, text in (("show", "the limits in force"), ("set", "override some limits")):
+        limit = limits.add_parser(action, help=text)
+        who = limit.add_mutually_exclusive_group(required=True)
+        who.add_argument("--user", help="a user's name")
+        who.add_argument("--org", help="an organization's name")
+        if action == "set":
+            for name in ("devboxes", "snapshots", "disk-mb"):
+                limit.add_argument(f"--{name}", type=int, help=f"at most this many {name}")
     member = orgs.add_parser("add-member", help="add or change a member's role")
     member.add_argument("org")
     member.add_argument("user")
@@ -63,6 +75,49 @@ async def _with_identities(
         await action(IdentityService(IdentityStore(database)))
     finally:
         await database.close()
+
+
+async def _limits(settings: Settings, args: argparse.Namespace) -> None:
+    from devbox_service.devboxes.quotas import LimitOverride, Scope
+    from devbox_service.devboxes.snapshot_store import SnapshotStore
+    from devbox_service.devboxes.store import DevboxStore
+    from devbox_service.services import admission
+
+    database = await Database.open(settings.database_path)
+    try:
+        store = IdentityStore(database)
+        found: User | Org | None
+        if args.user:
+            scope, found = Scope.USER, await store.user_by_name(args.user)
+        else:
+            scope, found = Scope.ORG, await store.org_by_name(args.org)
+        if found is None:
+            raise NotFound.of(scope.value, args.user or args.org)
+        checks = admission(settings, DevboxStore(database), SnapshotStore(database), database)
+        if args.action == "set":
+            current = await checks.limits_for(scope, found.id)
+            await LimitStore(database).set(
+                LimitOverride(
+                    scope=scope,
+                    subject_id=found.id,
+                    devboxes=_given(args.devboxes, current.devboxes),
+                    snapshots=_given(args.snapshots, current.snapshots),
+                    disk_mb=_given(args.disk_mb, current.disk_mb),
+                )
+            )
+        limits = await checks.limits_for(scope, found.id)
+        print(
+            f"{scope.value} {found.name}: devboxes {limits.devboxes}, "
+            f"snapshots {limits.snapshots}, disk {limits.disk_mb} MB"
+        )
+    finally:
+        await database.close()
+
+
+def _given(value: int | None, current: int) -> int:
+    if value is not None and value < 0:
+        raise InvalidInput(f"a limit cannot be negative ({value})")
+    return current if value is None else value
 
 
 async def _manage(settings: Settings, args: argparse.Namespace) -> None:
@@ -141,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _serve(settings)
         elif args.command == "image":
             asyncio.run(_build_image(settings))
+        elif args.command == "limits":
+            asyncio.run(_limits(settings, args))
         else:
             asyncio.run(_manage(settings, args))
     except ConfigError as exc:

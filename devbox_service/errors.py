@@ -15,6 +15,7 @@ DevboxServiceError
  +-- Conflict               wrong state for the action, or a name taken      (409)
  +-- PayloadTooLarge        a body or field over its limit                   (413)
  +-- Timeout                a wait the caller asked for was not met          (408)
+ +-- LimitReached           a quota or the host's capacity; names the limit  (429)
  +-- Unavailable            a part of the service is not usable right now    (503)
  +-- Unreachable            a guest or upstream did not answer               (502)
  +-- Failed                 an operation broke on the server's side          (500)
@@ -79,6 +80,12 @@ class PayloadTooLarge(DevboxServiceError):
 
 class Timeout(DevboxServiceError):
     pass
+
+
+class LimitReached(DevboxServiceError):
+    def __init__(self, message: str, *, limit: str) -> None:
+        super().__init__(message, limit=limit)
+        self.limit = limit
 
 
 class Unavailable(DevboxServiceError):

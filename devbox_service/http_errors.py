@@ -16,6 +16,7 @@ from litestar.status_codes import (
     HTTP_409_CONFLICT,
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_429_TOO_MANY_REQUESTS,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_502_BAD_GATEWAY,
     HTTP_503_SERVICE_UNAVAILABLE,
@@ -34,6 +35,7 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     errors.Conflict: HTTP_409_CONFLICT,
     errors.PayloadTooLarge: HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     errors.Timeout: HTTP_408_REQUEST_TIMEOUT,
+    errors.LimitReached: HTTP_429_TOO_MANY_REQUESTS,
     errors.Unavailable: HTTP_503_SERVICE_UNAVAILABLE,
     errors.Unreachable: HTTP_502_BAD_GATEWAY,
     errors.Failed: HTTP_500_INTERNAL_SERVER_ERROR,
@@ -66,6 +68,8 @@ def domain_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
             extra={"details": getattr(exc, "details", None)},
         )
     headers = {"WWW-Authenticate": "Bearer"} if status == HTTP_401_UNAUTHORIZED else None
+    if isinstance(exc, errors.LimitReached):
+        headers = {"X-Devbox-Limit": exc.limit}
     if isinstance(exc, errors.InvalidSpec):
         return _json(status, [{"loc": exc.loc, "msg": message, "type": "value_error"}])
     return _json(status, message, headers)

@@ -23,6 +23,7 @@ from devbox_service.devboxes.background import StandbyPolicy, recover
 from devbox_service.devboxes.checkpoints import CheckpointService
 from devbox_service.devboxes.core import DevboxCore
 from devbox_service.devboxes.guests import GuestAccess
+from devbox_service.devboxes.quotas import Admission, Limits, LimitStore
 from devbox_service.devboxes.service import DevboxService
 from devbox_service.devboxes.snapshot_store import SnapshotStore
 from devbox_service.devboxes.store import DevboxStore
@@ -79,6 +80,29 @@ def guest_proxy_socket(settings: Settings) -> Path:
     return short_socket_path(Path(settings.data_dir) / "run" / "guest-proxy.sock")
 
 
+def admission(
+    settings: Settings, devboxes: DevboxStore, snapshots: SnapshotStore, database: Database
+) -> Admission:
+    """The limits from the settings, overridable per user and org (`devbox-service limits`)."""
+    return Admission(
+        devboxes,
+        snapshots,
+        LimitStore(database),
+        user_defaults=Limits(
+            devboxes=settings.limit_devboxes_per_user,
+            snapshots=settings.limit_snapshots_per_user,
+            disk_mb=settings.limit_disk_mb_per_user,
+        ),
+        org_defaults=Limits(
+            devboxes=settings.limit_devboxes_per_org,
+            snapshots=settings.limit_snapshots_per_org,
+            disk_mb=settings.limit_disk_mb_per_org,
+        ),
+        memory_reserve_mb=settings.host_memory_reserve_mb,
+        vm_overhead_mb=settings.vm_memory_overhead_mb,
+    )
+
+
 def gateway_hosts(http_host: str) -> tuple[str, ...]:
     """The SSH gateway listens where the API does; loopback means both IPv4 and IPv6, since
     `{devbox_id}.localhost` resolves to ::1 first on many systems."""
@@ -119,8 +143,10 @@ class Services:
         self.secret_box = SecretBox.open(data_dir)
         self.guest_connections = GuestConnections()
         database = self._database
+        devbox_store, snapshot_store = DevboxStore(database), SnapshotStore(database)
+        self.admission = admission(self.settings, devbox_store, snapshot_store, database)
         self.devbox_core = core = DevboxCore(
-            DevboxStore(database), SnapshotStore(database), self.backend, self.secret_box
+            devbox_store, snapshot_store, self.backend, self.secret_box, self.admission
         )
         self.guest_access = GuestAccess(core, self.guest_connections)
         self.previews = HttpServiceRegistry(

@@ -55,6 +55,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     vm_disk_mb: Annotated[int, Meta(ge=512)] = 2048
     standby_after_seconds: Annotated[float, Meta(ge=0)] = 900.0
     template_secret_wait_seconds: Annotated[float, Meta(gt=0, le=86400)] = 600.0
+    limit_devboxes_per_user: Annotated[int, Meta(ge=0)] = 10
+    limit_devboxes_per_org: Annotated[int, Meta(ge=0)] = 30
+    limit_snapshots_per_user: Annotated[int, Meta(ge=0)] = 100
+    limit_snapshots_per_org: Annotated[int, Meta(ge=0)] = 300
+    limit_disk_mb_per_user: Annotated[int, Meta(ge=0)] = 40 * 1024
+    limit_disk_mb_per_org: Annotated[int, Meta(ge=0)] = 120 * 1024
+    host_memory_reserve_mb: Annotated[int, Meta(ge=0)] = 1024
+    vm_memory_overhead_mb: Annotated[int, Meta(ge=0)] = 64
 
     @property
     def database_path(self) -> Path:

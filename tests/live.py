@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import paramiko
-from support import free_port
+from support import GENEROUS_LIMITS, free_port
 from vm_fixtures import CACHE_DIR
 
 VENV_BIN = Path(sys.executable).parent
@@ -122,6 +122,7 @@ def live_service(
         DEVBOX_PORT=str(service.port),
         DEVBOX_SSH_PORT=str(service.ssh_port),
         DEVBOX_CACHE_DIR=CACHE_DIR,
+        **{f"DEVBOX_{name.upper()}": str(value) for name, value in GENEROUS_LIMITS.items()},
         **{f"DEVBOX_{name}": value for name, value in settings.items()},
     )
     log = (data_dir / "service.log").open("w")

@@ -158,6 +158,10 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+GENEROUS_LIMITS = {"limit_devboxes_per_user": 200, "limit_devboxes_per_org": 200}
+"""VM tests share one user across many tests; the limits have tests of their own."""
+
+
 def vm_settings(data_dir: Path, **overrides: object) -> Settings:
     """Settings for a service with real VMs in a test: its own data dir and a free SSH port,
     the shared image cache (the one the backend fixtures use)."""
@@ -168,6 +172,7 @@ def vm_settings(data_dir: Path, **overrides: object) -> Settings:
         "cache_dir": CACHE_DIR,
         "vm_backend": "qemu",
         "ssh_port": 0,
+        **GENEROUS_LIMITS,
         **overrides,
     }
     return load_settings(environ={}, **values)

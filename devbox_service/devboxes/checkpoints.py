@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import AsyncIterator
 
 from devbox_service.auth.models import Principal
 from devbox_service.backends import base as backend_api
@@ -18,6 +19,7 @@ from devbox_service.devboxes.models import (
     SnapshotRecord,
     SnapshotStatus,
 )
+from devbox_service.devboxes.quotas import Admission
 from devbox_service.devboxes.schemas import DevboxResponse, ImageResponse, SnapshotResponse
 from devbox_service.devboxes.views import DevboxViews, snapshot_response
 from devbox_service.errors import Conflict, NotFound, PermissionDenied, Unavailable
@@ -34,7 +36,11 @@ class CheckpointService:
         a snapshot)."""
         async with self._core.locked(principal, devbox_id) as record:
             require(record, Action.SAVE)
-            snapshot = await self._checkpoint(principal, record, name or "save", SnapshotKind.SAVE)
+            async with self._core.admission.guard():
+                await self._core.admission.check_snapshot(principal)
+                snapshot = await self._checkpoint(
+                    principal, record, name or "save", SnapshotKind.SAVE
+                )
             await self._core.store.update(
                 devbox_id,
                 current_save_id=snapshot.id,
@@ -46,8 +52,13 @@ class CheckpointService:
         self, principal: Principal, devbox_id: str, *, name: str | None, count: int
     ) -> list[DevboxResponse]:
         """Checkpoint the parent, then boot `count` copies of that moment concurrently."""
-        async with self._core.locked(principal, devbox_id) as parent:
+        async with self._core.locked(principal, devbox_id) as parent, self._admitted() as admit:
             require(parent, Action.BRANCH)
+            spec = MachineSpec(
+                vcpus=parent.vcpus, memory_mb=parent.memory_mb, disk_mb=parent.disk_mb
+            )
+            await admit.check_snapshot(principal)
+            await admit.check_devboxes(principal, count, spec, self._core.backend)
             snapshot = await self._checkpoint(
                 principal, parent, name or f"branch of {parent.id}", SnapshotKind.BRANCH
             )
@@ -57,9 +68,7 @@ class CheckpointService:
                     principal,
                     snapshot_id=snapshot.id,
                     image_id=parent.image_id,
-                    spec=MachineSpec(
-                        vcpus=parent.vcpus, memory_mb=parent.memory_mb, disk_mb=parent.disk_mb
-                    ),
+                    spec=spec,
                     name=name or parent.name,
                     metadata=dict(parent.metadata),
                     parent_id=parent.id,
@@ -77,6 +86,12 @@ class CheckpointService:
                 )
         self._core.start_boot([c.id for c in children], snapshot.id)
         return await self._views.details(children)
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self) -> AsyncIterator[Admission]:
+        """The admission checks, held until what they admitted is recorded."""
+        async with self._core.admission.guard():
+            yield self._core.admission
 
     async def _checkpoint(
         self, principal: Principal, record: DevboxRecord, name: str, kind: SnapshotKind

@@ -23,6 +23,7 @@ from devbox_service.auth.models import Principal
 from devbox_service.backends import base as backend_api
 from devbox_service.backends.base import InstanceState, MachineSpec, VMBackend
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventRecord, EventType
+from devbox_service.devboxes.quotas import Admission
 from devbox_service.devboxes.snapshot_store import SnapshotStore
 from devbox_service.devboxes.store import DevboxStore
 from devbox_service.errors import NotFound, Unavailable
@@ -59,9 +60,11 @@ class DevboxCore:
         snapshots: SnapshotStore,
         backend: VMBackend | None,
         secret_box: SecretBox,
+        admission: Admission,
     ) -> None:
         self.store = store
         self.snapshots = snapshots
+        self.admission = admission
         self.box = secret_box
         self._backend = backend
         self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -156,9 +159,13 @@ class DevboxCore:
     # VM states the API does not show
 
     async def bring_back(self, devbox_id: str) -> None:
-        """Resume a paused VM, or restore one that idled into standby (processes kept)."""
-        if (await self.backend.get_instance(devbox_id)).state is InstanceState.STANDBY:
-            await self.backend.wake(devbox_id)
+        """Resume a paused VM, or restore one that idled into standby (processes kept; the
+        host must have the memory for it again: LimitReached otherwise)."""
+        instance = await self.backend.get_instance(devbox_id)
+        if instance.state is InstanceState.STANDBY:
+            async with self.admission.guard():
+                await self.admission.check_memory(self.backend, 1, instance.spec.memory_mb)
+                await self.backend.wake(devbox_id)
         else:
             await self.backend.resume(devbox_id)
 

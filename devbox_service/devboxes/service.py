@@ -74,17 +74,21 @@ class DevboxService:
         after_ready: ReadyHook | None = None,
     ) -> DevboxResponse:
         """A new devbox restored from a backend snapshot the caller was already allowed
-        (templates boot their step snapshots this way); answers at once as provisioning."""
-        record = await self._core.insert(
-            principal,
-            snapshot_id=snapshot.id,
-            image_id=snapshot.image_id,
-            spec=snapshot.spec,
-            name=name or "",
-            metadata=metadata or {},
-            parent_id=None,
-            created_detail={"name": "created"},
-        )
+        (templates boot their step snapshots this way); answers at once as provisioning.
+        Raises LimitReached before anything is recorded."""
+        admission = self._core.admission
+        async with admission.guard():
+            await admission.check_devboxes(principal, 1, snapshot.spec, self._core.backend)
+            record = await self._core.insert(
+                principal,
+                snapshot_id=snapshot.id,
+                image_id=snapshot.image_id,
+                spec=snapshot.spec,
+                name=name or "",
+                metadata=metadata or {},
+                parent_id=None,
+                created_detail={"name": "created"},
+            )
         self._core.start_boot([record.id], snapshot.id, after_ready)
         return await self._views.detail(record)
 
