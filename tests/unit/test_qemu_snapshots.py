@@ -43,10 +43,10 @@ def test_boot_snapshot_key_names_everything_a_restore_depends_on() -> None:
         state_dir="/state", cache_dir="/cache", spec=MachineSpec(vcpus=2, memory_mb=512)
     )
     sid, directory = boot_snapshot_key(config, IMAGE, "tcg")
-    assert sid == "boot-0123456789ab-microvm-tcg-2c-512m-41942c3f"
-    assert directory == Path("/cache/images/0123456789abcdef/boot/microvm-tcg-2c-512m-41942c3f")
+    assert sid == "boot-0123456789ab-microvm-tcg-2c-512m-a1c3ac37"
+    assert directory == Path("/cache/images/0123456789abcdef/boot/microvm-tcg-2c-512m-a1c3ac37")
     other, _ = boot_snapshot_key(config, IMAGE, "kvm")
-    assert other == "boot-0123456789ab-microvm-kvm-2c-512m-41942c3f"
+    assert other == "boot-0123456789ab-microvm-kvm-2c-512m-a1c3ac37"
 
 
 def test_snapshot_record_keeps_the_launch_it_restores_into() -> None:
