@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
         if action == "set":
             for name in ("devboxes", "snapshots", "disk-mb"):
                 limit.add_argument(f"--{name}", type=int, help=f"at most this many {name}")
+    leave = orgs.add_parser("remove-member", help="remove a member (their credentials stop)")
+    leave.add_argument("org")
+    leave.add_argument("user")
     member = orgs.add_parser("add-member", help="add or change a member's role")
     member.add_argument("org")
     member.add_argument("user")
@@ -150,6 +153,9 @@ async def _manage(settings: Settings, args: argparse.Namespace) -> None:
             case ("orgs", "list"):
                 for m in await identities.store.memberships():
                     print(f"{m.org_name}\t{m.user_name}\t{m.role}")
+            case ("orgs", "remove-member"):
+                await identities.remove_member(args.org, args.user)
+                print(f"removed {args.user} from {args.org}")
             case ("orgs", "add-member"):
                 m = await identities.add_member(args.org, args.user, Role(args.role))
                 print(f"{m.org_name}\t{m.user_name}\t{m.role}")

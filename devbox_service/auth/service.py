@@ -90,6 +90,25 @@ class IdentityService:
             org_id=org.id, org_name=org.name, user_id=user.id, user_name=user.name, role=role
         )
 
+    async def remove_member(self, org_name: str, user_name: str) -> None:
+        """The user leaves the org: their keys for it and the agent tokens they minted there
+        stop working at once (every credential is checked against the membership), and the
+        SSH gateway refuses the devboxes' credentials they own. Raises NotFound, Conflict
+        (the org's last owner)."""
+        org = await self._org(org_name)
+        user = await self._user(user_name)
+        role = await self.store.role_in(org.id, user.id)
+        if role is None:
+            raise NotFound(f"user {user_name!r} is not a member of org {org_name!r}")
+        owners = [m for m in await self.store.memberships(org.id) if m.role is Role.OWNER]
+        if role is Role.OWNER and len(owners) == 1:
+            raise Conflict(f"{user_name!r} is the last owner of {org_name!r}: add another first")
+        async with self.store.database.transaction() as tx:
+            await self.store.delete_member(tx, org.id, user.id)
+
+    async def is_member(self, org_id: str, user_id: str) -> bool:
+        return await self.store.role_in(org_id, user_id) is not None
+
     async def issue_key(
         self, user_name: str, *, org: str | None = None, name: str = ""
     ) -> IssuedKey:

@@ -91,6 +91,11 @@ class IdentityStore:
         )
         return MEMBERSHIPS.decode_all(rows)
 
+    async def delete_member(self, tx: Transaction, org_id: str, user_id: str) -> None:
+        await tx.execute(
+            "DELETE FROM org_members WHERE org_id = ? AND user_id = ?", (org_id, user_id)
+        )
+
     async def role_in(self, org_id: str, user_id: str) -> Role | None:
         row = await self.database.fetch_one(
             "SELECT role FROM org_members WHERE org_id = ? AND user_id = ?", (org_id, user_id)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from devbox_service.auth import tokens
@@ -36,10 +37,15 @@ class GuestFiles(Protocol):
     async def forget(self, endpoint: SSHEndpoint) -> None: ...
 
 
+MembershipCheck = Callable[[str, str], Awaitable[bool]]
+"""(org id, user id) -> is the user still a member of the org?"""
+
+
 class GuestAccess:
-    def __init__(self, core: DevboxCore, files: GuestFiles) -> None:
+    def __init__(self, core: DevboxCore, files: GuestFiles, is_member: MembershipCheck) -> None:
         self._core = core
         self._files = files
+        self._is_member = is_member
         core.on_destroy(self._forget_connection)
 
     def on_destroy(self, listener: DestroyListener) -> None:
@@ -80,9 +86,12 @@ class GuestAccess:
         )
 
     async def authenticate(self, username: str, password: str) -> str | None:
-        """The devbox whose SSH gateway credentials these are, or None."""
+        """The devbox whose SSH gateway credentials these are, or None (also once the owner has
+        left the devbox's org)."""
         record = await self._core.store.by_ssh_token_hash(tokens.hash_secret(username))
         if record is None or record.status in (DevboxStatus.DELETING, DevboxStatus.DELETED):
+            return None
+        if not await self._is_member(record.org_id, record.user_id):
             return None
         expected = self._core.credentials(record)["password"]
         return record.id if secrets.compare_digest(expected, password) else None

@@ -288,3 +288,37 @@ async def test_metadata_has_a_total_cap_and_unknown_ids_leave_no_trace(fake_api:
         assert (await act(fake_api, f"devbox_unknown{n}", "pause")).status_code == 404
         assert (await act(fake_api, f"devbox_unknown{n}", "save")).status_code == 404
     assert len(locks) == before
+
+
+async def test_a_member_who_leaves_loses_every_credential(fake_api: Api) -> None:
+    member = await fake_api.new_user("leaver", org="default", role=Role.MEMBER)
+    created = await fake_api.client.post(
+        "/api/devboxes",
+        params={"snapshot_id": await default_image(fake_api)},
+        headers=fake_api.auth(member),
+    )
+    devbox_id = (await wait_status(fake_api, member, created.json()["id"]))["id"]
+    minted = await fake_api.client.post(
+        f"/api/devboxes/{devbox_id}/agent-token", json={}, headers=fake_api.auth(member)
+    )
+    agent = minted.json()["token"]
+    credentials = (
+        await fake_api.client.get(
+            f"/api/admin/devboxes/{devbox_id}/ssh-credentials", headers=fake_api.auth(member)
+        )
+    ).json()
+    gateway = fake_api.services.guest_access
+    login = (credentials["access_token"], credentials["password"])
+    assert await gateway.authenticate(*login) == devbox_id
+
+    await fake_api.services.identities.remove_member("default", "leaver")
+    for key in (member, agent):
+        refused = await fake_api.client.get(
+            f"/api/devboxes/{devbox_id}", headers=fake_api.auth(key)
+        )
+        assert refused.status_code == 401, refused.text
+    assert await gateway.authenticate(*login) is None
+    still = await fake_api.client.get(
+        f"/api/devboxes/{devbox_id}", headers=fake_api.auth(fake_api.admin_key)
+    )
+    assert still.status_code == 200, "the devbox stays with the org"
