@@ -28,6 +28,7 @@ from devbox_service.notifications.routes import (
     DevboxNotificationController,
     NotificationController,
 )
+from devbox_service.openapi import declare_errors
 from devbox_service.previews.routes import HttpServiceController, preview_router
 from devbox_service.secrets.routes import UserSecretController
 from devbox_service.services import Services, build_backend
@@ -49,6 +50,7 @@ def create_app(settings: Settings, backend: VMBackend | object | None = _NOT_GIV
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        declare_errors(app)
         await services.start()
         try:
             yield

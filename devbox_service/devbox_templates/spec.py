@@ -133,8 +133,9 @@ def parse(text: str) -> TemplateSpec:
     InvalidSpec (422) naming the step index, the field and, where known, the line."""
     if len(text.encode()) > MAX_SPEC_BYTES:
         raise PayloadTooLarge(f"the template is over {MAX_SPEC_BYTES // 1024} KiB")
-    loader = _NoAliasLoader(text)
+    loader: _NoAliasLoader | None = None
     try:
+        loader = _NoAliasLoader(text)  # the reader refuses control characters at once
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
@@ -144,7 +145,8 @@ def parse(text: str) -> TemplateSpec:
     except yaml.YAMLError as exc:
         raise InvalidSpec(f"the YAML does not parse: {exc}", loc=YAML_LOC) from exc
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, dict):
         raise InvalidSpec("the template must be a YAML mapping with name and steps", loc=YAML_LOC)
     lines = _step_lines(node)

@@ -52,11 +52,14 @@ class GuestAccess:
         """Call `listener(devbox_id)` before a devbox's VM goes (to close connections)."""
         self._core.on_destroy(listener)
 
+    async def usable(self, principal: Principal, devbox_id: str) -> None:
+        """Raises NotFound, Conflict (the devbox's guest is not up)."""
+        require(await self._core.visible(principal, devbox_id), Action.USE)
+
     async def guest_endpoint(self, principal: Principal, devbox_id: str) -> SSHEndpoint:
         """Where the service reaches the guest of a devbox this principal may use.
         Raises NotFound, Conflict (not ready), Unavailable (no backend)."""
-        record = await self._core.visible(principal, devbox_id)
-        require(record, Action.USE)
+        await self.usable(principal, devbox_id)
         return (await self._core.backend.get_instance(devbox_id)).ssh
 
     async def write_file(

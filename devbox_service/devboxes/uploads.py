@@ -31,8 +31,9 @@ class UploadService:
         directory: str | None,
         image_only: bool = False,
     ) -> UploadResponse:
-        """Raises InvalidInput (name, directory, not an image), PayloadTooLarge, NotFound,
-        Conflict (devbox not ready)."""
+        """Raises NotFound, Conflict (devbox not ready), then InvalidInput (name, directory,
+        not an image), PayloadTooLarge."""
+        await self._guests.usable(principal, devbox_id)  # who may write, before what is written
         if len(data) > self._max_bytes:
             raise PayloadTooLarge(f"file is {len(data)} bytes; the limit is {self._max_bytes}")
         name = safe_filename(filename)

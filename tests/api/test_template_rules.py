@@ -168,3 +168,9 @@ async def test_run_routes_answer_clearly_before_any_build(fake_api: Api) -> None
     assert wrong_body.status_code == 422
     unknown_base = await create(fake_api, GOOD, baseSnapshotOption="snapshot_nope")
     assert unknown_base.status_code == 404 and "snapshot_nope" in unknown_base.text
+
+
+async def test_control_characters_in_yaml_are_422_not_500(fake_api: Api) -> None:
+    """Found by the OpenAPI fuzzer: YAML's reader refuses them before any parsing."""
+    refused = await create(fake_api, "C\x825\U000f8c20F")
+    assert refused.status_code == 422 and "YAML" in refused.text
