@@ -7,6 +7,9 @@ Plain HTTP only: no WebSocket upgrades.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterable, Awaitable, Callable
+
 import httpx
 
 PREVIEW_PREFIX = "/preview"
@@ -44,23 +47,74 @@ class UpstreamUnreachable(Exception):
     """Nothing answered HTTP on the guest port (connection refused, reset or timed out)."""
 
 
-class PreviewProxy:
-    """One HTTP client for every preview request (connections pooled per guest port)."""
+class PreviewBusy(Exception):
+    """A devbox already has as many preview requests in flight as it may."""
 
-    def __init__(self, *, connect_timeout: float = 10.0, timeout: float = 300.0) -> None:
+
+class PreviewProxy:
+    """One HTTP client for every preview request (connections pooled per guest port), with
+    at most `per_devbox` requests in flight per devbox: one tenant's slow or endless streams
+    hold its own slots, never the others'."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float = 10.0,
+        timeout: float = 300.0,
+        per_devbox: int = 32,
+        queue_timeout: float = 10.0,
+    ) -> None:
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
             follow_redirects=False,
             trust_env=False,  # never through an HTTP(S)_PROXY from the environment
         )
+        self.per_devbox = per_devbox
+        self._queue_timeout = queue_timeout
+        self._slots: dict[str, asyncio.Semaphore] = {}
 
-    async def send(self, method: str, url: str, headers: Headers, body: bytes) -> httpx.Response:
-        """The upstream answer with its body still unread: the caller streams and closes it."""
+    async def send(
+        self,
+        devbox_id: str,
+        method: str,
+        url: str,
+        headers: Headers,
+        body: AsyncIterable[bytes],
+    ) -> tuple[httpx.Response, Callable[[], Awaitable[None]]]:
+        """The upstream answer with its body still unread (the request body streams through
+        as it arrives), and the close to call once it is relayed: it frees the slot."""
+        slots = self._slots.setdefault(devbox_id, asyncio.Semaphore(self.per_devbox))
+        try:
+            await asyncio.wait_for(slots.acquire(), self._queue_timeout)
+        except TimeoutError as exc:
+            raise PreviewBusy(
+                f"devbox {devbox_id} has {self.per_devbox} preview requests in flight"
+            ) from exc
         request = self._client.build_request(method, url, headers=headers, content=body)
         try:
-            return await self._client.send(request, stream=True)
+            upstream = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
+            slots.release()
             raise UpstreamUnreachable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        except BaseException:
+            slots.release()
+            raise
+
+        released = False
+
+        async def close() -> None:
+            """Idempotent: called when the relay ends and again after the response."""
+            nonlocal released
+            if released:
+                return
+            released = True
+            try:
+                await upstream.aclose()
+            finally:
+                slots.release()
+
+        return upstream, close
 
     async def close(self) -> None:
         await self._client.aclose()

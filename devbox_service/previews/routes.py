@@ -3,6 +3,7 @@ the preview URL `/preview/{devbox_id}/{name}/{path}` that serves an exposed serv
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -18,6 +19,7 @@ from litestar.status_codes import HTTP_502_BAD_GATEWAY
 from devbox_service.auth import scopes
 from devbox_service.auth.guards import PUBLIC, CurrentPrincipal, agent_scope, allow
 from devbox_service.devboxes.schemas import DevboxResponse
+from devbox_service.errors import LimitReached
 from devbox_service.previews import proxy
 from devbox_service.previews.models import HttpExposeRequest
 from devbox_service.services import AppServices
@@ -117,22 +119,36 @@ async def preview(
     )
     url = f"http://127.0.0.1:{target.host_port}{rest}{suffix}"
     try:
-        upstream = await services.preview_proxy.send(
-            request.method, url, headers, await request.body()
+        upstream, close = await services.preview_proxy.send(
+            devbox_id, request.method, url, headers, request.stream()
         )
+    except proxy.PreviewBusy as exc:
+        raise LimitReached(
+            f"{exc}: wait for some to finish (the limit keeps one devbox's streams from "
+            "starving everyone's previews)",
+            limit="preview_requests_per_devbox",
+        ) from exc
     except proxy.UpstreamUnreachable as exc:
         raise HTTPException(
             status_code=HTTP_502_BAD_GATEWAY,
             detail=f"nothing answered HTTP on port {target.service.port} of devbox {devbox_id} "
             f"(service {name!r}): {exc}",
         ) from exc
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in upstream.aiter_raw():
+                yield chunk
+        finally:  # also when the client goes away mid-stream
+            await close()
+
     return ASGIStreamingResponse(
-        iterator=upstream.aiter_raw(),
+        iterator=relay(),
         status_code=upstream.status_code,
         headers=proxy.response_headers(upstream, prefix, target.host_port),  # type: ignore[arg-type]
         media_type=upstream.headers.get("content-type", "application/octet-stream"),
         is_head_response=request.method == "HEAD",
-        background=BackgroundTask(upstream.aclose),
+        background=BackgroundTask(close),
     )
 
 
