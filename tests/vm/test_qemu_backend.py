@@ -22,6 +22,7 @@ from devbox_service.backends.base import (
     SnapshotInfo,
 )
 from devbox_service.backends.qemu.config import QemuConfig
+from devbox_service.backends.qemu.console import CONSOLE_LIMIT
 from devbox_service.backends.qemu.driver import QemuBackend
 from devbox_service.backends.qemu.session import live_chain
 from devbox_service.backends.qemu.util import pid_alive
@@ -239,3 +240,16 @@ async def test_deleting_parent_snapshot_keeps_child_working_through_standby(
     used |= {p for s in qemu_backend._snapshots.values() for p in s.chain}
     pool = {str(p) for p in (Path(qemu_config.state_dir) / "disks").iterdir()}
     assert pool <= used
+
+
+async def test_a_guest_flooding_its_console_does_not_fill_the_host_disk(
+    qemu_backend: QemuBackend, booted_vm: InstanceInfo
+) -> None:
+    console = qemu_backend._dir(qemu_backend._instances[booted_vm.id]) / "console.log"
+    await sh(booted_vm, "head -c 1500000 /dev/zero | tr '\\0' x > /dev/ttyS0", timeout=300)
+    deadline = time.monotonic() + 30
+    while console.stat().st_size > CONSOLE_LIMIT:
+        assert time.monotonic() < deadline, "the console was never cut back"
+        await asyncio.sleep(0.5)
+    kept = console.read_bytes()
+    assert kept.startswith(b"[earlier console output cut]") and kept.endswith(b"x")

@@ -47,6 +47,7 @@ class BackendState:
         self._pending_disks: set[str] = set()  # created but not yet in any record
         self._accel: str | None = None
         self._image: images.ImageFiles | None = None
+        self._console_watch: asyncio.Task[None] | None = None
         self._boot: SnapshotRecord | None = None
         self.last_save_pause: float = 0.0  # seconds the guest stood still in the last save
 

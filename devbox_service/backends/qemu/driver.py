@@ -12,12 +12,16 @@ files an earlier process left, and reconciling them with the service's records.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import shutil
+from pathlib import Path
 
 import msgspec
 
 from devbox_service.backends.base import BackendError, InstanceState, VMBackend
+from devbox_service.backends.qemu import console
 from devbox_service.backends.qemu.argv import socket_dir
 from devbox_service.backends.qemu.backend_state import LIVE
 from devbox_service.backends.qemu.boot_snapshots import BootSnapshots
@@ -30,7 +34,6 @@ from devbox_service.backends.qemu.store import InstanceRecord, SnapshotRecord
 from devbox_service.backends.qemu.util import kill_strays
 
 log = logging.getLogger(__name__)
-
 
 
 class QemuBackend(Instances, Snapshots, BootSnapshots, VMBackend):
@@ -57,6 +60,10 @@ class QemuBackend(Instances, Snapshots, BootSnapshots, VMBackend):
             if rec.state in LIVE:
                 await self._adopt(rec)
         self._gc_disks()
+        self._console_watch = asyncio.create_task(console.watch(self._consoles))
+
+    def _consoles(self) -> list[Path]:
+        return [self._dir(rec) / "console.log" for rec in self._instances.values()]
 
     def _load_snapshots(self) -> None:
         for d in sorted(self.snapshots_dir.iterdir()):
@@ -86,6 +93,11 @@ class QemuBackend(Instances, Snapshots, BootSnapshots, VMBackend):
         self._write_instance(rec)
 
     async def close(self) -> None:
+        watch, self._console_watch = self._console_watch, None
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         for machine in self._machines.values():
             await machine.disconnect()
         self._machines.clear()
