@@ -63,8 +63,10 @@ class AccessGuard:
         services = connection.app.state.services
         principal = await services.identities.authenticate(_bearer(connection))
         connection.scope.setdefault("state", {})[PRINCIPAL_KEY] = principal
+        devbox_id = connection.path_params.get("devbox_id")
         if principal.kind is not PrincipalKind.AGENT:
-            check(self.access, principal, connection.path_params.get("devbox_id"))
+            check(self.access, principal, devbox_id)
+            await self._devbox_visible(services, principal, devbox_id)
             return
         route = connection.scope.get("path_template", connection.url.path)
         method = connection.scope.get("method", "")
@@ -78,6 +80,14 @@ class AccessGuard:
         await services.identities.agent_tokens.audit(
             principal, method=method, route=route, allowed=True, reason=self.access.scope or ""
         )
+        await self._devbox_visible(services, principal, devbox_id)
+
+    @staticmethod
+    async def _devbox_visible(services: Any, principal: Principal, devbox_id: str | None) -> None:
+        """A route about a devbox answers 404 for one the caller may not see before its body
+        is read (an upload of another org's devbox is refused, not buffered first)."""
+        if devbox_id is not None:
+            await services.devboxes.visible(principal, devbox_id)
 
 
 def check(access: Access, principal: Principal, devbox_id: str | None) -> None:

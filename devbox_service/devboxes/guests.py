@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Protocol
 
 from devbox_service.auth import tokens
@@ -31,7 +31,11 @@ class GuestFiles(Protocol):
     """What the service needs from an SSH connection into a guest (an adapter in ssh/)."""
 
     async def write_file(
-        self, endpoint: SSHEndpoint, path: str, data: bytes, mode: int = 0o644
+        self,
+        endpoint: SSHEndpoint,
+        path: str,
+        data: bytes | AsyncIterable[bytes],
+        mode: int = 0o644,
     ) -> None: ...
 
     async def forget(self, endpoint: SSHEndpoint) -> None: ...
@@ -63,7 +67,12 @@ class GuestAccess:
         return (await self._core.backend.get_instance(devbox_id)).ssh
 
     async def write_file(
-        self, principal: Principal, devbox_id: str, path: str, data: bytes, mode: int = 0o644
+        self,
+        principal: Principal,
+        devbox_id: str,
+        path: str,
+        data: bytes | AsyncIterable[bytes],
+        mode: int = 0o644,
     ) -> None:
         """Write a whole file into the guest (readers never see half of it)."""
         endpoint = await self.guest_endpoint(principal, devbox_id)

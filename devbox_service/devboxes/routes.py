@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -208,16 +210,26 @@ async def _upload(
     *,
     image_only: bool,
 ) -> UploadResponse:
-    content = await form.file.read()
+    size = form.file.file.seek(0, os.SEEK_END)  # the parsed upload is spooled (disk past 1 MiB)
+    form.file.file.seek(0)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        while chunk := await form.file.read(UPLOAD_CHUNK):
+            yield chunk
+
     return await services.uploads.upload(
         principal,
         devbox_id,
         filename=form.file.filename,
-        data=content,
+        size=size,
+        chunks=chunks(),
         content_type=form.file.content_type,
         directory=form.path or dest_dir,
         image_only=image_only,
     )
+
+
+UPLOAD_CHUNK = 1024 * 1024
 
 
 def upload_router(max_bytes: int) -> Router:

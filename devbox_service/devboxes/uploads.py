@@ -4,6 +4,7 @@ as an image."""
 from __future__ import annotations
 
 import posixpath
+from collections.abc import AsyncIterator
 
 from devbox_service.auth.models import Principal
 from devbox_service.devboxes.guests import GuestAccess
@@ -26,25 +27,39 @@ class UploadService:
         devbox_id: str,
         *,
         filename: str,
-        data: bytes,
+        size: int,
+        chunks: AsyncIterator[bytes],
         content_type: str,
         directory: str | None,
         image_only: bool = False,
     ) -> UploadResponse:
-        """Raises NotFound, Conflict (devbox not ready), then InvalidInput (name, directory,
-        not an image), PayloadTooLarge."""
+        """The file streams into the guest as it is read. Raises NotFound, Conflict (devbox
+        not ready), then InvalidInput (name, directory, not an image), PayloadTooLarge."""
         await self._guests.usable(principal, devbox_id)  # who may write, before what is written
-        if len(data) > self._max_bytes:
-            raise PayloadTooLarge(f"file is {len(data)} bytes; the limit is {self._max_bytes}")
+        if size > self._max_bytes:
+            raise PayloadTooLarge(f"the file is {size} bytes; the limit is {self._max_bytes}")
         name = safe_filename(filename)
         path = posixpath.join(safe_upload_dir(directory), name)
-        if image_only and not is_image(content_type, data):
+        first = await anext(chunks, b"")
+        if image_only and not is_image(content_type, first):
             raise InvalidInput("not an image: send a PNG, JPEG, GIF or WebP file", field="file")
-        await self._guests.write_file(principal, devbox_id, path, data)
+        written = 0
+
+        async def counted() -> AsyncIterator[bytes]:
+            nonlocal written
+            written = len(first)
+            yield first
+            async for chunk in chunks:
+                written += len(chunk)
+                if written > self._max_bytes:
+                    raise PayloadTooLarge(f"the file is over the limit of {self._max_bytes} bytes")
+                yield chunk
+
+        await self._guests.write_file(principal, devbox_id, path, counted())
         return UploadResponse(
             path=path,
             filename=name,
-            size=len(data),
+            size=written,
             content_type=content_type or "application/octet-stream",
         )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import TypeVar
 
 import asyncssh
@@ -121,21 +121,39 @@ class GuestConnections:
             raise Unreachable(f"cannot reach the guest at {endpoint.host}: {exc}") from exc
 
     async def write_file(
-        self, endpoint: SSHEndpoint, path: str, data: bytes, mode: int = 0o644
+        self,
+        endpoint: SSHEndpoint,
+        path: str,
+        data: bytes | AsyncIterable[bytes],
+        mode: int = 0o644,
     ) -> None:
-        """Write through SFTP into a temp name, then rename, so readers never see half."""
+        """Write through SFTP into a temp name, then rename, so readers never see half. A
+        stream is written as it arrives (never whole in memory); a failed write leaves no temp
+        file. Only whole bytes are retried on a fresh connection (a stream cannot rewind)."""
         directory = path.rsplit("/", 1)[0] or "/"
         temporary = f"{path}.part"
 
         async def write(connection: asyncssh.SSHClientConnection) -> None:
             async with connection.start_sftp_client() as sftp:
                 await sftp.makedirs(directory, exist_ok=True)
-                async with sftp.open(temporary, "wb") as handle:
-                    await handle.write(data)
-                await sftp.chmod(temporary, mode)
-                await sftp.posix_rename(temporary, path)
+                try:
+                    async with sftp.open(temporary, "wb") as handle:
+                        if isinstance(data, bytes):
+                            await handle.write(data)
+                        else:
+                            async for chunk in data:
+                                await handle.write(chunk)
+                    await sftp.chmod(temporary, mode)
+                    await sftp.posix_rename(temporary, path)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await sftp.remove(temporary)
+                    raise
 
-        await self._with_connection(endpoint, write)
+        if isinstance(data, bytes):
+            await self._with_connection(endpoint, write)
+        else:
+            await write(await self.connection(endpoint))
 
     async def forget(self, endpoint: SSHEndpoint) -> None:
         connection = self._connections.pop((endpoint.host, endpoint.port), None)

@@ -30,6 +30,13 @@ async def test_upload_over_the_limit_is_413_and_json_body_limit_is_separate(
             headers=auth,
         )
         assert just_over.status_code == 413 and "4096" in just_over.json()["detail"]
+        outsider = api.auth(await api.new_user("upload-outsider"))
+        hidden = await client.post(
+            f"/api/devboxes/{devbox_id}/uploads",
+            files={"file": ("big.bin", b"x" * 200_000, "application/octet-stream")},
+            headers=outsider,
+        )
+        assert hidden.status_code == 404, "who may write is checked before the body is read"
         json_too_big = await client.post(
             f"/api/devboxes/{devbox_id}/metadata", json={"blob": "x" * 4000}, headers=auth
         )
