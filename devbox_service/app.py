@@ -29,7 +29,9 @@ from devbox_service.notifications.routes import (
     NotificationController,
 )
 from devbox_service.openapi import declare_errors
+from devbox_service.previews.origins import preview_origin_middleware
 from devbox_service.previews.routes import HttpServiceController, preview_router
+from devbox_service.previews.websocket import preview_socket
 from devbox_service.secrets.routes import UserSecretController
 from devbox_service.services import Services, build_backend
 from devbox_service.settings import Settings
@@ -57,7 +59,7 @@ def create_app(settings: Settings, backend: VMBackend | object | None = _NOT_GIV
         finally:
             await services.close()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             index,
             HealthController,
@@ -75,6 +77,7 @@ def create_app(settings: Settings, backend: VMBackend | object | None = _NOT_GIV
             HttpServiceController,
             TemplateController,
             preview_router(settings.upload_max_bytes),
+            preview_socket,
             *tmux_routes.route_handlers,
         ],
         dependencies={
@@ -96,3 +99,6 @@ def create_app(settings: Settings, backend: VMBackend | object | None = _NOT_GIV
         logging_config=None,
         debug=False,
     )
+    # before routing: a service's own host is served by the preview route
+    app.asgi_handler = preview_origin_middleware(settings.preview_origin_domain)(app.asgi_handler)
+    return app

@@ -32,7 +32,8 @@ from devbox_service.devboxes.views import DevboxViews
 from devbox_service.egress.proxy import EgressProxy, GuestApiRelay
 from devbox_service.notifications.service import NotificationService
 from devbox_service.notifications.store import NotificationStore
-from devbox_service.previews.proxy import PREVIEW_PREFIX, PreviewProxy
+from devbox_service.previews.origins import origin_url
+from devbox_service.previews.proxy import PreviewProxy
 from devbox_service.previews.service import HttpServiceRegistry
 from devbox_service.previews.store import HttpServiceStore
 from devbox_service.secrets.box import SecretBox
@@ -156,7 +157,7 @@ class Services:
             core,
             self.guest_access,
             self.identities,
-            self.settings.base_url + PREVIEW_PREFIX,
+            origin_url(self.settings.base_url, self.settings.preview_origin_domain),
         )
         self.devbox_views = DevboxViews(core, self.previews)
         self.checkpoints = CheckpointService(core, self.devbox_views)

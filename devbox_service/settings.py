@@ -11,6 +11,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta
@@ -44,6 +45,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     ssh_port: Port = 2222
     ssh_host: str = "localhost"
     public_url: str = ""
+    preview_domain: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 1024 * 1024
     upload_max_bytes: Annotated[int, Meta(ge=1024)] = 100 * 1024 * 1024
@@ -72,6 +74,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def base_url(self) -> str:
         """Where users reach the HTTP API (used in links the service hands out)."""
         return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
+
+    @property
+    def preview_origin_domain(self) -> str:
+        """Exposed services get their own origin `{name}-{devbox_id}.<this>` (browsers and
+        libnss-myhostname resolve `*.localhost` to loopback, so a laptop needs no DNS)."""
+        if self.preview_domain:
+            return self.preview_domain
+        host = urlsplit(self.base_url).hostname or "localhost"
+        return "localhost" if host in ("127.0.0.1", "::1", "0.0.0.0", "::") else host
 
     @property
     def guest_base_url(self) -> str:

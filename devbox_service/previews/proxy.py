@@ -2,13 +2,14 @@
 that sends a request to the guest port's loopback forward and hands back the unread answer,
 and the header rules of a reverse proxy. The route itself is in `routes.py`.
 
-Plain HTTP only: no WebSocket upgrades.
+WebSockets go through `websocket.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 import httpx
 
@@ -84,13 +85,7 @@ class PreviewProxy:
     ) -> tuple[httpx.Response, Callable[[], Awaitable[None]]]:
         """The upstream answer with its body still unread (the request body streams through
         as it arrives), and the close to call once it is relayed: it frees the slot."""
-        slots = self._slots.setdefault(devbox_id, asyncio.Semaphore(self.per_devbox))
-        try:
-            await asyncio.wait_for(slots.acquire(), self._queue_timeout)
-        except TimeoutError as exc:
-            raise PreviewBusy(
-                f"devbox {devbox_id} has {self.per_devbox} preview requests in flight"
-            ) from exc
+        slots = await self._acquire(devbox_id)
         request = self._client.build_request(method, url, headers=headers, content=body)
         try:
             upstream = await self._client.send(request, stream=True)
@@ -115,6 +110,25 @@ class PreviewProxy:
                 slots.release()
 
         return upstream, close
+
+    async def _acquire(self, devbox_id: str) -> asyncio.Semaphore:
+        slots = self._slots.setdefault(devbox_id, asyncio.Semaphore(self.per_devbox))
+        try:
+            await asyncio.wait_for(slots.acquire(), self._queue_timeout)
+        except TimeoutError as exc:
+            raise PreviewBusy(
+                f"devbox {devbox_id} has {self.per_devbox} preview requests in flight"
+            ) from exc
+        return slots
+
+    @contextlib.asynccontextmanager
+    async def slot(self, devbox_id: str) -> AsyncIterator[None]:
+        """One of the devbox's slots for as long as a WebSocket stays open."""
+        slots = await self._acquire(devbox_id)
+        try:
+            yield
+        finally:
+            slots.release()
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -153,12 +167,36 @@ def request_headers(
 def response_headers(
     upstream: httpx.Response, prefix: str, host_port: int
 ) -> list[tuple[str, str]]:
-    """What goes back: repeated headers (Set-Cookie) kept; redirects kept inside the preview."""
+    """What goes back: repeated headers (Set-Cookie) kept, scoped to this service; redirects
+    kept inside the preview; no `Service-Worker-Allowed` (a service worker could then take
+    over paths beyond the service's own). `prefix` is "" on the service's own origin."""
     kept = [
         (n.decode("latin-1"), v.decode("latin-1"))
-        for n, v in without_hop_by_hop(list(upstream.headers.raw))
+        for n, v in without_hop_by_hop(list(upstream.headers.raw), DROPPED_RESPONSE)
     ]
-    return [(n, location(v, prefix, host_port) if n.lower() == "location" else v) for n, v in kept]
+    fixed = []
+    for name, value in kept:
+        lower = name.lower()
+        if lower == "location":
+            value = location(value, prefix, host_port)
+        elif lower == "set-cookie":
+            value = scoped_cookie(value, prefix)
+        fixed.append((name, value))
+    return fixed
+
+
+DROPPED_RESPONSE = frozenset({"service-worker-allowed"})
+
+
+def scoped_cookie(value: str, prefix: str) -> str:
+    """A guest's cookie, kept to the service: no `Domain` (it could reach other services'
+    hosts), and under the path-based fallback its `Path` moved under the service's prefix."""
+    parts = [p.strip() for p in value.split(";")]
+    attributes = [p for p in parts[1:] if p and not p.lower().startswith("domain=")]
+    path = next((p.split("=", 1)[1] for p in attributes if p.lower().startswith("path=")), "/")
+    attributes = [p for p in attributes if not p.lower().startswith("path=")]
+    scoped_path = prefix + (path if path.startswith("/") else "/" + path) if prefix else path
+    return "; ".join([parts[0], *attributes, f"Path={scoped_path}"])
 
 
 def location(value: str, prefix: str, host_port: int) -> str:

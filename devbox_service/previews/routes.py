@@ -22,6 +22,7 @@ from devbox_service.devboxes.schemas import DevboxResponse
 from devbox_service.errors import LimitReached
 from devbox_service.previews import proxy
 from devbox_service.previews.models import HttpExposeRequest
+from devbox_service.previews.origins import ORIGIN_KEY
 from devbox_service.services import AppServices
 
 HTTP_WRITE = agent_scope(scopes.HTTP_WRITE)
@@ -98,6 +99,8 @@ async def preview(
     raw_headers: proxy.Headers = list(request.scope["headers"])
     target = await services.previews.target(devbox_id, name, proxy.bearer_of(raw_headers))
     prefix = f"{proxy.PREVIEW_PREFIX}/{devbox_id}/{name}"
+    own_origin = bool(request.scope.get("state", {}).get(ORIGIN_KEY))
+    public_prefix = "" if own_origin else prefix  # what the browser sees before the path
     # raw_path keeps the client's percent-encoding; httpx's ASGI bridge leaves the query in it
     path = (request.scope.get("raw_path") or b"").decode("latin-1").partition("?")[0]
     if path != prefix and not path.startswith(prefix + "/"):  # an encoded id or name
@@ -106,7 +109,7 @@ async def preview(
     query = request.scope.get("query_string", b"").decode("latin-1")
     suffix = f"?{query}" if query else ""
     if not rest:  # relative links in the page must resolve under the prefix
-        return ASGIRedirectResponse(path=f"{prefix}/{suffix}")
+        return ASGIRedirectResponse(path=f"{public_prefix}/{suffix}")
     headers = proxy.request_headers(
         raw_headers,
         drop_authorization=target.consumed_authorization,
@@ -114,7 +117,7 @@ async def preview(
             "x-forwarded-for": request.client.host if request.client else "",
             "x-forwarded-host": request.headers.get("host", ""),
             "x-forwarded-proto": request.url.scheme,
-            "x-forwarded-prefix": prefix,
+            "x-forwarded-prefix": public_prefix,
         },
     )
     url = f"http://127.0.0.1:{target.host_port}{rest}{suffix}"
@@ -145,7 +148,7 @@ async def preview(
     return ASGIStreamingResponse(
         iterator=relay(),
         status_code=upstream.status_code,
-        headers=proxy.response_headers(upstream, prefix, target.host_port),  # type: ignore[arg-type]
+        headers=proxy.response_headers(upstream, public_prefix, target.host_port),  # type: ignore[arg-type]
         media_type=upstream.headers.get("content-type", "application/octet-stream"),
         is_head_response=request.method == "HEAD",
         background=BackgroundTask(close),

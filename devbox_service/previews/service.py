@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from devbox_service.auth.models import Principal, PrincipalKind
 from devbox_service.auth.service import IdentityService
@@ -45,13 +45,13 @@ class HttpServiceRegistry:
         devboxes: DevboxVisibility,
         guests: GuestAccess,
         identities: IdentityService,
-        preview_base_url: str,
+        url_of: Callable[[str, str], str],
     ) -> None:
         self._store = store
         self._devboxes = devboxes
         self._guests = guests
         self._identities = identities
-        self._preview_base_url = preview_base_url.rstrip("/")
+        self._url_of = url_of  # (devbox id, name) -> the service's own origin
 
     async def expose(
         self,
@@ -105,7 +105,7 @@ class HttpServiceRegistry:
                 HttpService(
                     name=s.name,
                     port=s.port,
-                    url=f"{self._preview_base_url}/{devbox_id}/{s.name}/",
+                    url=self._url_of(devbox_id, s.name),
                     auth_mode=s.auth_mode.value,
                 )
                 for s in services

@@ -50,7 +50,7 @@ async def test_exposed_services_are_listed_replaced_and_removed(fake_api: Api) -
     assert listed == {
         "name": "web",
         "port": 8080,
-        "url": f"{fake_api.settings.base_url}/preview/{devbox_id}/web/",
+        "url": f"http://web-{devbox_id}.localhost:8000/",
         "auth_mode": "api_key",
     }
     unauthenticated = await fake_api.client.get(f"/preview/{devbox_id}/web/")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import httpx
+
 from devbox_service.previews import proxy
 
 
@@ -24,3 +26,34 @@ def test_proxy_header_rules() -> None:
     assert proxy.location("/next", "/preview/d/n", 5000) == "/preview/d/n/next"
     assert proxy.location("http://127.0.0.1:5000/x", "/preview/d/n", 5000) == "/preview/d/n/x"
     assert proxy.location("https://example.com/", "/preview/d/n", 5000) == "https://example.com/"
+
+
+def test_guest_cookies_stay_with_their_service_and_service_workers_stay_in_scope() -> None:
+    cookie = "sid=1; Domain=localhost; Path=/app; HttpOnly"
+    assert proxy.scoped_cookie(cookie, "") == "sid=1; HttpOnly; Path=/app"
+    assert proxy.scoped_cookie(cookie, "/preview/d/n") == "sid=1; HttpOnly; Path=/preview/d/n/app"
+    assert proxy.scoped_cookie("a=b", "/preview/d/n") == "a=b; Path=/preview/d/n/"
+    upstream = httpx.Response(
+        200,
+        headers=[
+            ("Set-Cookie", "a=1; Domain=.localhost"),
+            ("Set-Cookie", "b=2"),
+            ("Service-Worker-Allowed", "/"),
+            ("Content-Type", "text/html"),
+        ],
+    )
+    assert proxy.response_headers(upstream, "", 5000) == [
+        ("Set-Cookie", "a=1; Path=/"),
+        ("Set-Cookie", "b=2; Path=/"),
+        ("Content-Type", "text/html"),
+    ]
+
+
+def test_only_a_services_own_host_is_routed_to_it() -> None:
+    from devbox_service.previews.origins import origin_url, parse_host
+
+    url = origin_url("http://127.0.0.1:8000", "localhost")("devbox_ab12", "my-app")
+    assert url == "http://my-app-devbox_ab12.localhost:8000/"
+    assert parse_host("my-app-devbox_ab12.localhost:8000", "localhost") == ("devbox_ab12", "my-app")
+    for other in ("localhost:8000", "my-app-devbox_ab12.example.com", "devbox_ab12.localhost"):
+        assert parse_host(other, "localhost") is None

@@ -54,8 +54,9 @@ async def test_an_exposed_port_is_listed_and_served_until_unexposed(
     # what the morphcloud CLI sends when no auth mode is given
     exposed = await expose(vm_api, key, devbox_id, name="web", port=8080, auth_mode=None)
     assert exposed.status_code == 200, exposed.text
-    url = f"{vm_api.settings.base_url}/preview/{devbox_id}/web/"
-    listed = {"name": "web", "port": 8080, "url": url, "auth_mode": "none"}
+    url = f"{vm_api.settings.base_url}/preview/{devbox_id}/web/"  # the path-based fallback
+    own = f"http://web-{devbox_id}.localhost:{vm_api.settings.port}/"
+    listed = {"name": "web", "port": 8080, "url": own, "auth_mode": "none"}
     assert service(exposed.json(), "web") == listed
     summary = await vm_api.client.get(
         f"/api/devboxes/{devbox_id}/summary", headers=vm_api.auth(key)
@@ -65,6 +66,8 @@ async def test_an_exposed_port_is_listed_and_served_until_unexposed(
     page = await vm_api.client.get(path_of(url) + "file?x=1")  # no key: the service is public
     assert page.status_code == 200, page.text
     assert page.text == PAGE
+    on_own_origin = await vm_api.client.get("/file", headers={"host": urlsplit(own).netloc})
+    assert on_own_origin.status_code == 200 and on_own_origin.text == PAGE
     head = await vm_api.client.head(path_of(url) + "file")
     assert head.status_code == 200 and head.content == b""
     listing = await vm_api.client.get(path_of(url))
@@ -106,7 +109,7 @@ async def test_api_key_services_need_a_key_that_may_see_the_devbox(
     assert exposed.status_code == 200, exposed.text
     found = service(exposed.json(), "private")
     assert found is not None and found["auth_mode"] == "api_key"
-    path = path_of(found["url"]) + "file"
+    path = f"/preview/{devbox_id}/private/file"
 
     anonymous = await vm_api.client.get(path)
     assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"] == "Bearer"
@@ -172,7 +175,8 @@ async def test_a_paused_devbox_wakes_on_a_request_to_its_service(
             f"/api/devboxes/{devbox_id}/pause", headers=vm_api.auth(key)
         )
         assert paused.json()["status"] == "paused"
-        page = await vm_api.client.get(path_of(found["url"]) + "file")
+        own_host = urlsplit(found["url"]).netloc  # the service's own origin wakes it too
+        page = await vm_api.client.get("/file", headers={"host": own_host})
         assert page.status_code == 200 and page.text == PAGE
         woken = await vm_api.client.get(f"/api/devboxes/{devbox_id}", headers=vm_api.auth(key))
         assert woken.json()["status"] == "ready"
