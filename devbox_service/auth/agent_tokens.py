@@ -87,7 +87,10 @@ class AgentTokenService:
         self._devboxes = devboxes
         self._guests = guests
         self._guest_service_url = guest_service_url
-        devboxes.on_destroy(store.revoke_all)
+        devboxes.on_destroy(self._revoke_all, required=True)  # a token must not outlive it
+
+    async def _revoke_all(self, devbox_id: str) -> None:
+        await self._store.revoke_all(devbox_id)
 
     async def _owned(self, principal: Principal, devbox_id: str) -> DevboxRecord:
         record = await self._devboxes.visible(principal, devbox_id)

@@ -94,7 +94,7 @@ class BuildRuns:
             running = self._tasks.get(template.id)
             if running is not None and not running.done() and template.run_id:
                 return template.run_id
-            spec = parse(template.yaml)
+            spec = await asyncio.to_thread(parse, template.yaml)
             run = RunRecord(
                 id=new_id("run"),
                 template_id=template.id,

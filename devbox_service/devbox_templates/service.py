@@ -112,7 +112,7 @@ class TemplateService:
         return await self._detail(template)
 
     async def _detail(self, template: TemplateRecord) -> TemplateDetail:
-        spec = parse(template.yaml)  # stored specs were validated when written
+        spec = await parse_off_loop(template.yaml)  # stored specs were validated when written
         run = await self._store.run(template.run_id) if template.run_id else None
         steps = await self._steps(template, spec, run)
         cached = 0
@@ -251,7 +251,7 @@ class TemplateService:
         """Delete the step snapshots no template of the organization reaches any more."""
         wanted: set[str] = set()
         for template in await self._store.for_org(org_id):
-            wanted.update(await self._chain(template, parse(template.yaml)))
+            wanted.update(await self._chain(template, await parse_off_loop(template.yaml)))
             if template.final_snapshot_id:
                 wanted.add(template.final_snapshot_id)
         stale = [
@@ -323,7 +323,7 @@ class TemplateService:
             return InstantDevboxAvailability(
                 template_id=template_id, available=False, reason="not_ready"
             )
-        if await self._missing_secrets(principal, parse(template.yaml)):
+        if await self._missing_secrets(principal, await parse_off_loop(template.yaml)):
             return InstantDevboxAvailability(
                 template_id=template_id, available=False, reason="requires_build"
             )
@@ -341,7 +341,7 @@ class TemplateService:
                 f"template {template_id} cannot start a devbox now: {availability.reason}",
                 state=availability.reason,
             )
-        spec = parse(template.yaml)
+        spec = await parse_off_loop(template.yaml)
         snapshot = await self._checkpoints.snapshot_info(template.final_snapshot_id)
 
         async def set_up(devbox_id: str) -> None:

@@ -13,6 +13,7 @@ from devbox_service.backends.base import InstanceState
 from devbox_service.devboxes.core import DevboxCore
 from devbox_service.devboxes.lifecycle import STATUS_OF_INSTANCE
 from devbox_service.devboxes.models import DevboxStatus, SnapshotStatus
+from devbox_service.errors import Failed
 
 log = logging.getLogger("devbox_service.devboxes")
 
@@ -29,7 +30,10 @@ async def recover(core: DevboxCore) -> None:
     for record in await core.store.all():
         instance = instances.get(record.id)
         if record.status is DevboxStatus.DELETING:
-            await core.destroy(record.id)
+            try:
+                await core.destroy(record.id)
+            except Failed as exc:  # stays `deleting`: tried again at the next start
+                log.warning("an interrupted deletion failed again: %s", exc.message)
         elif instance is None:
             if record.status is not DevboxStatus.ERROR:
                 await core.store.update(record.id, status=DevboxStatus.ERROR, error=LOST_VM)

@@ -26,7 +26,7 @@ from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventReco
 from devbox_service.devboxes.quotas import Admission
 from devbox_service.devboxes.snapshot_store import SnapshotStore
 from devbox_service.devboxes.store import DevboxStore
-from devbox_service.errors import NotFound, Unavailable
+from devbox_service.errors import Failed, NotFound, Unavailable
 from devbox_service.ids import new_id
 from devbox_service.secrets.box import SecretBox
 
@@ -70,6 +70,7 @@ class DevboxCore:
         self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._destroy_listeners: list[DestroyListener] = []
+        self._required_listeners: set[DestroyListener] = set()
         self.snapshot_keepers: list[SnapshotKeeper] = []
         """Other domains' backend snapshots (template steps): start-up recovery keeps them."""
 
@@ -231,18 +232,26 @@ class DevboxCore:
 
     # removal
 
-    def on_destroy(self, listener: DestroyListener) -> None:
+    def on_destroy(self, listener: DestroyListener, *, required: bool = False) -> None:
         """Call `listener(devbox_id)` before a devbox's VM is removed (to close connections,
-        revoke tokens)."""
+        revoke tokens). A `required` one that fails stops the deletion (see `destroy`)."""
         self._destroy_listeners.append(listener)
+        if required:
+            self._required_listeners.add(listener)
 
     async def destroy(self, devbox_id: str) -> None:
         """Remove the VM, then the record: a crash between leaves `deleting`, finished at start."""
         for listener in self._destroy_listeners:
             try:
                 await listener(devbox_id)
-            except Exception:
+            except Exception as exc:
                 log.exception("clean-up before deletion failed", extra={"devbox": devbox_id})
+                if listener in self._required_listeners:
+                    raise Failed(
+                        f"devbox {devbox_id} was not deleted: a required clean-up failed "
+                        f"({exc}); it stays `deleting` and is finished at the next start, or "
+                        "delete it again"
+                    ) from exc
         if self._backend is not None:
             with contextlib.suppress(backend_api.NotFound):
                 await self._backend.delete(devbox_id)

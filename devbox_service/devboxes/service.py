@@ -46,8 +46,9 @@ class DevboxService:
         require(record, Action.USE)
         return record
 
-    def on_destroy(self, listener: DestroyListener) -> None:
-        self._core.on_destroy(listener)
+    def on_destroy(self, listener: DestroyListener, *, required: bool = False) -> None:
+        """`required`: the deletion fails (and is retried) if the listener fails."""
+        self._core.on_destroy(listener, required=required)
 
     # lifecycle
 

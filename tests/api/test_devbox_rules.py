@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from memory_backend import MemoryBackend
 from support import Api, create_devbox, wait_status
 
@@ -322,3 +323,32 @@ async def test_a_member_who_leaves_loses_every_credential(fake_api: Api) -> None
         f"/api/devboxes/{devbox_id}", headers=fake_api.auth(fake_api.admin_key)
     )
     assert still.status_code == 200, "the devbox stays with the org"
+
+
+async def test_a_delete_whose_token_revocation_fails_says_so_and_can_be_retried(
+    fake_api: Api, fake_backend: MemoryBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    devbox_id = (await new_devbox(fake_api))["id"]
+    auth = fake_api.auth(fake_api.admin_key)
+    minted = await fake_api.client.post(
+        f"/api/devboxes/{devbox_id}/agent-token", json={}, headers=auth
+    )
+    agent = minted.json()["token"]
+    store = fake_api.services.identities.agent_tokens
+    revoke_all = store.revoke_all
+
+    async def broken(devbox_id: str) -> None:
+        raise RuntimeError("the store is locked")
+
+    monkeypatch.setattr(store, "revoke_all", broken)
+    failed = await fake_api.client.delete(f"/api/devboxes/{devbox_id}", headers=auth)
+    assert failed.status_code == 500 and "not deleted" in failed.json()["detail"]
+    shown = await fake_api.client.get(f"/api/devboxes/{devbox_id}", headers=auth)
+    assert shown.json()["status"] == "deleting"
+    assert devbox_id in {i.id for i in await fake_backend.list_instances()}
+    monkeypatch.setattr(store, "revoke_all", revoke_all)
+    assert (
+        await fake_api.client.delete(f"/api/devboxes/{devbox_id}", headers=auth)
+    ).status_code == 200
+    refused = await fake_api.client.get(f"/api/devboxes/{devbox_id}", headers=fake_api.auth(agent))
+    assert refused.status_code == 401
