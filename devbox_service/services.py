@@ -40,6 +40,8 @@ from devbox_service.secrets.box import SecretBox
 from devbox_service.secrets.service import SecretService
 from devbox_service.secrets.store import SecretStore
 from devbox_service.settings import Settings
+from devbox_service.sharing.service import SharingService
+from devbox_service.sharing.store import AliasStore
 from devbox_service.sockets import short_socket_path
 from devbox_service.ssh.gateway import SSHGateway
 from devbox_service.ssh.guest import GuestConnections
@@ -203,6 +205,7 @@ class Services:
             previews=self.previews,
         )
         core.snapshot_keepers.append(self.templates.step_snapshots)
+        self.sharing = SharingService(AliasStore(database), self.templates, self.settings.base_url)
         issued = await self.identities.bootstrap(data_dir)
         if issued is not None:
             print(

@@ -105,6 +105,14 @@ class TemplateService:
     async def get(self, principal: Principal, template_id: str) -> TemplateDetail:
         return await self._detail(await self.visible(principal, template_id))
 
+    async def detail_by_id(self, template_id: str) -> TemplateDetail:
+        """A template's detail whoever asks: for callers that checked access themselves
+        (share links). Raises NotFound."""
+        template = await self._store.get(template_id)
+        if template is None:
+            raise NotFound.of("template", template_id)
+        return await self._detail(template)
+
     async def by_hash(self, principal: Principal, content_hash: str) -> TemplateDetail:
         template = await self._store.by_hash(principal.org_id, content_hash)
         if template is None:

@@ -334,6 +334,10 @@ def test_the_public_cli_builds_and_starts_a_template(live: LiveService, tmp_path
     delete_devbox(live, history[-1]["instanceId"])
     ran = live.cli("template", "run", template_id, "--plain")
     assert "Template is ready for instant start." in ran.stdout, ran.stdout
+    shared = live.cli("template", "share", template_id, "--alias", "cli-demo", "--json")
+    assert json.loads(shared.stdout)["url"] == f"{live.base_url}/s/cli-demo"
+    by_alias = live.cli("template", "run", "cli-demo", "--plain")
+    assert "Template is ready for instant start." in by_alias.stdout, by_alias.stdout
     started = live.cli("start", template_id, "--json")
     devbox_id = json.loads(started.stdout)["id"]
     live.wait_ready(devbox_id)

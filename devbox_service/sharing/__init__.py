@@ -1,0 +1,1 @@
+"""Share links for templates: aliases, their search, and the shared view of a template."""

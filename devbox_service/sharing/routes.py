@@ -1,0 +1,109 @@
+"""Share links: `POST /api/templates/{id}/share`, `/api/aliases...`, the shared template view,
+and the page a short link opens (`/s/{alias}`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Controller, Request, get, post
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.response import Template
+
+from devbox_service.auth.guards import PUBLIC, USER, CurrentPrincipal, allow
+from devbox_service.devbox_templates.schemas import TemplateDetail
+from devbox_service.errors import NotAuthenticated
+from devbox_service.services import AppServices
+from devbox_service.sharing.models import (
+    AliasList,
+    AliasResponse,
+    AliasSearchResponse,
+    Match,
+    TemplateShareRequest,
+    TemplateShareResponse,
+)
+from devbox_service.sharing.service import SHARE_PREFIX
+
+
+class ShareController(Controller):
+    path = "/api/templates"
+    tags = ["templates"]
+
+    @post(
+        "/{template_id:str}/share", guards=[allow(USER)], status_code=200, summary="Share Template"
+    )
+    async def share(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        template_id: FromPath[str],
+        data: JSONBody[TemplateShareRequest],
+    ) -> TemplateShareResponse:
+        return await services.sharing.share(principal, template_id, data)
+
+    @get("/shared/{template_id:str}", guards=[allow(USER)], summary="Get Shared Template")
+    async def shared(
+        self, services: AppServices, principal: CurrentPrincipal, template_id: FromPath[str]
+    ) -> TemplateDetail:
+        return await services.sharing.shared_template(principal, template_id)
+
+
+class AliasController(Controller):
+    path = "/api/aliases"
+    tags = ["aliases"]
+
+    @get("/", guards=[allow(USER)], summary="List Aliases")
+    async def list_aliases(self, services: AppServices, principal: CurrentPrincipal) -> AliasList:
+        return AliasList(data=await services.sharing.aliases(principal))
+
+    @get("/search", guards=[allow(USER)], summary="Search Aliases")
+    async def search(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        q: Annotated[str, QueryParameter(max_length=500)] = "",
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 10,
+        match: FromQuery[Match] = "any",
+        include_steps: FromQuery[bool] = False,
+        steps_limit: Annotated[int, QueryParameter(ge=0, le=50)] = 5,
+    ) -> AliasSearchResponse:
+        found = await services.sharing.search(
+            principal,
+            q,
+            limit=limit,
+            match=match,
+            include_steps=include_steps,
+            steps_limit=steps_limit,
+        )
+        return AliasSearchResponse(data=found)
+
+    @get("/{alias:str}", guards=[allow(USER)], summary="Get Alias")
+    async def get_alias(
+        self, services: AppServices, principal: CurrentPrincipal, alias: FromPath[str]
+    ) -> AliasResponse:
+        return await services.sharing.alias(principal, alias)
+
+
+@get(SHARE_PREFIX + "/{alias:str}", guards=[allow(PUBLIC)], include_in_schema=False)
+async def share_page(
+    request: Request[Any, Any, Any], services: AppServices, alias: FromPath[str]
+) -> Template:
+    """What a short link opens: the template, and how to start a devbox from it. A public
+    share shows to anyone; an org share to a caller whose key (Authorization) is of the org."""
+    principal = None
+    try:
+        principal = await services.identities.authenticate(
+            request.headers.get("authorization", "").removeprefix("Bearer ").strip() or None
+        )
+    except NotAuthenticated:
+        principal = None
+    record = await services.sharing.visible(principal, alias)
+    template = await services.templates.detail_by_id(record.template_id)
+    return Template(
+        template_name="share.html",
+        context={
+            "alias": record.alias,
+            "description": record.description or template.description or "",
+            "template": template,
+            "base_url": services.settings.base_url,
+        },
+    )

@@ -1,0 +1,153 @@
+"""Share links: who may name a template with an alias, who sees it, and finding one."""
+
+from __future__ import annotations
+
+import datetime
+import time
+
+from devbox_service.auth.models import Principal
+from devbox_service.devbox_templates.schemas import TemplateDetail
+from devbox_service.devbox_templates.service import TemplateService
+from devbox_service.errors import Conflict, NotFound
+from devbox_service.sharing.models import (
+    AliasRecord,
+    AliasResponse,
+    AliasSearchItem,
+    Match,
+    StepPreview,
+    TemplateShareRequest,
+    TemplateShareResponse,
+    Visibility,
+)
+from devbox_service.sharing.store import AliasStore
+
+SHARE_PREFIX = "/s"
+
+
+def _iso(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat()
+
+
+class SharingService:
+    def __init__(self, store: AliasStore, templates: TemplateService, base_url: str) -> None:
+        self._store = store
+        self._templates = templates
+        self._base_url = base_url.rstrip("/")
+
+    def url(self, alias: str) -> str:
+        return f"{self._base_url}{SHARE_PREFIX}/{alias}"
+
+    async def share(
+        self, principal: Principal, template_id: str, request: TemplateShareRequest
+    ) -> TemplateShareResponse:
+        """Name a template of the caller's org; sharing again moves the alias. Raises
+        NotFound (template), Conflict (the alias is someone else's)."""
+        template = await self._templates.visible(principal, template_id)
+        existing = await self._store.get(request.alias)
+        if existing is not None and existing.user_id != principal.user_id:
+            raise Conflict(f"alias {request.alias!r} is taken: choose another")
+        now = time.time()
+        await self._store.upsert(
+            AliasRecord(
+                alias=request.alias,
+                template_id=template.id,
+                org_id=template.org_id,
+                user_id=principal.user_id,
+                description=request.description,
+                visibility=request.visibility,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        return TemplateShareResponse(url=self.url(request.alias))
+
+    async def visible(self, principal: Principal | None, alias: str) -> AliasRecord:
+        """An alias of the caller's org, or a public one (anyone, signed in or not, sees a
+        public one). Raises NotFound otherwise."""
+        record = await self._store.get(alias)
+        if record is None or not (
+            record.visibility is Visibility.PUBLIC
+            or (principal is not None and record.org_id == principal.org_id)
+        ):
+            raise NotFound.of("alias", alias)
+        return record
+
+    async def alias(self, principal: Principal, alias: str) -> AliasResponse:
+        return await self._response(await self.visible(principal, alias))
+
+    async def aliases(self, principal: Principal) -> list[AliasResponse]:
+        return [await self._response(r) for r in await self._store.visible_to(principal.org_id)]
+
+    async def _response(self, record: AliasRecord) -> AliasResponse:
+        template = await self._templates.detail_by_id(record.template_id)
+        return AliasResponse(
+            alias=record.alias,
+            base_snapshot_id=template.base_snapshot_id,
+            template=template.yaml,
+            template_id=template.id,
+            description=record.description
+            if record.description is not None
+            else template.description,
+            created_at=_iso(record.created_at),
+            updated_at=_iso(record.updated_at),
+            content_hash=template.content_hash,
+            visibility=record.visibility,
+        )
+
+    async def shared_template(self, principal: Principal, template_id: str) -> TemplateDetail:
+        """A template of the caller's org, or one a public alias names. Raises NotFound."""
+        try:
+            return await self._templates.get(principal, template_id)
+        except NotFound:
+            if not await self._store.public_for_template(template_id):
+                raise
+        return await self._templates.detail_by_id(template_id)
+
+    async def search(
+        self,
+        principal: Principal,
+        query: str,
+        *,
+        limit: int,
+        match: Match,
+        include_steps: bool,
+        steps_limit: int,
+    ) -> list[AliasSearchItem]:
+        """Aliases whose name, template name, description or step titles contain the query's
+        words (any or all of them), most matches first."""
+        words = [w for w in query.lower().split() if w]
+        found: list[tuple[int, AliasSearchItem]] = []
+        for record in await self._store.visible_to(principal.org_id):
+            template = await self._templates.detail_by_id(record.template_id)
+            titles = [s.title or "" for s in template.steps]
+            fields = [
+                record.alias,
+                template.name,
+                record.description or "",
+                template.description or "",
+                *titles,
+            ]
+            haystack = " ".join(fields).lower()
+            matches = sum(1 for w in words if w in haystack)
+            if words and (matches == 0 or (match == "all" and matches < len(words))):
+                continue
+            preview = (
+                [
+                    StepPreview(title=s.title or "", type=s.type)
+                    for s in template.steps[:steps_limit]
+                ]
+                if include_steps
+                else None
+            )
+            item = AliasSearchItem(
+                alias=record.alias,
+                template_id=template.id,
+                description=record.description or template.description,
+                step_count=template.step_count,
+                match_count=matches,
+                tags=sorted({s.type for s in template.steps}),
+                steps_preview=preview,
+            )
+            found.append((matches, item))
+        found.sort(key=lambda pair: (-pair[0], pair[1].alias))
+        return [item for _, item in found[:limit]]
