@@ -22,14 +22,30 @@ LOST_VM = "the VM did not survive a restart of the service"
 
 async def recover(core: DevboxCore) -> None:
     """After a restart: make every record match the VMs that really exist, finish
-    interrupted deletions, and let the backend remove what no record owns."""
+    interrupted deletions and the boots of devboxes already accepted (create, branch), and
+    let the backend remove what no record owns."""
     if not core.has_backend:
         return
     backend = core.backend
     instances = {i.id: i for i in await backend.list_instances()}
+    known_snapshots = {s.id for s in await backend.list_snapshots()}
+    known_snapshots |= {i.boot_snapshot_id for i in await backend.list_images()}
+    unfinished: dict[str, list[str]] = {}  # snapshot id -> devboxes whose boot was cut short
     for record in await core.store.all():
         instance = instances.get(record.id)
-        if record.status is DevboxStatus.DELETING:
+        if record.status is DevboxStatus.PROVISIONING and instance is not None and (
+            instance.state is InstanceState.STOPPED
+        ):  # the restore died half-way: start it over
+            await backend.delete(record.id)
+            instance = None
+        if (
+            instance is None
+            and record.status is DevboxStatus.PROVISIONING
+            and record.base_snapshot_id in known_snapshots
+        ):
+            # accepted (answered 200) but the restore never finished: finish it now
+            unfinished.setdefault(record.base_snapshot_id, []).append(record.id)
+        elif record.status is DevboxStatus.DELETING:
             try:
                 await core.destroy(record.id)
             except Failed as exc:  # stays `deleting`: tried again at the next start
@@ -41,7 +57,6 @@ async def recover(core: DevboxCore) -> None:
             actual = STATUS_OF_INSTANCE.get(instance.state, record.status)
             if actual is not record.status:  # unchanged records keep their updated_at
                 await core.store.update(record.id, status=actual)
-    known_snapshots = {s.id for s in await backend.list_snapshots()}
     for snapshot in await core.snapshots.all():
         if snapshot.id not in known_snapshots:
             await core.snapshots.delete(snapshot.id)
@@ -53,6 +68,9 @@ async def recover(core: DevboxCore) -> None:
     removed = await backend.reconcile({r.id for r in await core.store.all()}, kept)
     if removed:
         log.info("removed VM resources no record owns", extra={"removed": removed})
+    for snapshot_id, devbox_ids in unfinished.items():
+        log.info("finishing interrupted boots", extra={"devboxes": devbox_ids})
+        core.start_boot(devbox_ids, snapshot_id)
 
 
 class StandbyPolicy:

@@ -77,3 +77,28 @@ async def test_paused_devboxes_go_to_standby_and_resume_from_it(
         assert resumed.json()["status"] == "ready"
         assert (await fake_backend.get_instance(devbox_id)).state is InstanceState.RUNNING
         await wait_status(api, api.admin_key, devbox_id)
+
+
+async def test_a_create_cut_short_by_a_restart_is_finished_at_the_next_start(
+    make_settings: Callable[..., Settings], fake_backend: MemoryBackend
+) -> None:
+    settings = make_settings(vm_backend="qemu", ssh_port=0)
+    fake_backend.delay = 60  # the restore is still under way when the service stops
+    async with AsyncTestClient(create_app(settings, backend=fake_backend)) as client:
+        await wait_ready(client)
+        api = Api(client, settings)
+        created = await client.post(
+            "/api/devboxes",
+            params={"snapshot_id": await image_id(api)},
+            headers=api.auth(api.admin_key),
+        )
+        assert created.status_code == 200 and created.json()["status"] == "provisioning"
+        devbox_id = created.json()["id"]
+    assert devbox_id not in {i.id for i in await fake_backend.list_instances()}
+    fake_backend.delay = 0
+    async with AsyncTestClient(create_app(settings, backend=fake_backend)) as client:
+        await wait_ready(client)
+        api = Api(client, settings)
+        ready = await wait_status(api, api.admin_key, devbox_id)
+        assert ready["status"] == "ready", "an accepted create is finished, not lost"
+    assert devbox_id in {i.id for i in await fake_backend.list_instances()}
