@@ -28,6 +28,7 @@ class LiveService:
         self.ssh_port = ssh_port
         self.base_url = f"http://127.0.0.1:{port}"
         self.key = ""
+        self.process: subprocess.Popen[bytes] | None = None
         self.http = httpx.Client(base_url=self.base_url, timeout=120)
 
     def headers(self, key: str | None = None) -> dict[str, str]:
@@ -144,6 +145,7 @@ def live_service(
             assert time.monotonic() < deadline
             time.sleep(0.5)
         service.key = (data_dir / "admin.key").read_text().strip()
+        service.process = process
         yield service
         if not keep_devboxes:  # kept: a restart test's next service re-adopts them
             listed = service.http.get("/api/devboxes", headers=service.headers()).json()["data"]
