@@ -424,6 +424,12 @@ class MemoryBackend(VMBackend):
             rec.forwards[guest_port] = host_port
             return host_port
 
+    async def unexpose_port(self, instance_id: str, guest_port: int) -> None:
+        """Forget the forward (nothing if there is none; SSH stays)."""
+        self._enter("unexpose_port", instance_id, guest_port)
+        async with self._lock(instance_id):
+            self._instance(instance_id).forwards.pop(guest_port, None)
+
     async def stats(self, instance_id: str) -> InstanceStats:
         """Made-up usage of a live VM (RSS = its memory size); zeros if it has no process."""
         self._enter("stats", instance_id)

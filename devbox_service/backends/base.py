@@ -231,4 +231,8 @@ class VMBackend(abc.ABC):
         """Forward a guest TCP port to a host loopback port; return the host port."""
 
     @abc.abstractmethod
+    async def unexpose_port(self, instance_id: str, guest_port: int) -> None:
+        """Remove a forward `expose_port` added (nothing if there is none; SSH stays)."""
+
+    @abc.abstractmethod
     async def stats(self, instance_id: str) -> InstanceStats: ...

@@ -145,6 +145,11 @@ class GuestAccess:
         require(record, Action.USE)
         return await self._core.backend.expose_port(devbox_id, guest_port)
 
+    async def unexpose_port(self, devbox_id: str, guest_port: int) -> None:
+        """Close a forward no exposed service uses any more (a VM already gone has none)."""
+        with contextlib.suppress(backend_api.NotFound):
+            await self._core.backend.unexpose_port(devbox_id, guest_port)
+
     async def preview_port(self, devbox_id: str, guest_port: int) -> int:
         """The host port that reaches a guest port now, waking the devbox first (wake on
         HTTP); a VM relaunched after a restart may have lost the forward: it is re-added."""

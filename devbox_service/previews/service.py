@@ -1,8 +1,5 @@
 """Exposed HTTP services: which guest port a name serves, who may reach it (`auth_mode`), and
-where on the host loopback the preview proxy finds it.
-
-The QEMU backend cannot remove a port forward, so unexposing only forgets the name: the
-forward stays on 127.0.0.1 (never reachable from outside the host) until the VM ends.
+where on the host loopback the preview proxy finds it. Unexposing closes the port forward.
 """
 
 from __future__ import annotations
@@ -92,10 +89,16 @@ class HttpServiceRegistry:
         return await self._get(devbox_id, name)
 
     async def unexpose(self, principal: Principal, devbox_id: str, name: str) -> None:
+        """Forget the service and close its port forward unless another service uses it.
+        Raises NotFound, InvalidInput (a name no service can have)."""
         await self._devboxes.visible(principal, devbox_id)
         check_name(name)  # a name no service can have: say so rather than "not found"
-        if not await self._store.delete(devbox_id, name):
+        service = await self._store.get(devbox_id, name)
+        if service is None or not await self._store.delete(devbox_id, name):
             raise NotFound.of("http service", name)
+        remaining = (await self._store.for_devboxes([devbox_id]))[devbox_id]
+        if all(s.port != service.port for s in remaining):
+            await self._guests.unexpose_port(devbox_id, service.port)
 
     async def http_services_for(self, devbox_ids: Sequence[str]) -> dict[str, list[HttpService]]:
         """The exposed services of each devbox, with their preview URLs (devbox views)."""

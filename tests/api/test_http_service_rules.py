@@ -72,10 +72,14 @@ async def test_exposed_services_are_listed_replaced_and_removed(fake_api: Api) -
     refused = await expose(fake_api, key, devbox_id, name="other", port=7070)
     assert refused.status_code == 409 and "paused" in refused.json()["detail"]
 
+    forwarded = (await fake_api.services.devbox_core.backend.get_instance(devbox_id)).exposed_ports
+    assert 9090 in forwarded
     removed = await fake_api.client.delete(
         f"/api/devboxes/{devbox_id}/http/web", headers=fake_api.auth(key)
     )
     assert removed.status_code == 200 and removed.json()["networking"]["http_services"] == []
+    instance = await fake_api.services.devbox_core.backend.get_instance(devbox_id)
+    assert 9090 not in instance.exposed_ports, "unexposing closes the port forward"
     again = await fake_api.client.delete(
         f"/api/devboxes/{devbox_id}/http/web", headers=fake_api.auth(key)
     )

@@ -4,6 +4,7 @@ preview URL the DevboxResponse lists (requested through the in-process test clie
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -88,10 +89,14 @@ async def test_an_exposed_port_is_listed_and_served_until_unexposed(
     unknown = await vm_api.client.get(f"/preview/{devbox_id}/nothing-here/file")
     assert unknown.status_code == 404 and "nothing-here" in unknown.json()["detail"]
 
+    instance = await vm_api.services.devbox_core.backend.get_instance(devbox_id)
+    host_port = instance.exposed_ports[8080]
     removed = await vm_api.client.delete(
         f"/api/devboxes/{devbox_id}/http/web", headers=vm_api.auth(key)
     )
     assert removed.status_code == 200, removed.text
+    with pytest.raises(OSError):  # the host's forward to the guest port is gone
+        socket.create_connection(("127.0.0.1", host_port), timeout=5).close()
     assert service(removed.json(), "web") is None
     assert (await vm_api.client.get(path_of(url) + "file")).status_code == 404
     twice = await vm_api.client.delete(

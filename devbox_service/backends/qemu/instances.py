@@ -310,6 +310,18 @@ class Instances(BackendState):
             self._write_instance(rec)
             return host_port
 
+    async def unexpose_port(self, instance_id: str, guest_port: int) -> None:
+        async with self._locked(instance_id) as rec:
+            host_port = rec.launch.forwards.get(guest_port)
+            if host_port is None:
+                return
+            machine = self._machines.get(instance_id)
+            if machine is not None:
+                await machine.hmp(f"hostfwd_remove n0 tcp:127.0.0.1:{host_port}", "removed")
+            forwards = {g: h for g, h in rec.launch.forwards.items() if g != guest_port}
+            rec.launch = msgspec.structs.replace(rec.launch, forwards=forwards)
+            self._write_instance(rec)
+
     async def stats(self, instance_id: str) -> InstanceStats:
         rec = self._instance(instance_id)
         if rec.state not in LIVE or rec.pid is None:

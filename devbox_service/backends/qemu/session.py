@@ -123,11 +123,12 @@ class MachineSession(abc.ABC):
         except (QMPError, OSError) as exc:
             raise QMPFailed(f"QMP {cmd}: connection failed", command=cmd, error=repr(exc)) from exc
 
-    async def hmp(self, command: str) -> str:
-        """HMP through QMP; HMP reports errors as text, which we turn into `QMPFailed`."""
+    async def hmp(self, command: str, success: str | None = None) -> str:
+        """HMP through QMP; HMP reports errors as text, which we turn into `QMPFailed`
+        (text containing `success` is the command's own report of having worked)."""
         out = await self.qmp("human-monitor-command", {"command-line": command})
         text = str(out or "").strip()
-        if text:
+        if text and (success is None or success not in text):
             raise QMPFailed(f"HMP {command!r} failed", command=command, error=text)
         return text
 
