@@ -36,7 +36,7 @@ from devbox_service.secrets.routes import UserSecretController
 from devbox_service.services import Services, build_backend
 from devbox_service.settings import Settings
 from devbox_service.sharing.routes import AliasController, ShareController, share_page
-from devbox_service.system import HealthController, openapi_json
+from devbox_service.system import HealthController, metrics, openapi_json
 from devbox_service.tmux import routes as tmux_routes
 from devbox_service.web.pages import index, template_config
 
@@ -65,6 +65,7 @@ def create_app(settings: Settings, backend: VMBackend | object | None = _NOT_GIV
             index,
             HealthController,
             openapi_json,
+            metrics,
             DevboxController,
             upload_router(settings.upload_max_bytes),
             ImageController,

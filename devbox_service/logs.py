@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import sys
 import time
 from typing import Any
@@ -54,26 +55,46 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
         method = scope["method"]
         started = time.perf_counter()
         status = 500
+        request_id = _request_id(scope)
 
         async def record_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
             await send(message)
 
         try:
             await app(scope, receive, record_status)
         finally:
             principal = principal_of_scope(scope)
+            seconds = time.perf_counter() - started
             request_log.info(
                 "request",
                 extra={
+                    "request_id": request_id,
                     "method": method,
                     "path": scope["path"],
                     "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "duration_ms": round(seconds * 1000, 2),
                     "principal": principal.log_id if principal else None,
                 },
             )
+            services = getattr(getattr(scope.get("app"), "state", None), "services", None)
+            if services is not None:
+                route = scope.get("path_template") or "(unrouted)"
+                services.requests.observe(method, str(route), status, seconds)
 
     return middleware
+
+
+def _request_id(scope: Scope) -> str:
+    """The caller's X-Request-Id when it is a sane token, else a new one."""
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            given = value.decode("latin-1")
+            if 0 < len(given) <= 64 and given.replace("-", "").replace("_", "").isalnum():
+                return given
+    return secrets.token_hex(8)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 
 from litestar.di import NamedDependency
@@ -13,7 +14,13 @@ from litestar.di import NamedDependency
 from devbox_service.auth.agent_tokens import AgentTokenService
 from devbox_service.auth.service import ADMIN_KEY_FILE, IdentityService
 from devbox_service.auth.store import IdentityStore
-from devbox_service.backends.base import GUEST_API_PORT, GUEST_PROXY_PORT, VMBackend
+from devbox_service.backends.base import (
+    GUEST_API_PORT,
+    GUEST_PROXY_PORT,
+    BackendError,
+    InstanceState,
+    VMBackend,
+)
 from devbox_service.db import Database
 from devbox_service.devbox_templates.events import RunEvents
 from devbox_service.devbox_templates.runs import BuildRuns
@@ -30,6 +37,7 @@ from devbox_service.devboxes.store import DevboxStore
 from devbox_service.devboxes.uploads import UploadService
 from devbox_service.devboxes.views import DevboxViews
 from devbox_service.egress.proxy import EgressProxy, GuestApiRelay
+from devbox_service.metrics import Gauges, RequestMetrics, exposition
 from devbox_service.notifications.service import NotificationService
 from devbox_service.notifications.store import NotificationStore
 from devbox_service.previews.origins import origin_url
@@ -129,6 +137,7 @@ class Services:
         self._image_task: asyncio.Task[None] | None = None
         self.image_ready = asyncio.Event()
         self.gateway: SSHGateway | None = None
+        self.requests = RequestMetrics()
         self.guest_api: GuestApiRelay | None = None
         self.guest_proxy: EgressProxy | None = None
 
@@ -245,6 +254,30 @@ class Services:
             return
         log.info("image ready", extra={"image": image.id, "boot_snapshot": image.boot_snapshot_id})
         self.image_ready.set()
+
+    async def metrics(self) -> str:
+        """Prometheus text: the request histograms and the state of devboxes and VMs."""
+        statuses = Counter(r.status.value for r in await self.devbox_core.store.all())
+        vms: Counter[str] = Counter()
+        memory = snapshot_bytes = 0.0
+        if self.backend is not None:
+            for instance in await self.backend.list_instances():
+                vms[instance.state.value] += 1
+                if instance.state in (InstanceState.RUNNING, InstanceState.PAUSED):
+                    with contextlib.suppress(BackendError):
+                        memory += (await self.backend.stats(instance.id)).rss_mb
+            snapshot_bytes = sum(s.size_bytes for s in await self.backend.list_snapshots())
+        gauges = Gauges(
+            devboxes_by_status=statuses,
+            vms_by_state=vms,
+            vm_memory_mb=round(memory, 1),
+            snapshots=len(await self.devbox_core.snapshots.all()),
+            snapshot_bytes=snapshot_bytes,
+            ssh_sessions=self.gateway.session_count if self.gateway else 0,
+            tmux_guests=self.tmux.guest_count,
+            builds_running=self.template_runs.active_count,
+        )
+        return exposition([self.requests.render(), *gauges.blocks])
 
     async def readiness(self) -> dict[str, bool]:
         checks = {"store": self._database is not None and await self._database.ping()}

@@ -8,7 +8,7 @@ import msgspec
 from litestar import Controller, Request, Response, get
 from litestar.datastructures import State
 
-from devbox_service.auth.guards import PUBLIC, allow
+from devbox_service.auth.guards import ADMIN, PUBLIC, allow
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,3 +38,10 @@ class HealthController(Controller):
 async def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """The generated OpenAPI document (also under /docs/openapi.json, beside the docs UI)."""
     return request.app.openapi_schema.to_schema()
+
+
+@get("/metrics", guards=[allow(ADMIN)], include_in_schema=False, media_type="text/plain")
+async def metrics(state: State) -> str:
+    """Prometheus text exposition; service administrators only (their API key)."""
+    text: str = await state.services.metrics()
+    return text

@@ -112,6 +112,11 @@ class BuildRuns:
         if self._tasks.get(template_id) is task:
             del self._tasks[template_id]
 
+    @property
+    def active_count(self) -> int:
+        """Builds running now (for /metrics)."""
+        return sum(1 for task in self._tasks.values() if not task.done())
+
     def building(self, template_id: str) -> bool:
         task = self._tasks.get(template_id)
         return task is not None and not task.done()

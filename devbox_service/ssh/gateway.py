@@ -177,6 +177,11 @@ class SSHGateway:
         self._connections: set[_UserConnection] = set()
 
     @property
+    def session_count(self) -> int:
+        """Users connected now (for /metrics)."""
+        return len(self._connections)
+
+    @property
     def port(self) -> int:
         """The port every host listens on (start() binds the same port on all of them)."""
         if not self.ports:

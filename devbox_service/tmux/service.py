@@ -44,6 +44,11 @@ class TmuxService:
         self._installed: set[str] = set()
         devboxes.on_destroy(self._forget)
 
+    @property
+    def guest_count(self) -> int:
+        """Guests with a tmux connection open now (for /metrics)."""
+        return len(self._guests)
+
     # plumbing
 
     async def _guest(self, principal: Principal, devbox_id: str) -> TmuxGuest:
