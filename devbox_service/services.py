@@ -26,7 +26,7 @@ from devbox_service.devbox_templates.events import RunEvents
 from devbox_service.devbox_templates.runs import BuildRuns
 from devbox_service.devbox_templates.service import TemplateService
 from devbox_service.devbox_templates.store import TemplateStore
-from devbox_service.devboxes.background import StandbyPolicy, recover
+from devbox_service.devboxes.background import StandbyPolicy, VmWatch, recover
 from devbox_service.devboxes.checkpoints import CheckpointService
 from devbox_service.devboxes.core import DevboxCore
 from devbox_service.devboxes.guests import GuestAccess
@@ -175,6 +175,7 @@ class Services:
         self.devboxes = DevboxService(core, self.devbox_views, self.checkpoints)
         self.uploads = UploadService(self.guest_access, self.settings.upload_max_bytes)
         self.standby = StandbyPolicy(core, self.settings.standby_after_seconds)
+        self.vm_watch = VmWatch(core)
         self.preview_proxy = PreviewProxy()
         self.agent_tokens = AgentTokenService(
             self.identities.agent_tokens,
@@ -243,6 +244,7 @@ class Services:
             )
             await self.gateway.start()
             self.standby.start()
+            self.vm_watch.start()
             self._image_task = asyncio.create_task(self._ensure_image())
 
     async def _ensure_image(self) -> None:
@@ -293,6 +295,7 @@ class Services:
             await self.tmux.close()
             await self.template_runs.close()
             await self.standby.close()
+            await self.vm_watch.close()
             await self.devbox_core.close()
             await self.guest_connections.close()
             await self.preview_proxy.close()

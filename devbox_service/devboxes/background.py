@@ -18,6 +18,11 @@ from devbox_service.errors import Failed
 log = logging.getLogger("devbox_service.devboxes")
 
 LOST_VM = "the VM did not survive a restart of the service"
+CRASHED = (
+    "the VM process ended unexpectedly (it crashed or was killed): resume or reboot starts it "
+    "again from its disk (what ran in its memory is lost)"
+)
+WATCH_INTERVAL = 5.0
 
 
 async def recover(core: DevboxCore) -> None:
@@ -33,8 +38,10 @@ async def recover(core: DevboxCore) -> None:
     unfinished: dict[str, list[str]] = {}  # snapshot id -> devboxes whose boot was cut short
     for record in await core.store.all():
         instance = instances.get(record.id)
-        if record.status is DevboxStatus.PROVISIONING and instance is not None and (
-            instance.state is InstanceState.STOPPED
+        if (
+            record.status is DevboxStatus.PROVISIONING
+            and instance is not None
+            and (instance.state is InstanceState.STOPPED)
         ):  # the restore died half-way: start it over
             await backend.delete(record.id)
             instance = None
@@ -126,3 +133,60 @@ class StandbyPolicy:
                     continue
                 moved.append(record.id)
         return moved
+
+
+class VmWatch:
+    """Notices a VM whose process died under a running or paused devbox (a crash, an OOM
+    kill) and says so: the devbox turns `error` with the reason, instead of claiming `ready`."""
+
+    def __init__(self, core: DevboxCore, interval: float = WATCH_INTERVAL) -> None:
+        self._core = core
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._core.has_backend and self._task is None:
+            self._task = asyncio.create_task(self._loop())
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.check()
+            except Exception:
+                log.exception("checking VM processes failed; will try again")
+
+    async def check(self) -> list[str]:
+        """The ids of devboxes found without their VM process (now `error`)."""
+        backend = self._core.backend
+        crashed = []
+        for record in await self._core.store.all():
+            if record.status not in (DevboxStatus.READY, DevboxStatus.PAUSED):
+                continue
+            async with self._core.locks[record.id]:
+                current = await self._core.store.get(record.id)
+                if current is None or current.status not in (
+                    DevboxStatus.READY,
+                    DevboxStatus.PAUSED,
+                ):
+                    continue
+                try:
+                    instance = await backend.get_instance(record.id)
+                except backend_api.NotFound:
+                    instance = None
+                if instance is not None and (
+                    instance.state not in (InstanceState.RUNNING, InstanceState.PAUSED)
+                    or await self._core.vm_alive(record.id)
+                ):
+                    continue
+                await self._core.store.update(record.id, status=DevboxStatus.ERROR, error=CRASHED)
+                log.warning("a devbox's VM process is gone", extra={"devbox": record.id})
+                crashed.append(record.id)
+        return crashed

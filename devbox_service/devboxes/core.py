@@ -163,12 +163,31 @@ class DevboxCore:
         """Resume a paused VM, or restore one that idled into standby (processes kept; the
         host must have the memory for it again: LimitReached otherwise)."""
         instance = await self.backend.get_instance(devbox_id)
-        if instance.state is InstanceState.STANDBY:
-            async with self.admission.guard():
-                await self.admission.check_memory(self.backend, 1, instance.spec.memory_mb)
-                await self.backend.wake(devbox_id)
-        else:
+        if instance.state is InstanceState.RUNNING and await self.vm_alive(devbox_id):
+            return  # nothing to bring back
+        if instance.state is InstanceState.PAUSED and await self.vm_alive(devbox_id):
             await self.backend.resume(devbox_id)
+            return
+        await self.wake(devbox_id, instance.spec.memory_mb)
+
+    async def vm_alive(self, devbox_id: str) -> bool:
+        """Does the devbox's VM process still run? (A crash is only noticed when asked.)"""
+        try:
+            await self.backend.stats(devbox_id)
+        except backend_api.InvalidState as exc:
+            return exc.state != InstanceState.STOPPED
+        return True
+
+    async def wake(self, devbox_id: str, memory_mb: int) -> None:
+        """Standby restores memory; a VM whose process died boots again from its disk. The
+        host must have the memory for it again: LimitReached otherwise."""
+        instance = await self.backend.get_instance(devbox_id)
+        if instance.state in (InstanceState.RUNNING, InstanceState.PAUSED):
+            with contextlib.suppress(backend_api.InvalidState):
+                await self.backend.stop(devbox_id)  # a dead process: the backend notices it
+        async with self.admission.guard():
+            await self.admission.check_memory(self.backend, 1, memory_mb)
+            await self.backend.wake(devbox_id)
 
     async def in_memory(self, devbox_id: str) -> None:
         """Save and branch need the VM process: bring a standby VM back, still paused."""

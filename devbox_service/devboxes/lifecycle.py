@@ -33,11 +33,11 @@ TRANSITIONS: dict[Action, Transition] = {
     Action.PAUSE: Transition(
         frozenset({S.READY}), frozenset({S.PAUSED}), S.PAUSING, S.PAUSED, EventType.PAUSE
     ),
-    Action.RESUME: Transition(
-        frozenset({S.PAUSED}), frozenset({S.READY}), S.RESUMING, S.READY, EventType.RESUME
+    Action.RESUME: Transition(  # from error: a VM whose process died starts again
+        frozenset({S.PAUSED, S.ERROR}), frozenset({S.READY}), S.RESUMING, S.READY, EventType.RESUME
     ),
     Action.REBOOT: Transition(
-        frozenset({S.READY}), during=S.REBOOTING, after=S.READY, event=EventType.REBOOT
+        frozenset({S.READY, S.ERROR}), during=S.REBOOTING, after=S.READY, event=EventType.REBOOT
     ),
     Action.SAVE: Transition(frozenset({S.READY, S.PAUSED}), event=EventType.SAVE),
     Action.BRANCH: Transition(frozenset({S.READY, S.PAUSED}), event=EventType.BRANCH),

@@ -20,7 +20,13 @@ from devbox_service.devboxes.lifecycle import TRANSITIONS, Action, require
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventType
 from devbox_service.devboxes.schemas import DevboxResponse
 from devbox_service.devboxes.views import DevboxViews
-from devbox_service.errors import Failed, PayloadTooLarge, PermissionDenied
+from devbox_service.errors import (
+    Conflict,
+    DevboxServiceError,
+    Failed,
+    PayloadTooLarge,
+    PermissionDenied,
+)
 
 METADATA_MAX_BYTES = 64 * 1024
 
@@ -121,6 +127,7 @@ class DevboxService:
         assert transition.during and transition.after and transition.event
         async with self._core.locked(principal, devbox_id) as record:
             if require(record, action):
+                await self._has_vm(record)
                 await self._core.store.update(devbox_id, status=transition.during)
                 try:
                     if action is Action.RESUME:
@@ -141,6 +148,7 @@ class DevboxService:
         """Answers at once as `rebooting`; the guest comes back in the background."""
         async with self._core.locked(principal, devbox_id) as record:
             require(record, Action.REBOOT)
+            await self._has_vm(record)
             await self._core.store.update(
                 devbox_id,
                 status=DevboxStatus.REBOOTING,
@@ -150,8 +158,11 @@ class DevboxService:
         async def reboot() -> None:
             async with self._core.locks[devbox_id]:
                 try:
-                    await self._core.backend.reboot(devbox_id)
-                except backend_api.BackendError as exc:
+                    if await self._core.vm_alive(devbox_id):
+                        await self._core.backend.reboot(devbox_id)
+                    else:  # its process died: boot it again from its disk
+                        await self._core.wake(devbox_id, record.memory_mb)
+                except DevboxServiceError as exc:
                     await self._core.store.update(
                         devbox_id, status=DevboxStatus.ERROR, error=str(exc)
                     )
@@ -160,6 +171,18 @@ class DevboxService:
 
         self._core.run_in_background([devbox_id], reboot())
         return await self._views.get(principal, devbox_id)
+
+    async def _has_vm(self, record: DevboxRecord) -> None:
+        """A devbox in error whose boot failed has no VM to bring back: say what to do."""
+        if record.status is DevboxStatus.ERROR:
+            try:
+                await self._core.backend.get_instance(record.id)
+            except backend_api.NotFound:
+                raise Conflict(
+                    f"devbox {record.id} has no VM to bring back ({record.error}): delete it "
+                    "and create another",
+                    state=record.status.value,
+                ) from None
 
     async def delete(self, principal: Principal, devbox_id: str) -> None:
         """Only the owner or an org admin. Raises NotFound, PermissionDenied."""

@@ -14,7 +14,7 @@ from support import Api, create_devbox, wait_ready, wait_status
 
 from devbox_service.app import create_app
 from devbox_service.backends.base import InstanceState
-from devbox_service.devboxes.background import LOST_VM
+from devbox_service.devboxes.background import CRASHED, LOST_VM
 from devbox_service.devboxes.models import DevboxStatus
 from devbox_service.settings import Settings
 
@@ -102,3 +102,43 @@ async def test_a_create_cut_short_by_a_restart_is_finished_at_the_next_start(
         ready = await wait_status(api, api.admin_key, devbox_id)
         assert ready["status"] == "ready", "an accepted create is finished, not lost"
     assert devbox_id in {i.id for i in await fake_backend.list_instances()}
+
+
+async def test_a_vm_whose_process_died_turns_error_and_resume_brings_it_back(
+    fake_api: Api, fake_backend: MemoryBackend
+) -> None:
+    auth = fake_api.auth(fake_api.admin_key)
+    devbox_id = (await create_devbox(fake_api, await image_id(fake_api)))["id"]
+    assert await fake_api.services.vm_watch.check() == []
+    fake_backend.kill(devbox_id)
+    assert await fake_api.services.vm_watch.check() == [devbox_id]
+    shown = await fake_api.client.get(f"/api/devboxes/{devbox_id}", headers=auth)
+    assert shown.json()["status"] == "error", "a dead VM is not reported ready"
+    record = await fake_api.services.devbox_core.store.get(devbox_id)
+    assert record is not None and record.error == CRASHED
+    resumed = await fake_api.client.post(f"/api/devboxes/{devbox_id}/resume", headers=auth)
+    assert resumed.status_code == 200 and resumed.json()["status"] == "ready", resumed.text
+    assert (await fake_backend.get_instance(devbox_id)).state is InstanceState.RUNNING
+
+    fake_backend.kill(devbox_id)
+    await fake_api.services.vm_watch.check()
+    rebooted = await fake_api.client.post(f"/api/devboxes/{devbox_id}/reboot", headers=auth)
+    assert rebooted.status_code == 200
+    await wait_status(fake_api, fake_api.admin_key, devbox_id)
+
+
+async def test_a_devbox_whose_boot_failed_cannot_be_resumed(
+    fake_api: Api, fake_backend: MemoryBackend
+) -> None:
+    fake_backend.fail_next("branch", RuntimeError("no disk"))
+    created = await fake_api.client.post(
+        "/api/devboxes",
+        params={"snapshot_id": await image_id(fake_api)},
+        headers=fake_api.auth(fake_api.admin_key),
+    )
+    devbox_id = created.json()["id"]
+    await wait_status(fake_api, fake_api.admin_key, devbox_id, "error")
+    refused = await fake_api.client.post(
+        f"/api/devboxes/{devbox_id}/resume", headers=fake_api.auth(fake_api.admin_key)
+    )
+    assert refused.status_code == 409 and "delete it" in refused.json()["detail"]

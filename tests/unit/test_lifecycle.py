@@ -14,8 +14,8 @@ S = DevboxStatus
 # action -> (statuses where it runs, statuses where it is a harmless no-op)
 EXPECTED: dict[Action, tuple[set[DevboxStatus], set[DevboxStatus]]] = {
     Action.PAUSE: ({S.READY}, {S.PAUSED}),
-    Action.RESUME: ({S.PAUSED}, {S.READY}),
-    Action.REBOOT: ({S.READY}, set()),
+    Action.RESUME: ({S.PAUSED, S.ERROR}, {S.READY}),
+    Action.REBOOT: ({S.READY, S.ERROR}, set()),
     Action.SAVE: ({S.READY, S.PAUSED}, set()),
     Action.BRANCH: ({S.READY, S.PAUSED}, set()),
     Action.USE: ({S.READY}, set()),
