@@ -178,6 +178,10 @@ async def _build_image(settings: Settings) -> None:
         await backend.close()
 
 
+SHUTDOWN_GRACE_SECONDS = 10
+"""On SIGTERM: requests in flight get this long; endless ones (event streams) then end."""
+
+
 def _serve(settings: Settings) -> None:
     import uvicorn
 
@@ -191,6 +195,7 @@ def _serve(settings: Settings) -> None:
         port=settings.port,
         log_config=None,
         access_log=False,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,  # open streams must not hold a stop
     )
 
 

@@ -7,7 +7,9 @@ import contextlib
 import logging
 import sys
 from collections import Counter
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from litestar.di import NamedDependency
 
@@ -288,17 +290,19 @@ class Services:
         return checks
 
     async def close(self) -> None:
+        """Every part in turn, each with a deadline: a stop must end in bounded time (VMs keep
+        running and are adopted at the next start; interrupted work is settled then)."""
         if self.gateway is not None:
-            await self.gateway.close()
+            await _bounded("SSH gateway", self.gateway.close())
             self.gateway = None
         if self._database is not None:
-            await self.tmux.close()
-            await self.template_runs.close()
-            await self.standby.close()
-            await self.vm_watch.close()
-            await self.devbox_core.close()
-            await self.guest_connections.close()
-            await self.preview_proxy.close()
+            await _bounded("tmux", self.tmux.close())
+            await _bounded("template builds", self.template_runs.close())
+            await _bounded("standby policy", self.standby.close())
+            await _bounded("VM watch", self.vm_watch.close())
+            await _bounded("devbox tasks", self.devbox_core.close())
+            await _bounded("guest connections", self.guest_connections.close())
+            await _bounded("preview proxy", self.preview_proxy.close())
         if self._image_task is not None:
             self._image_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -311,6 +315,18 @@ class Services:
         if self._database is not None:
             await self._database.close()
             self._database = None
+
+
+CLOSE_STEP_TIMEOUT = 5.0
+
+
+async def _bounded(part: str, closing: Coroutine[Any, Any, None]) -> None:
+    try:
+        await asyncio.wait_for(closing, CLOSE_STEP_TIMEOUT)
+    except TimeoutError:
+        log.warning("stopping %s took too long; going on", part)
+    except Exception:
+        log.exception("stopping %s failed; going on", part)
 
 
 AppServices = NamedDependency[Services]

@@ -345,8 +345,12 @@ class _UserConnection(asyncssh.SSHServer):
             self._upstream.close()
 
     def close(self) -> None:
+        """End the session telling the user why (the service is stopping)."""
         if self._conn is not None:
-            self._conn.close()
+            self._conn.disconnect(
+                asyncssh.DISC_BY_APPLICATION,
+                "devbox-service is restarting: the devbox keeps running, connect again shortly",
+            )
 
     def abort(self) -> None:
         if self._conn is not None:
