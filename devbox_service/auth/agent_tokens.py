@@ -103,7 +103,7 @@ class AgentTokenService:
     ) -> AgentTokenResponse:
         await self._owned(principal, devbox_id)
         if request.inject:
-            await self._devboxes.usable(principal, devbox_id)
+            await self._guests.usable(principal, devbox_id)
         granted = scopes.granted(
             list(request.scopes) if request.scopes is not None else None,
             injected=request.inject,

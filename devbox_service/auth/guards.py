@@ -61,7 +61,7 @@ class AccessGuard:
         if self.access.public:
             return
         services = connection.app.state.services
-        principal = await services.identities.authenticate(_bearer(connection))
+        principal = await services.identities.authenticate(bearer_token(connection))
         connection.scope.setdefault("state", {})[PRINCIPAL_KEY] = principal
         devbox_id = connection.path_params.get("devbox_id")
         if principal.kind is not PrincipalKind.AGENT:
@@ -108,7 +108,8 @@ def allow(access: Access) -> AccessGuard:
     return AccessGuard(access)
 
 
-def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """The `Authorization: Bearer` token, None without one; NotAuthenticated if malformed."""
     header = connection.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():

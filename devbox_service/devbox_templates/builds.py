@@ -27,8 +27,6 @@ from devbox_service.devbox_templates.spec import (
     Step,
     TemplateSpec,
     TmuxSessionStep,
-    step_title,
-    step_type,
 )
 from devbox_service.devbox_templates.store import TemplateStore
 from devbox_service.devboxes.guests import GuestAccess
@@ -287,18 +285,3 @@ async def inject_secrets(
     )
     snippet = f"[ -r {SECRETS_ENV_FILE} ] && . {SECRETS_ENV_FILE}\n"
     await guests.write_file(principal, devbox_id, SECRETS_PROFILE, snippet.encode())
-
-
-def step_label(step: Step) -> str:
-    return f"{step_type(step)}: {step_title(step)}"
-
-
-__all__ = [
-    "GuestShell",
-    "Redactor",
-    "SecretPrompt",
-    "StepFailed",
-    "StepRunner",
-    "inject_secrets",
-    "step_label",
-]

@@ -277,8 +277,10 @@ class BuildRuns:
                 run.id,
                 "completed",
                 instanceId=build_devbox,
-                instance=_builtins(view),
-                http_services=_builtins(view.networking.http_services if view.networking else []),
+                instance=msgspec.to_builtins(view),
+                http_services=msgspec.to_builtins(
+                    view.networking.http_services if view.networking else []
+                ),
                 warnings=_warnings(request),
             )
         except asyncio.CancelledError:
@@ -331,7 +333,3 @@ def _warnings(request: TemplateCacheRequest) -> list[dict[str, str]]:
     if request.handoff_ttl_seconds is not None or request.handoff_ttl_action is not None:
         return [{"message": "handoff TTLs are not supported by this service; the devbox stays"}]
     return []
-
-
-def _builtins(value: Any) -> Any:
-    return msgspec.to_builtins(value)

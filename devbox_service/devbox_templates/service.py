@@ -9,6 +9,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
+
 from devbox_service.auth.models import Principal
 from devbox_service.devbox_templates.builds import inject_secrets
 from devbox_service.devbox_templates.events import RunEvents
@@ -89,18 +91,7 @@ class TemplateService:
 
     async def summaries(self, principal: Principal) -> list[TemplateSummary]:
         details = [await self._detail(t) for t in await self._store.for_org(principal.org_id)]
-        return [
-            TemplateSummary(
-                id=d.id,
-                name=d.name,
-                description=d.description,
-                status=d.status,
-                step_count=d.step_count,
-                cached_step_count=d.cached_step_count,
-                updated_at=d.updated_at,
-            )
-            for d in details
-        ]
+        return [msgspec.convert(d, TemplateSummary, from_attributes=True) for d in details]
 
     async def get(self, principal: Principal, template_id: str) -> TemplateDetail:
         return await self._detail(await self.visible(principal, template_id))

@@ -46,12 +46,6 @@ class DevboxService:
         organizations' devboxes)."""
         return await self._core.visible(principal, devbox_id)
 
-    async def usable(self, principal: Principal, devbox_id: str) -> DevboxRecord:
-        """A visible devbox whose guest is up. Raises NotFound, Conflict (naming the state)."""
-        record = await self._core.visible(principal, devbox_id)
-        require(record, Action.USE)
-        return record
-
     def on_destroy(self, listener: DestroyListener, *, required: bool = False) -> None:
         """`required`: the deletion fails (and is retried) if the listener fails."""
         self._core.on_destroy(listener, required=required)

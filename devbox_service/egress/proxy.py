@@ -17,6 +17,7 @@ import ipaddress
 import itertools
 import logging
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,6 +86,9 @@ def refusal(address: Address, own: set[Address]) -> str | None:
     return None
 
 
+OWN_ADDRESSES_TTL = 30.0
+
+
 class EgressProxy:
     """An HTTP proxy for guests on a Unix socket; every accepted connection is one guest's."""
 
@@ -92,7 +96,8 @@ class EgressProxy:
         self, path: Path, *, own_addresses: Callable[[], set[Address]] = host_addresses
     ) -> None:
         self.path = path
-        self._own_addresses = own_addresses
+        self._read_own_addresses = own_addresses
+        self._own: tuple[float, set[Address]] | None = None
         self._server: asyncio.Server | None = None
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
@@ -146,6 +151,14 @@ class EgressProxy:
         up_writer.write(forwarded + b"\r\n".join([*headers, b"Connection: close"]) + b"\r\n\r\n")
         await up_writer.drain()
         return await _pipe(reader, writer, up_reader, up_writer)
+
+    def _own_addresses(self) -> set[Address]:
+        """The host's addresses, read again at most every `OWN_ADDRESSES_TTL` seconds (not
+        from /proc on every guest connection)."""
+        now = time.monotonic()
+        if self._own is None or now - self._own[0] > OWN_ADDRESSES_TTL:
+            self._own = (now, self._read_own_addresses())
+        return self._own[1]
 
     async def _open(
         self, writer: asyncio.StreamWriter, host: str, port: int

@@ -9,7 +9,7 @@ from litestar import Controller, Request, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Template
 
-from devbox_service.auth.guards import PUBLIC, USER, CurrentPrincipal, allow
+from devbox_service.auth.guards import PUBLIC, USER, CurrentPrincipal, allow, bearer_token
 from devbox_service.devbox_templates.schemas import TemplateDetail
 from devbox_service.errors import NotAuthenticated
 from devbox_service.services import AppServices
@@ -89,11 +89,8 @@ async def share_page(
 ) -> Template:
     """What a short link opens: the template, and how to start a devbox from it. A public
     share shows to anyone; an org share to a caller whose key (Authorization) is of the org."""
-    principal = None
     try:
-        principal = await services.identities.authenticate(
-            request.headers.get("authorization", "").removeprefix("Bearer ").strip() or None
-        )
+        principal = await services.identities.authenticate(bearer_token(request))
     except NotAuthenticated:
         principal = None
     record = await services.sharing.visible(principal, alias)

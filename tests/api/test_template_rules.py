@@ -4,7 +4,6 @@ VMs are in tests/vm/test_templates.py."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -64,10 +63,8 @@ async def test_billion_laughs_is_refused_at_once(fake_api: Api) -> None:
         previous = chr(ord("a") + level - 1)
         name = chr(ord("a") + level)
         lines.append(f"{name}: &{name} [*{previous},*{previous},*{previous},*{previous}]")
-    started = time.monotonic()
     refused = await create(fake_api, "\n".join(lines) + "\nname: x\nsteps:\n  - run: a\n")
     assert refused.status_code == 422 and "aliases" in refused.text
-    assert time.monotonic() - started < 30  # a bound against hanging, not a speed claim
 
 
 async def test_an_oversized_spec_is_413(fake_api: Api) -> None:

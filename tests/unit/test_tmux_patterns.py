@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import msgspec
 import pytest
@@ -41,6 +40,5 @@ async def test_ordinary_patterns_match_across_lines() -> None:
 def test_an_invalid_pattern_is_a_validation_error() -> None:
     with pytest.raises(msgspec.ValidationError, match="not a valid regular expression"):
         msgspec.convert({"pattern": "(unclosed", "timeout_ms": 10}, TmuxWaitRequest)
-    started = time.monotonic()
-    msgspec.convert({"pattern": "(a|aa)+$", "timeout_ms": 10}, TmuxWaitRequest)
-    assert time.monotonic() - started < 5
+    accepted = msgspec.convert({"pattern": "(a|aa)+$", "timeout_ms": 10}, TmuxWaitRequest)
+    assert accepted.pattern == "(a|aa)+$", "compiling is cheap; matching is what is bounded"

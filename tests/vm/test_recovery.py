@@ -108,10 +108,8 @@ def test_sigterm_ends_streams_and_ssh_sessions_in_bounded_time_and_vms_stay(
         ssh = service.gateway_client(devbox_id)
         time.sleep(2)  # the stream is open and waiting for more events
         assert service.process is not None
-        stopped = time.monotonic()
         service.process.send_signal(signal.SIGTERM)
-        service.process.wait(40)  # bounded: the open stream does not hold the stop
-        assert time.monotonic() - stopped < 40
+        service.process.wait(40)  # raises if the open stream held the stop
         assert stream_ended.wait(10), "the event stream ended with the service"
         transport = ssh.get_transport()
         deadline = time.monotonic() + 10
