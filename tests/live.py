@@ -123,9 +123,9 @@ def live_service(
         DEVBOX_PORT=str(service.port),
         DEVBOX_SSH_PORT=str(service.ssh_port),
         DEVBOX_CACHE_DIR=CACHE_DIR,
-        **{f"DEVBOX_{name.upper()}": str(value) for name, value in GENEROUS_LIMITS.items()},
-        **{f"DEVBOX_{name}": value for name, value in settings.items()},
     )
+    env.update({f"DEVBOX_{name.upper()}": str(value) for name, value in GENEROUS_LIMITS.items()})
+    env.update({f"DEVBOX_{name}": value for name, value in settings.items()})  # the test's own
     log = (data_dir / "service.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "devbox_service", "serve"],
