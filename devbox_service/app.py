@@ -35,10 +35,11 @@ from devbox_service.previews.websocket import preview_socket
 from devbox_service.secrets.routes import UserSecretController
 from devbox_service.services import Services, build_backend
 from devbox_service.settings import Settings
-from devbox_service.sharing.routes import AliasController, ShareController, share_page
+from devbox_service.sharing.routes import AliasController, ShareController
 from devbox_service.system import HealthController, metrics, openapi_json
 from devbox_service.tmux import routes as tmux_routes
-from devbox_service.web.pages import index, template_config
+from devbox_service.web.pages import dashboard_router, static_router
+from devbox_service.web.render import template_config
 
 _NOT_GIVEN = object()
 
@@ -62,7 +63,8 @@ def create_app(settings: Settings, backend: VMBackend | object | None = _NOT_GIV
 
     app = Litestar(
         route_handlers=[
-            index,
+            dashboard_router(),
+            static_router(),
             HealthController,
             openapi_json,
             metrics,
@@ -80,7 +82,6 @@ def create_app(settings: Settings, backend: VMBackend | object | None = _NOT_GIV
             TemplateController,
             ShareController,
             AliasController,
-            share_page,
             preview_router(settings.upload_max_bytes),
             preview_socket,
             *tmux_routes.route_handlers,

@@ -16,6 +16,7 @@ from litestar.di import NamedDependency
 from devbox_service.auth.agent_tokens import AgentTokenService
 from devbox_service.auth.service import ADMIN_KEY_FILE, IdentityService
 from devbox_service.auth.store import IdentityStore
+from devbox_service.auth.web_sessions import WebSessions
 from devbox_service.backends.base import (
     GUEST_API_PORT,
     GUEST_PROXY_PORT,
@@ -154,6 +155,7 @@ class Services:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._database = await Database.open(self.settings.database_path)
         self.identities = IdentityService(IdentityStore(self._database))
+        self.web_sessions = WebSessions(self.identities, self.settings.web_session_hours * 3600)
         self.secret_box = SecretBox.open(data_dir)
         self.guest_connections = GuestConnections()
         database = self._database
@@ -162,9 +164,7 @@ class Services:
         self.devbox_core = core = DevboxCore(
             devbox_store, snapshot_store, self.backend, self.secret_box, self.admission
         )
-        self.guest_access = GuestAccess(
-            core, self.guest_connections, self.identities.is_member
-        )
+        self.guest_access = GuestAccess(core, self.guest_connections, self.identities.is_member)
         self.previews = HttpServiceRegistry(
             HttpServiceStore(database),
             core,

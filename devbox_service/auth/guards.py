@@ -14,6 +14,7 @@ import msgspec
 from litestar.di import NamedDependency
 
 from devbox_service.auth.models import Principal, PrincipalKind
+from devbox_service.auth.web_sessions import SESSION_COOKIE, WebSessions, check_csrf
 from devbox_service.errors import NotAuthenticated, PermissionDenied
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from litestar.handlers.base import BaseRouteHandler
 
 PRINCIPAL_KEY = "devbox_service.principal"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 CurrentPrincipal = NamedDependency[Principal]
 """Handler parameter `principal: CurrentPrincipal`: the caller the route's guard admitted."""
@@ -31,6 +33,8 @@ class Access(msgspec.Struct, frozen=True, kw_only=True):
     """A route's rule.
 
     public: anyone, no token needed.
+    page: a dashboard page: the signed-in user of the session cookie (never a bearer
+    token, so agent tokens never reach it), and the session's CSRF token on every write.
     admin: only service administrators' user keys.
     scope: agent tokens holding this scope may call it, for the devbox named in the path.
     Otherwise any user API key may call it (finer ownership checks live in the services,
@@ -38,11 +42,13 @@ class Access(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     public: bool = False
+    page: bool = False
     admin: bool = False
     scope: str | None = None
 
 
 PUBLIC = Access(public=True)
+PAGE = Access(page=True)
 USER = Access()
 ADMIN = Access(admin=True)
 
@@ -61,6 +67,13 @@ class AccessGuard:
         if self.access.public:
             return
         services = connection.app.state.services
+        if self.access.page:
+            principal = await signed_in(connection)
+            if connection.scope.get("method", "GET") not in SAFE_METHODS:
+                await _check_form_token(connection)
+            connection.scope.setdefault("state", {})[PRINCIPAL_KEY] = principal
+            await self._devbox_visible(services, principal, connection.path_params.get("devbox_id"))
+            return
         principal = await services.identities.authenticate(bearer_token(connection))
         connection.scope.setdefault("state", {})[PRINCIPAL_KEY] = principal
         devbox_id = connection.path_params.get("devbox_id")
@@ -117,6 +130,21 @@ def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
             raise NotAuthenticated("malformed Authorization header: use 'Bearer <key>'")
         return None
     return value.strip()
+
+
+async def signed_in(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+    """The dashboard user of the connection's session cookie; SignInRequired without one."""
+    sessions: WebSessions = connection.app.state.services.web_sessions
+    return await sessions.principal(connection.cookies.get(SESSION_COOKIE))
+
+
+async def _check_form_token(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    """A write from a page carries the session's CSRF token: in the `X-CSRF-Token` header
+    (scripts) or the `csrf_token` field (forms)."""
+    token = connection.headers.get("x-csrf-token")
+    if token is None and hasattr(connection, "form"):
+        token = (await connection.form()).get("csrf_token")
+    check_csrf(connection.cookies.get(SESSION_COOKIE), token if isinstance(token, str) else None)
 
 
 def current_principal(request: Request[Any, Any, Any]) -> Principal:

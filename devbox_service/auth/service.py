@@ -143,6 +143,10 @@ class IdentityService:
             raise NotFound.of("API key", key_id)
         await self.store.revoke_key(key_id)
 
+    async def user_names(self) -> dict[str, str]:
+        """Every user's name by id (the dashboard shows owners by name)."""
+        return {user.id: user.name for user in await self.store.users()}
+
     async def keys(self) -> list[ApiKeyRecord]:
         return await self.store.keys()
 

@@ -126,12 +126,15 @@ class IdentityStore:
 
     async def principal_for_key_hash(self, key_hash: str) -> Principal | None:
         """The caller behind a live key; the key must still be a member of its org."""
+        return await self._principal("k.key_hash = ?", (key_hash,))
+
+    async def _principal(self, where: str, params: tuple[object, ...]) -> Principal | None:
         row = await self.database.fetch_one(
             "SELECT k.id, k.user_id, u.name AS user_name, u.is_admin, k.org_id, m.role "
             "FROM api_keys k JOIN users u ON u.id = k.user_id "
             "JOIN org_members m ON m.org_id = k.org_id AND m.user_id = k.user_id "
-            "WHERE k.key_hash = ? AND k.revoked_at IS NULL",
-            (key_hash,),
+            f"WHERE {where} AND k.revoked_at IS NULL",
+            params,
         )
         if row is None:
             return None
@@ -143,6 +146,34 @@ class IdentityStore:
             org_id=row["org_id"],
             role=Role(row["role"]),
             is_admin=bool(row["is_admin"]),
+        )
+
+    # dashboard sessions
+
+    async def insert_web_session(
+        self, session_id: str, secret_hash: str, api_key_id: str, expires_at: float
+    ) -> None:
+        await self.database.execute(
+            "INSERT INTO web_sessions (id, secret_hash, api_key_id, created_at, expires_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (session_id, secret_hash, api_key_id, time.time(), expires_at),
+        )
+
+    async def principal_for_web_session(self, secret_hash: str) -> Principal | None:
+        """The session's user, while the session is unexpired and its API key is live."""
+        return await self._principal(
+            "k.id = (SELECT api_key_id FROM web_sessions WHERE secret_hash = ? AND expires_at > ?)",
+            (secret_hash, time.time()),
+        )
+
+    async def delete_web_session(self, secret_hash: str) -> None:
+        await self.database.execute(
+            "DELETE FROM web_sessions WHERE secret_hash = ?", (secret_hash,)
+        )
+
+    async def delete_expired_web_sessions(self) -> int:
+        return await self.database.execute(
+            "DELETE FROM web_sessions WHERE expires_at <= ?", (time.time(),)
         )
 
     async def touch_key(self, key_id: str) -> None:

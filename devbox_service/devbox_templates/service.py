@@ -22,6 +22,7 @@ from devbox_service.devbox_templates.models import (
 )
 from devbox_service.devbox_templates.runs import BuildRuns, fingerprints
 from devbox_service.devbox_templates.schemas import (
+    AvailabilityReason,
     InstantDevboxAvailability,
     InstantDevboxRequest,
     TemplateCacheRequest,
@@ -318,27 +319,45 @@ class TemplateService:
             return InstantDevboxAvailability(
                 template_id=template_id, available=False, reason="forbidden"
             )
+        reason = await self._unavailable(principal, template)
+        return InstantDevboxAvailability(
+            template_id=template_id, available=reason is None, reason=reason
+        )
+
+    async def _unavailable(
+        self, principal: Principal, template: TemplateRecord
+    ) -> AvailabilityReason | None:
+        """Why the caller cannot start a devbox from the template now (None: they can)."""
         if template.status is not TemplateStatus.READY or not template.final_snapshot_id:
-            return InstantDevboxAvailability(
-                template_id=template_id, available=False, reason="not_ready"
-            )
+            return "not_ready"
         if await self._missing_secrets(principal, await parse_off_loop(template.yaml)):
-            return InstantDevboxAvailability(
-                template_id=template_id, available=False, reason="requires_build"
-            )
-        return InstantDevboxAvailability(template_id=template_id, available=True)
+            return "requires_build"
+        return None
 
     async def instant_devbox(
         self, principal: Principal, template_id: str, request: InstantDevboxRequest
     ) -> DevboxResponse:
         """A devbox from the template's final snapshot: its files, processes and tmux
         sessions; its HTTP services exposed and the caller's secrets set once it is up."""
-        template = await self.visible(principal, template_id)
-        availability = await self.availability(principal, template_id)
-        if not availability.available or not template.final_snapshot_id:
+        return await self._instant(principal, await self.visible(principal, template_id), request)
+
+    async def instant_devbox_shared(
+        self, principal: Principal, template_id: str, request: InstantDevboxRequest
+    ) -> DevboxResponse:
+        """The same from a template shared with the caller, of any organization (the
+        share's visibility is the caller's check); the devbox is the caller's."""
+        template = await self._store.get(template_id)
+        if template is None:
+            raise NotFound.of("template", template_id)
+        return await self._instant(principal, template, request)
+
+    async def _instant(
+        self, principal: Principal, template: TemplateRecord, request: InstantDevboxRequest
+    ) -> DevboxResponse:
+        reason = await self._unavailable(principal, template)
+        if reason is not None or not template.final_snapshot_id:
             raise Conflict(
-                f"template {template_id} cannot start a devbox now: {availability.reason}",
-                state=availability.reason,
+                f"template {template.id} cannot start a devbox now: {reason}", state=reason
             )
         spec = await parse_off_loop(template.yaml)
         snapshot = await self._checkpoints.snapshot_info(template.final_snapshot_id)

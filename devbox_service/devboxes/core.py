@@ -150,6 +150,7 @@ class DevboxCore:
         token_hash = tokens.hash_secret(access_token)
         async with self.store.database.transaction() as tx:
             await self.store.insert(tx, record, event, ssh_token_hash=token_hash)
+        self.store.changes.bump()
         return record
 
     def credentials(self, record: DevboxRecord) -> dict[str, str]:

@@ -83,6 +83,17 @@ class GuestAccess:
             with contextlib.suppress(backend_api.BackendError):
                 await self._files.forget((await self._core.backend.get_instance(devbox_id)).ssh)
 
+    async def may_type(self, principal: Principal, devbox_id: str) -> bool:
+        """Typing into a devbox's terminals is its owner's (and the owner's agent tokens'):
+        org members see the screens but do not drive another person's agent."""
+        record = await self._core.visible(principal, devbox_id)
+        return record.user_id == principal.user_id
+
+    async def require_typist(self, principal: Principal, devbox_id: str) -> None:
+        """Raises NotFound, PermissionDenied (not the owner)."""
+        if not await self.may_type(principal, devbox_id):
+            raise PermissionDenied("only the devbox's owner may type into its terminals")
+
     # the SSH gateway
 
     async def ssh_credentials(

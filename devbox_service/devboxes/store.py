@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 
@@ -32,9 +34,32 @@ async def rows_by_devbox(
     return found
 
 
+class Changes:
+    """A counter bumped at every write to a devbox row, and a wait for the next bump: how a
+    dashboard follows status changes without polling the table (one process; a service
+    spread over hosts would feed this from its shared store)."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self._bumped = asyncio.Event()
+
+    def bump(self) -> None:
+        self.version += 1
+        bumped, self._bumped = self._bumped, asyncio.Event()
+        bumped.set()
+
+    async def wait(self, seen: int, timeout: float) -> int:
+        """The version once it differs from `seen`, or after `timeout` seconds."""
+        if self.version == seen:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._bumped.wait(), timeout)
+        return self.version
+
+
 class DevboxStore:
     def __init__(self, database: Database) -> None:
         self.database = database
+        self.changes = Changes()
 
     async def insert(
         self, tx: Transaction, record: DevboxRecord, event: EventRecord, *, ssh_token_hash: str
@@ -89,6 +114,7 @@ class DevboxStore:
             )
             if event is not None:
                 await EVENTS.insert(tx, event)
+        self.changes.bump()
 
     async def add_event(self, event: EventRecord) -> None:
         async with self.database.transaction() as tx:
@@ -96,6 +122,7 @@ class DevboxStore:
 
     async def delete(self, devbox_id: str) -> None:
         await self.database.execute("DELETE FROM devboxes WHERE id = ?", (devbox_id,))
+        self.changes.bump()
 
     async def events_for(self, devbox_ids: Sequence[str]) -> dict[str, list[EventRecord]]:
         rows = await rows_by_devbox(self.database, "devbox_events", "created_at, rowid", devbox_ids)

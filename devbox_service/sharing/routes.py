@@ -3,15 +3,13 @@ and the page a short link opens (`/s/{alias}`)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
-from litestar.response import Template
 
-from devbox_service.auth.guards import PUBLIC, USER, CurrentPrincipal, allow, bearer_token
+from devbox_service.auth.guards import USER, CurrentPrincipal, allow
 from devbox_service.devbox_templates.schemas import TemplateDetail
-from devbox_service.errors import NotAuthenticated
 from devbox_service.services import AppServices
 from devbox_service.sharing.models import (
     AliasList,
@@ -21,7 +19,6 @@ from devbox_service.sharing.models import (
     TemplateShareRequest,
     TemplateShareResponse,
 )
-from devbox_service.sharing.service import SHARE_PREFIX
 
 
 class ShareController(Controller):
@@ -81,26 +78,3 @@ class AliasController(Controller):
         self, services: AppServices, principal: CurrentPrincipal, alias: FromPath[str]
     ) -> AliasResponse:
         return await services.sharing.alias(principal, alias)
-
-
-@get(SHARE_PREFIX + "/{alias:str}", guards=[allow(PUBLIC)], include_in_schema=False)
-async def share_page(
-    request: Request[Any, Any, Any], services: AppServices, alias: FromPath[str]
-) -> Template:
-    """What a short link opens: the template, and how to start a devbox from it. A public
-    share shows to anyone; an org share to a caller whose key (Authorization) is of the org."""
-    try:
-        principal = await services.identities.authenticate(bearer_token(request))
-    except NotAuthenticated:
-        principal = None
-    record = await services.sharing.visible(principal, alias)
-    template = await services.templates.detail_by_id(record.template_id)
-    return Template(
-        template_name="share.html",
-        context={
-            "alias": record.alias,
-            "description": record.description or template.description or "",
-            "template": template,
-            "base_url": services.settings.base_url,
-        },
-    )

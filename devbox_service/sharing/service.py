@@ -6,8 +6,9 @@ import datetime
 import time
 
 from devbox_service.auth.models import Principal
-from devbox_service.devbox_templates.schemas import TemplateDetail
+from devbox_service.devbox_templates.schemas import InstantDevboxRequest, TemplateDetail
 from devbox_service.devbox_templates.service import TemplateService
+from devbox_service.devboxes.schemas import DevboxResponse
 from devbox_service.errors import Conflict, NotFound
 from devbox_service.sharing.models import (
     AliasRecord,
@@ -92,6 +93,14 @@ class SharingService:
             updated_at=_iso(record.updated_at),
             content_hash=template.content_hash,
             visibility=record.visibility,
+        )
+
+    async def start(self, principal: Principal, alias: str) -> DevboxResponse:
+        """A devbox of the caller's own from the template an alias they may see names (a
+        public one included). Raises NotFound, Conflict (not ready), LimitReached."""
+        record = await self.visible(principal, alias)
+        return await self._templates.instant_devbox_shared(
+            principal, record.template_id, InstantDevboxRequest()
         )
 
     async def shared_template(self, principal: Principal, template_id: str) -> TemplateDetail:

@@ -36,6 +36,14 @@ class TmuxSession(msgspec.Struct, frozen=True, kw_only=True):
     id: str
 
 
+class TmuxPaneInfo(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    session: str
+    window: str
+    index: str
+    command: str
+
+
 class TmuxSessionsList(msgspec.Struct, frozen=True, kw_only=True):
     data: list[TmuxSession]
     object: str = "list"

@@ -48,6 +48,8 @@ async def search(pattern: regex.Pattern[str], content: str) -> regex.Match[str] 
             "it (nested repetition such as (a|aa)+ is the usual cause)",
             loc=["body", "pattern"],
         ) from None
+
+
 STATE_COMMANDS = (
     "capture-pane -p -t {pane}",
     "display-message -p -t {pane} '#{{cursor_x}},#{{cursor_y}},#{{history_size}}'",

@@ -25,6 +25,10 @@ class DevboxAccess(Protocol):
         not visible to them, Conflict when it is not running."""
         ...
 
+    async def require_typist(self, principal: Principal, devbox_id: str) -> None:
+        """PermissionDenied unless the principal may send keys to the devbox's panes."""
+        ...
+
     def on_destroy(self, listener: Callable[[str], Awaitable[None]]) -> None:
         """Call `listener(devbox_id)` before a devbox's VM is removed."""
         ...

@@ -105,6 +105,30 @@ class TmuxService:
             return False, models.TmuxSessionsList(data=[])
         return True, models.TmuxSessionsList(data=await guest.list_sessions(socket))
 
+    async def panes(self, principal: Principal, devbox_id: str) -> list[models.TmuxPaneInfo]:
+        """Every pane of the default tmux server's sessions (the dashboard's terminal list)."""
+        installed, sessions = await self.list_sessions(principal, devbox_id, None)
+        if not installed or not sessions.data:
+            return []
+        names = {s.id: s.name for s in sessions.data}
+        guest = await self._guest(principal, devbox_id)
+        fields = "#{session_id} #{pane_id} #{window_index} #{pane_index} #{pane_current_command}"
+        (lines,) = await guest.run(None, [f"list-panes -a -F '{fields}'"])
+        panes = []
+        for line in lines:
+            session_id, pane_id, window, index, command = (line.split(" ", 4) + [""] * 5)[:5]
+            if session_id in names:
+                panes.append(
+                    models.TmuxPaneInfo(
+                        id=pane_id,
+                        session=names[session_id],
+                        window=window,
+                        index=index,
+                        command=command,
+                    )
+                )
+        return panes
+
     async def new_session(
         self, principal: Principal, devbox_id: str, name: str, socket: str | None
     ) -> models.TmuxNewSessionResponse:
@@ -150,6 +174,7 @@ class TmuxService:
         """Type text and press keys; every Enter is its own key, checked to have reached the
         pane (its screen or cursor changed) and pressed again if not, until `timeout_ms`."""
         keys = plan(request)
+        await self._access.require_typist(principal, devbox_id)
         guest = await self._guest(principal, devbox_id)
         if request.pane_id is not None:
             pane = Pane.by_id(guest, request.socket, request.pane_id)

@@ -219,4 +219,3 @@ class LibtmuxSessions:
                 timeout=5,
                 check=False,
             )
-

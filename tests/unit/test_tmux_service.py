@@ -37,6 +37,9 @@ class FakeAccess:
             raise NotFound.of("devbox", devbox_id)
         return self.endpoints[devbox_id]
 
+    async def require_typist(self, principal: Principal, devbox_id: str) -> None:
+        await self.guest_endpoint(principal, devbox_id)
+
     def on_destroy(self, listener: Callable[[str], Awaitable[None]]) -> None:
         self.listeners.append(listener)
 

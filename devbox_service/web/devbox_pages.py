@@ -1,0 +1,213 @@
+"""Dashboard pages for devboxes: the live list, one devbox, its actions and its terminals.
+Every action calls the same service method as the API route of the same name."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.params import FromPath
+from litestar.response import Redirect, ServerSentEvent, ServerSentEventMessage, Template
+
+from devbox_service.auth.guards import PAGE, CurrentPrincipal, allow
+from devbox_service.auth.models import Principal
+from devbox_service.errors import InvalidInput
+from devbox_service.services import AppServices
+from devbox_service.tmux.keys import key_name
+from devbox_service.tmux.models import MAX_KEYS_BYTES, TmuxSendKeysRequest
+from devbox_service.web.dashboard import Dashboard
+from devbox_service.web.render import form_text, page, render_row
+
+NOTICES = {
+    "paused": "Paused.",
+    "resumed": "Resumed.",
+    "rebooted": "Rebooted.",
+    "saved": "Saved a snapshot.",
+    "branched": "Branched: the copies are listed below.",
+    "deleted": "Deleted.",
+    "revoked": "Agent token revoked.",
+    "started": "Devbox started.",
+}
+"""Fixed texts a redirect may name (`?done=`), so no page echoes text from a link."""
+
+
+def _notice(request: Request[Any, Any, Any]) -> str | None:
+    return NOTICES.get(request.query_params.get("done", ""))
+
+
+@get("/devboxes", guards=[allow(PAGE)], include_in_schema=False)
+async def devbox_list(
+    request: Request[Any, Any, Any], services: AppServices, principal: CurrentPrincipal
+) -> Template:
+    rows = await Dashboard(services).rows(principal)
+    return page(request, "devboxes.html", rows=rows, notice=_notice(request))
+
+
+@get("/devboxes/events", guards=[allow(PAGE)], include_in_schema=False)
+async def devbox_list_events(
+    request: Request[Any, Any, Any], services: AppServices, principal: CurrentPrincipal
+) -> ServerSentEvent:
+    """`row` events carry a rendered table row; `gone` events the id of a deleted devbox."""
+
+    async def events() -> AsyncIterator[ServerSentEventMessage]:
+        async for batch in Dashboard(services).watch(principal):
+            for change in batch:
+                if change.row is None:
+                    yield ServerSentEventMessage(event="gone", data=change.id)
+                else:
+                    html = render_row(request, principal, change.row)
+                    data = json.dumps({"id": change.id, "status": change.row.status, "html": html})
+                    yield ServerSentEventMessage(event="row", data=data)
+
+    return ServerSentEvent(events())
+
+
+@get("/devboxes/{devbox_id:str}", guards=[allow(PAGE)], include_in_schema=False)
+async def devbox_page(
+    request: Request[Any, Any, Any],
+    services: AppServices,
+    principal: CurrentPrincipal,
+    devbox_id: FromPath[str],
+) -> Template:
+    details = await Dashboard(services).devbox(principal, devbox_id)
+    first_screens = {}
+    for pane in details.panes[:4]:
+        snapshot = await services.tmux.snapshot(
+            principal, devbox_id, pane.id, lines=200, ansi=False, socket=None
+        )
+        first_screens[pane.id] = snapshot.content
+    return page(request, "devbox.html", d=details, screens=first_screens, notice=_notice(request))
+
+
+async def _act(services: AppServices, principal: Principal, devbox_id: str, action: str) -> str:
+    """Run a devbox action; where to go after it."""
+    page_of = f"/devboxes/{devbox_id}"
+    if action == "pause":
+        await services.devboxes.pause(principal, devbox_id)
+        return f"{page_of}?done=paused"
+    if action == "resume":
+        await services.devboxes.resume(principal, devbox_id)
+        return f"{page_of}?done=resumed"
+    if action == "reboot":
+        await services.devboxes.reboot(principal, devbox_id)
+        return f"{page_of}?done=rebooted"
+    if action == "save":
+        await services.checkpoints.save(principal, devbox_id, "")
+        return f"{page_of}?done=saved"
+    if action == "branch":
+        await services.checkpoints.branch(principal, devbox_id, name=None, count=1)
+        return "/devboxes?done=branched"
+    if action == "delete":
+        await services.devboxes.delete(principal, devbox_id)
+        return "/devboxes?done=deleted"
+    raise InvalidInput(
+        f"unknown action {action!r}: use pause, resume, reboot, save, branch or delete"
+    )
+
+
+@post(
+    "/devboxes/{devbox_id:str}/actions/{action:str}", guards=[allow(PAGE)], include_in_schema=False
+)
+async def devbox_action(
+    services: AppServices,
+    principal: CurrentPrincipal,
+    devbox_id: FromPath[str],
+    action: FromPath[str],
+) -> Redirect:
+    return Redirect(await _act(services, principal, devbox_id, action), status_code=303)
+
+
+@get("/devboxes/{devbox_id:str}/delete", guards=[allow(PAGE)], include_in_schema=False)
+async def confirm_delete(
+    request: Request[Any, Any, Any],
+    services: AppServices,
+    principal: CurrentPrincipal,
+    devbox_id: FromPath[str],
+) -> Template:
+    record = await services.devboxes.visible(principal, devbox_id)
+    return page(request, "confirm_delete.html", devbox=record)
+
+
+@post(
+    "/devboxes/{devbox_id:str}/agent-tokens/{token_id:str}/revoke",
+    guards=[allow(PAGE)],
+    include_in_schema=False,
+)
+async def revoke_agent_token(
+    services: AppServices,
+    principal: CurrentPrincipal,
+    devbox_id: FromPath[str],
+    token_id: FromPath[str],
+) -> Redirect:
+    await services.agent_tokens.revoke(principal, devbox_id, token_id)
+    return Redirect(f"/devboxes/{devbox_id}?done=revoked", status_code=303)
+
+
+@get(
+    "/devboxes/{devbox_id:str}/panes/{pane_id:str}/stream",
+    guards=[allow(PAGE)],
+    include_in_schema=False,
+)
+async def pane_stream(
+    services: AppServices,
+    principal: CurrentPrincipal,
+    devbox_id: FromPath[str],
+    pane_id: FromPath[str],
+) -> ServerSentEvent:
+    """The pane's screen whenever it changes (the terminal view redraws from each)."""
+    screens = await services.tmux.stream(
+        principal, devbox_id, pane_id, socket=None, debounce_ms=15, max_events=None, timeout_ms=None
+    )
+
+    async def events() -> AsyncIterator[ServerSentEventMessage]:
+        async for screen in screens:
+            yield ServerSentEventMessage(
+                event="screen", data=msgspec.json.encode(screen).decode(), id=str(screen.seq)
+            )
+
+    return ServerSentEvent(events())
+
+
+class TypedKeys(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What the terminal view sends: literal text, or one tmux key name."""
+
+    text: str = ""
+    key: str | None = None
+
+
+@post(
+    "/devboxes/{devbox_id:str}/panes/{pane_id:str}/keys",
+    guards=[allow(PAGE)],
+    include_in_schema=False,
+)
+async def pane_keys(
+    request: Request[Any, Any, Any],
+    services: AppServices,
+    principal: CurrentPrincipal,
+    devbox_id: FromPath[str],
+    pane_id: FromPath[str],
+) -> Response[None]:
+    """Typing from the terminal view (JSON from its script, or the no-script form)."""
+    if request.headers.get("content-type", "").startswith("application/json"):
+        typed = msgspec.json.decode(await request.body(), type=TypedKeys)
+        form_post = False
+    else:
+        form = await request.form()
+        typed = TypedKeys(text=form_text(form, "text", MAX_KEYS_BYTES), key="Enter")
+        form_post = True
+    if len(typed.text.encode()) > MAX_KEYS_BYTES:
+        raise InvalidInput(f"send at most {MAX_KEYS_BYTES} bytes at once")
+    if typed.key is not None and key_name(typed.key) is None:
+        raise InvalidInput(f"{typed.key!r} is not a tmux key name (Enter, BSpace, Up, C-c...)")
+    requests = [TmuxSendKeysRequest(pane_id=pane_id, keys=typed.text, literal=True)]
+    requests = requests if typed.text else []
+    if typed.key is not None:
+        requests.append(TmuxSendKeysRequest(pane_id=pane_id, sequence=[typed.key]))
+    for keys in requests:
+        await services.tmux.send_keys(principal, devbox_id, keys)
+    if form_post:
+        return Redirect(f"/devboxes/{devbox_id}", status_code=303)
+    return Response(None, status_code=204)

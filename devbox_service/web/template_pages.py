@@ -1,0 +1,208 @@
+"""Dashboard pages for templates: the list, one template with its steps' cache state, a
+build followed live, and starting a devbox from a template or a share link."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from litestar import Request, get, post
+from litestar.params import FromPath
+from litestar.response import Redirect, ServerSentEvent, ServerSentEventMessage, Template
+
+from devbox_service.auth.guards import PAGE, PUBLIC, CurrentPrincipal, allow, signed_in
+from devbox_service.auth.models import Principal
+from devbox_service.devbox_templates.schemas import InstantDevboxRequest, TemplateCacheRequest
+from devbox_service.errors import NotAuthenticated
+from devbox_service.services import AppServices
+from devbox_service.sharing.service import SHARE_PREFIX
+from devbox_service.web.render import form_text, page
+
+TERMINAL_EVENTS = ("completed", "cancelled", "error", "step_failed")
+
+
+class StepProgress(msgspec.Struct, kw_only=True):
+    index: int
+    title: str
+    type: str
+    state: str = "pending"  # pending, cached, running, done, failed
+    output: str = ""
+
+
+class BuildProgress(msgspec.Struct, kw_only=True):
+    """A build's events folded into what its page shows (the script does the same live)."""
+
+    steps: list[StepProgress]
+    message: str = ""
+    finished: str | None = None  # the terminal event's type
+    awaiting_secret: str | None = None
+    devbox_id: str | None = None
+
+
+def fold_events(steps: list[StepProgress], events: list[dict[str, Any]]) -> BuildProgress:
+    progress = BuildProgress(steps=steps)
+    by_index = {step.index: step for step in steps}
+    for event in events:
+        kind = event.get("type", "")
+        step = by_index.get(event.get("index", -1))
+        if kind == "cache" and step:
+            step.state = "cached"
+        elif kind == "step_started" and step:
+            step.state = "running"
+        elif kind == "output" and step:
+            step.output += str(event.get("content", ""))
+        elif kind == "step_completed" and step:
+            step.state = "done"
+            progress.awaiting_secret = None
+        elif kind == "awaiting_input":
+            progress.awaiting_secret = str(event.get("secretName", ""))
+        elif kind == "step_failed" and step:
+            step.state = "failed"
+        if kind in TERMINAL_EVENTS:
+            progress.finished = kind
+            progress.awaiting_secret = None
+            progress.devbox_id = event.get("instanceId")
+        if event.get("message"):
+            progress.message = str(event["message"])
+    return progress
+
+
+@get("/templates", guards=[allow(PAGE)], include_in_schema=False)
+async def template_list(
+    request: Request[Any, Any, Any], services: AppServices, principal: CurrentPrincipal
+) -> Template:
+    templates = await services.templates.summaries(principal)
+    return page(request, "templates.html", templates=templates)
+
+
+@get("/templates/{template_id:str}", guards=[allow(PAGE)], include_in_schema=False)
+async def template_page(
+    request: Request[Any, Any, Any],
+    services: AppServices,
+    principal: CurrentPrincipal,
+    template_id: FromPath[str],
+) -> Template:
+    template = await services.templates.get(principal, template_id)
+    availability = await services.templates.availability(principal, template_id)
+    return page(request, "template.html", template=template, availability=availability)
+
+
+@post("/templates/{template_id:str}/build", guards=[allow(PAGE)], include_in_schema=False)
+async def build_template(
+    services: AppServices, principal: CurrentPrincipal, template_id: FromPath[str]
+) -> Redirect:
+    run_id = await services.templates.cache(principal, template_id, TemplateCacheRequest())
+    return Redirect(f"/templates/{template_id}/builds/{run_id}", status_code=303)
+
+
+@get(
+    "/templates/{template_id:str}/builds/{run_id:str}",
+    guards=[allow(PAGE)],
+    include_in_schema=False,
+)
+async def build_page(
+    request: Request[Any, Any, Any],
+    services: AppServices,
+    principal: CurrentPrincipal,
+    template_id: FromPath[str],
+    run_id: FromPath[str],
+) -> Template:
+    template = await services.templates.get(principal, template_id)
+    history = await services.templates.history(principal, template_id, run_id)
+    steps = [
+        StepProgress(index=s.index, title=s.title or s.command or s.type, type=s.type)
+        for s in template.steps
+    ]
+    return page(
+        request,
+        "build.html",
+        template=template,
+        run_id=run_id,
+        progress=fold_events(steps, history),
+        seen=len(history),
+    )
+
+
+@get(
+    "/templates/{template_id:str}/builds/{run_id:str}/events",
+    guards=[allow(PAGE)],
+    include_in_schema=False,
+)
+async def build_events(
+    services: AppServices,
+    principal: CurrentPrincipal,
+    template_id: FromPath[str],
+    run_id: FromPath[str],
+) -> ServerSentEvent:
+    """The run's events from the first (the page skips those it was rendered with)."""
+    events = await services.templates.events(principal, template_id, run_id)
+
+    async def messages() -> AsyncIterator[ServerSentEventMessage]:
+        async for event in events:
+            yield ServerSentEventMessage(event="build", data=json.dumps(event))
+
+    return ServerSentEvent(messages())
+
+
+@post(
+    "/templates/{template_id:str}/builds/{run_id:str}/secrets",
+    guards=[allow(PAGE)],
+    include_in_schema=False,
+)
+async def answer_secret(
+    request: Request[Any, Any, Any],
+    services: AppServices,
+    principal: CurrentPrincipal,
+    template_id: FromPath[str],
+    run_id: FromPath[str],
+) -> Redirect:
+    form = await request.form()
+    name = form_text(form, "name", 200)
+    value = form_text(form, "value", 64 * 1024)
+    await services.templates.answer_secrets(principal, template_id, run_id, {name: value})
+    return Redirect(f"/templates/{template_id}/builds/{run_id}", status_code=303)
+
+
+@post("/templates/{template_id:str}/start", guards=[allow(PAGE)], include_in_schema=False)
+async def start_from_template(
+    services: AppServices, principal: CurrentPrincipal, template_id: FromPath[str]
+) -> Redirect:
+    devbox = await services.templates.instant_devbox(principal, template_id, InstantDevboxRequest())
+    return Redirect(f"/devboxes/{devbox.id}?done=started", status_code=303)
+
+
+async def _maybe_signed_in(request: Request[Any, Any, Any]) -> Principal | None:
+    try:
+        return await signed_in(request)
+    except NotAuthenticated:
+        return None
+
+
+@get(SHARE_PREFIX + "/{alias:str}", guards=[allow(PUBLIC)], include_in_schema=False)
+async def share_page(
+    request: Request[Any, Any, Any], services: AppServices, alias: FromPath[str]
+) -> Template:
+    """What a short link opens: the template, and (signed in) a button to start from it. A
+    public share shows to anyone; an org share only to the org's signed-in members."""
+    principal = await _maybe_signed_in(request)
+    record = await services.sharing.visible(principal, alias)
+    template = await services.templates.detail_by_id(record.template_id)
+    return page(
+        request,
+        "share.html",
+        alias=record.alias,
+        description=record.description or template.description or "",
+        template=template,
+        base_url=services.settings.base_url,
+        signed_in_user=principal,
+    )
+
+
+@post(SHARE_PREFIX + "/{alias:str}/start", guards=[allow(PAGE)], include_in_schema=False)
+async def start_from_share(
+    services: AppServices, principal: CurrentPrincipal, alias: FromPath[str]
+) -> Redirect:
+    devbox = await services.sharing.start(principal, alias)
+    return Redirect(f"/devboxes/{devbox.id}?done=started", status_code=303)
