@@ -57,9 +57,12 @@ class LiveService:
             assert body.get("status") != "error" and time.monotonic() < deadline, body
             time.sleep(0.3)
 
-    def gateway_client(self, devbox_id: str, host: str = "127.0.0.1") -> paramiko.SSHClient:
+    def gateway_client(
+        self, devbox_id: str, host: str = "127.0.0.1", key: str | None = None
+    ) -> paramiko.SSHClient:
+        """SSH through the gateway with the devbox owner's credentials (`key`: the owner's)."""
         credentials = self.http.get(
-            f"/api/admin/devboxes/{devbox_id}/ssh-credentials", headers=self.headers()
+            f"/api/admin/devboxes/{devbox_id}/ssh-credentials", headers=self.headers(key)
         ).json()
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
@@ -74,9 +77,9 @@ class LiveService:
         )
         return client
 
-    def run_in(self, devbox_id: str, command: str) -> str:
+    def run_in(self, devbox_id: str, command: str, key: str | None = None) -> str:
         """A command in the devbox through the SSH gateway, as users reach it; its stdout."""
-        client = self.gateway_client(devbox_id)
+        client = self.gateway_client(devbox_id, key=key)
         try:
             _, stdout, stderr = client.exec_command(command)
             status = stdout.channel.recv_exit_status()
@@ -85,6 +88,22 @@ class LiveService:
             return out
         finally:
             client.close()
+
+    def add_user(self, name: str, org: str | None = None) -> str:
+        """A new user (a member of `org`, or of their own org) and an API key for them, made
+        with the operator's CLI on the running service's data; the key."""
+        env = {**os.environ, "DEVBOX_DATA_DIR": str(self.data_dir)}
+        command = [sys.executable, "-m", "devbox_service"]
+        org_args = ["--org", org] if org else []
+        subprocess.run([*command, "users", "create", name, *org_args], env=env, check=True)
+        issued = subprocess.run(
+            [*command, "keys", "create", "--user", name, *org_args],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return issued.stdout.strip().splitlines()[-1]
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         env = {
