@@ -8,7 +8,13 @@ import sys
 
 from bench.common import RESULTS, print_table
 
-BENCHMARKS = ("bench.bench_vm", "bench.bench_api", "bench.bench_tmux", "bench.bench_templates")
+BENCHMARKS = (
+    "bench.bench_vm",
+    "bench.bench_api",
+    "bench.bench_tmux",
+    "bench.bench_templates",
+    "bench.bench_web",
+)
 
 
 def main() -> int:
