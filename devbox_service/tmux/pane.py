@@ -177,7 +177,12 @@ class Pane:
             await asyncio.sleep(WAIT_POLL_INTERVAL)
 
     async def stream(
-        self, session_id: str, debounce: float, max_events: int | None, timeout_ms: int | None
+        self,
+        session_id: str,
+        debounce: float,
+        max_events: int | None,
+        timeout_ms: int | None,
+        ansi: bool = False,
     ) -> AsyncIterator[TmuxPaneEvent]:
         """The screen whenever it changes, until the pane goes away, `max_events` were sent or
         `timeout_ms` passed. A read-only watcher on the pane's session reports `%output`,
@@ -200,7 +205,7 @@ class Pane:
             while True:
                 changed.clear()
                 try:
-                    content = await self.screen()
+                    content = await self.screen(ansi=ansi)
                 except NotFound:
                     return  # the pane is gone: the stream ends
                 if content != last:

@@ -222,8 +222,10 @@ class TmuxService:
         debounce_ms: int,
         max_events: int | None,
         timeout_ms: int | None,
+        ansi: bool = False,
     ) -> AsyncIterator[models.TmuxPaneEvent]:
-        """Check access and the pane now (errors before the stream starts), then stream."""
+        """Check access and the pane now (errors before the stream starts), then stream
+        (with colours and attributes as escape sequences when `ansi`)."""
         pane = await self._pane(principal, devbox_id, pane_id, socket)
         session_id = await pane.session_id()
-        return pane.stream(session_id, debounce_ms / 1000, max_events, timeout_ms)
+        return pane.stream(session_id, debounce_ms / 1000, max_events, timeout_ms, ansi)

@@ -159,7 +159,14 @@ async def pane_stream(
 ) -> ServerSentEvent:
     """The pane's screen whenever it changes (the terminal view redraws from each)."""
     screens = await services.tmux.stream(
-        principal, devbox_id, pane_id, socket=None, debounce_ms=15, max_events=None, timeout_ms=None
+        principal,
+        devbox_id,
+        pane_id,
+        socket=None,
+        debounce_ms=15,
+        max_events=None,
+        timeout_ms=None,
+        ansi=True,
     )
 
     async def events() -> AsyncIterator[ServerSentEventMessage]:

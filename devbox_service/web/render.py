@@ -114,7 +114,10 @@ def render_row(request: Request[Any, Any, Any], principal: Principal, row: Any) 
 def _error_page(request: Request[Any, Any, Any], status: int, message: str) -> Response[Any]:
     if "text/html" not in request.headers.get("accept", "text/html"):
         return Response({"detail": message}, status_code=status, media_type=MediaType.JSON)
-    return page(request, "error.html", status_code=status, status=status, message=message)
+    response = page(request, "error.html", status_code=status, status=status, message=message)
+    # An exception handler's response skips the router's response_headers: add them here.
+    response.headers.update({header.name: header.value for header in PAGE_HEADERS})
+    return response
 
 
 def page_domain_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

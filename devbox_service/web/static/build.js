@@ -42,6 +42,11 @@
       source.close();
       form.hidden = true;
       state.dataset.finished = event.type;
+      if (event.instanceId) {
+        const link = document.getElementById("build-devbox");
+        link.href = "/devboxes/" + encodeURIComponent(event.instanceId);
+        link.hidden = false;
+      }
       state.firstChild.textContent = event.type === "completed" ? "Completed. " : "Ended: " + event.type + ". ";
     }
   });
