@@ -4,7 +4,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 venv := ".venv"
 bin := venv + "/bin"
-system_packages := "qemu-system-x86 qemu-utils debootstrap busybox-static linux-image-cloud-amd64 openssh-client openssh-server openssh-sftp-server tmux libnss-myhostname e2fsprogs cpio socat iproute2 chromium chromium-driver"
+system_packages := "qemu-system-x86 qemu-utils debootstrap busybox-static linux-image-cloud-amd64 openssh-client openssh-server openssh-sftp-server tmux libnss-myhostname e2fsprogs cpio socat iproute2 chromium chromium-driver wrk"
 
 # list the recipes
 default:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
+from collections.abc import AsyncGenerator
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 from markupsafe import escape
-from support import Api, create_devbox, mint_agent_token, wait_status
+from support import Api, create_devbox, mint_agent_token
 
 from devbox_service.auth import tokens
 from devbox_service.auth.web_sessions import SESSION_COOKIE, SIGN_IN_COOKIE
@@ -34,9 +34,14 @@ PAGE_TOKEN = re.compile(r'<main id="main" data-csrf="([^"]+)"')
 # a browser
 
 
-async def get(api: Api, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+async def get(
+    api: Api,
+    path: str,
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+) -> httpx.Response:
     return await api.client.get(
-        path, headers={**BROWSER, **(headers or {})}, follow_redirects=False
+        path, headers={**BROWSER, **(headers or {})}, params=params, follow_redirects=False
     )
 
 
@@ -47,7 +52,7 @@ async def post(api: Api, path: str, form: dict[str, str] | None = None) -> httpx
 async def submit_sign_in(api: Api, key: str, next_path: str = "/devboxes") -> httpx.Response:
     """Open the sign-in form (a fresh browser: no cookies) and submit it with `key`."""
     api.client.cookies.clear()
-    form = await get(api, f"/sign-in?next={next_path}")
+    form = await get(api, "/sign-in", params={"next": next_path})
     assert form.status_code == 200, form.text
     match = FORM_TOKEN.search(form.text)
     assert match, form.text
@@ -103,9 +108,9 @@ async def status_of(api: Api, devbox_id: str) -> str:
     return str(response.json()["status"])
 
 
-async def api_detail(api: Api, method: str, path: str, key: str) -> str:
-    """The message the JSON API answers for a refused call (the page must say the same)."""
-    response = await api.client.request(method, path, headers=api.auth(key))
+async def api_refusal(api: Api, path: str) -> str:
+    """The message the JSON API answers the admin's refused POST with (pages say the same)."""
+    response = await api.client.post(path, headers=api.auth(api.admin_key))
     assert response.status_code >= 400, response.text
     return str(response.json()["detail"])
 
@@ -188,7 +193,8 @@ async def test_a_sign_in_post_without_the_forms_cookie_and_token_is_refused(
     match = FORM_TOKEN.search(form.text)
     assert match
     fake_api.client.cookies.clear()  # another site's form: the browser has no form cookie
-    forged = await post(fake_api, "/sign-in", {"csrf_token": match.group(1), "api_key": ""})
+    stolen_token = {"csrf_token": match.group(1), "api_key": fake_api.admin_key}
+    forged = await post(fake_api, "/sign-in", stolen_token)
     assert forged.status_code == 403 and "came from another site" in forged.text
     forged = await post(fake_api, "/sign-in", {"api_key": fake_api.admin_key})
     assert forged.status_code == 403
@@ -207,12 +213,25 @@ async def test_a_sign_in_post_needs_the_token_of_its_own_form(fake_api: Api) -> 
 
 
 @pytest.mark.parametrize(
-    "target", ["https://evil.example/", "//evil.example", "/\\evil.example", "evil.example"]
+    "target", ["https://evil.example/", "//evil.example", "http:evil.example", "evil.example"]
 )
 async def test_sign_in_never_redirects_to_another_site(fake_api: Api, target: str) -> None:
     signed_in = await submit_sign_in(fake_api, fake_api.admin_key, next_path=target)
     assert signed_in.status_code == 303
     assert signed_in.headers["location"] == "/devboxes"
+
+
+@pytest.mark.parametrize("target", ["/\\evil.example", "/\\/evil.example", "/\t/evil.example"])
+async def test_sign_in_redirects_that_browsers_would_read_as_another_site_stay_here(
+    fake_api: Api, target: str
+) -> None:
+    """Browsers read a backslash as a slash and drop tabs: such a `next` must not become a
+    `//host` redirect (it is refused, or its characters are percent-encoded)."""
+    signed_in = await submit_sign_in(fake_api, fake_api.admin_key, next_path=target)
+    location = signed_in.headers["location"]
+    assert signed_in.status_code == 303 and location.startswith("/")
+    browser_reading = location.replace("\\", "/").replace("\t", "")
+    assert not browser_reading.startswith("//"), location
 
 
 async def test_sign_in_returns_to_the_page_it_was_asked_for(fake_api: Api) -> None:
@@ -259,9 +278,7 @@ async def test_an_expired_session_ends(fake_api: Api) -> None:
 async def test_the_store_keeps_only_a_hash_of_the_session_cookie(fake_api: Api) -> None:
     await sign_in(fake_api, fake_api.admin_key)
     secret = session_cookie(fake_api)
-    rows = await fake_api.services.identities.store.database.fetch_all(
-        "SELECT * FROM web_sessions"
-    )
+    rows = await fake_api.services.identities.store.database.fetch_all("SELECT * FROM web_sessions")
     stored = [str(value) for row in rows for value in tuple(row)]
     assert stored and not any(secret in value for value in stored)
     assert tokens.hash_secret(secret) in stored
@@ -305,10 +322,10 @@ async def test_another_sessions_form_token_does_not_pass(fake_api: Api) -> None:
 async def test_a_refused_action_is_a_409_page_with_the_services_message(fake_api: Api) -> None:
     devbox_id = await new_devbox(fake_api, "refused-box")
     csrf = await sign_in(fake_api, fake_api.admin_key)
-    assert (await post(fake_api, f"/devboxes/{devbox_id}/actions/pause", {"csrf_token": csrf}))
-    message = await api_detail(
-        fake_api, "POST", f"/api/devboxes/{devbox_id}/reboot", fake_api.admin_key
-    )
+    for _ in range(2):  # pausing a paused devbox is no error: there is nothing to do
+        paused = await post(fake_api, f"/devboxes/{devbox_id}/actions/pause", {"csrf_token": csrf})
+        assert paused.status_code == 303
+    message = await api_refusal(fake_api, f"/api/devboxes/{devbox_id}/reboot")
 
     refused = await post(fake_api, f"/devboxes/{devbox_id}/actions/reboot", {"csrf_token": csrf})
 
@@ -352,8 +369,12 @@ async def test_org_members_see_a_devbox_but_not_its_owners_controls(fake_api: Ap
     assert devbox_page.status_code == 200 and signed_in_as(devbox_page, "m")
     assert "Only the devbox's owner sees and manages its agent tokens." in devbox_page.text
     assert f'href="/devboxes/{devbox_id}/delete"' not in devbox_page.text
-    assert 'data-can-type="true"' not in devbox_page.text
 
+    typed = await post(
+        fake_api, f"/devboxes/{devbox_id}/panes/0/keys", {"csrf_token": csrf, "text": "ls"}
+    )
+    assert typed.status_code == 403, "terminals are read-only for org members"
+    assert "only the devbox&#39;s owner may type into its terminals" in typed.text
     refused = await post(fake_api, f"/devboxes/{devbox_id}/actions/delete", {"csrf_token": csrf})
     assert refused.status_code == 403
     assert refused.headers["content-type"].startswith("text/html")
@@ -394,3 +415,193 @@ async def test_bearer_credentials_do_not_open_pages(fake_api: Api) -> None:
         )
         assert acted.status_code == 401
     assert await status_of(fake_api, devbox_id) == "ready"
+
+
+# the owner's devbox page
+
+
+async def test_the_owner_sees_the_timeline_and_deletes_after_confirming(fake_api: Api) -> None:
+    devbox_id = await new_devbox(fake_api, "doomed-box")
+    admin = fake_api.auth(fake_api.admin_key)
+    for action in ("pause", "resume"):
+        acted = await fake_api.client.post(f"/api/devboxes/{devbox_id}/{action}", headers=admin)
+        assert acted.status_code == 200, acted.text
+    timeline = (await fake_api.client.get(f"/api/devboxes/{devbox_id}", headers=admin)).json()[
+        "timeline"
+    ]
+    await sign_in(fake_api, fake_api.admin_key)
+
+    devbox_page = await get(fake_api, f"/devboxes/{devbox_id}")
+    assert devbox_page.status_code == 200
+    assert len(timeline) == 3
+    for event in timeline:
+        assert f"<td>{escape(event['name'])}</td>" in devbox_page.text, event
+
+    confirm = await get(fake_api, f"/devboxes/{devbox_id}/delete")
+    assert confirm.status_code == 200 and "doomed-box" in confirm.text
+    assert f'action="/devboxes/{devbox_id}/actions/delete"' in confirm.text
+    token = FORM_TOKEN.search(confirm.text)
+    assert token
+    deleted = await post(
+        fake_api, f"/devboxes/{devbox_id}/actions/delete", {"csrf_token": token.group(1)}
+    )
+    assert deleted.status_code == 303
+    assert deleted.headers["location"] == "/devboxes?done=deleted"
+    gone = await fake_api.client.get(f"/api/devboxes/{devbox_id}", headers=admin)
+    assert gone.status_code == 404
+    listing = await get(fake_api, deleted.headers["location"])
+    assert "Deleted." in listing.text and devbox_id not in listing.text
+
+
+async def test_the_owner_page_lists_agent_tokens_without_their_secrets_and_revokes_them(
+    fake_api: Api,
+) -> None:
+    devbox_id = await new_devbox(fake_api, "token-box")
+    minted = await fake_api.client.post(
+        f"/api/devboxes/{devbox_id}/agent-token",
+        json={"purpose": "ci bot"},
+        headers=fake_api.auth(fake_api.admin_key),
+    )
+    assert minted.status_code == 200, minted.text
+    token_id, secret = minted.json()["id"], minted.json()["token"]
+    as_agent = fake_api.auth(secret)
+    assert (await fake_api.client.get(f"/api/devboxes/{devbox_id}", headers=as_agent)).is_success
+    csrf = await sign_in(fake_api, fake_api.admin_key)
+
+    devbox_page = await get(fake_api, f"/devboxes/{devbox_id}")
+    assert token_id in devbox_page.text and "ci bot" in devbox_page.text
+    assert secret not in devbox_page.text
+    assert tokens.hash_secret(secret) not in devbox_page.text
+    revoke = f"/devboxes/{devbox_id}/agent-tokens/{token_id}/revoke"
+    assert f'action="{revoke}"' in devbox_page.text
+
+    revoked = await post(fake_api, revoke, {"csrf_token": csrf})
+
+    assert revoked.status_code == 303
+    assert revoked.headers["location"] == f"/devboxes/{devbox_id}?done=revoked"
+    refused = await fake_api.client.get(f"/api/devboxes/{devbox_id}", headers=as_agent)
+    assert refused.status_code == 401
+    after = await get(fake_api, revoked.headers["location"])
+    assert "Agent token revoked." in after.text
+    assert f'action="{revoke}"' not in after.text, "a revoked token has no revoke button"
+
+
+# the live list
+
+
+async def test_the_live_list_yields_changed_rows_and_deleted_ones(fake_api: Api) -> None:
+    changing = await new_devbox(fake_api, "live-box")
+    steady = await new_devbox(fake_api, "steady-box")
+    admin = fake_api.auth(fake_api.admin_key)
+    principal = await fake_api.services.identities.authenticate(fake_api.admin_key)
+    changes = Dashboard(fake_api.services).watch(principal)
+    assert isinstance(changes, AsyncGenerator)
+    try:
+        first: list[RowChange] = await asyncio.wait_for(anext(changes), HANG_GUARD)
+        shown = {change.id: change.row for change in first}
+        assert {changing, steady} <= shown.keys()
+        assert all(row is not None and row.status == "ready" for row in shown.values())
+
+        paused = await fake_api.client.post(f"/api/devboxes/{changing}/pause", headers=admin)
+        assert paused.status_code == 200, paused.text
+        (change,) = await asyncio.wait_for(anext(changes), HANG_GUARD)
+        assert change.id == changing and change.row is not None
+        assert (change.row.name, change.row.status) == ("live-box", "paused")
+
+        deleted = await fake_api.client.delete(f"/api/devboxes/{changing}", headers=admin)
+        assert deleted.status_code == 200, deleted.text
+        gone = await asyncio.wait_for(anext(changes), HANG_GUARD)
+        assert gone == [RowChange(id=changing, row=None)]
+    finally:
+        await changes.aclose()
+
+
+# templates and share links
+
+
+async def test_template_pages_list_a_template_and_show_its_steps(fake_api: Api) -> None:
+    template_id = await new_template(fake_api)
+    await sign_in(fake_api, fake_api.admin_key)
+
+    listing = await get(fake_api, "/templates")
+    assert listing.status_code == 200
+    assert f'<a href="/templates/{template_id}">web</a>' in listing.text
+    shown = await get(fake_api, f"/templates/{template_id}")
+    assert shown.status_code == 200
+    assert "install nginx" in shown.text and "<pre>echo a</pre>" in shown.text
+
+
+async def test_another_orgs_template_page_is_404(fake_api: Api) -> None:
+    template_id = await new_template(fake_api)
+    await sign_in(fake_api, await fake_api.new_user("template-outsider"))
+
+    assert template_id not in (await get(fake_api, "/templates")).text
+    hidden = await get(fake_api, f"/templates/{template_id}")
+    assert hidden.status_code == 404 and hidden.headers["content-type"].startswith("text/html")
+    assert "install nginx" not in hidden.text
+
+
+async def test_an_org_share_opens_for_signed_in_members_only(fake_api: Api) -> None:
+    await share(fake_api, await new_template(fake_api), alias="team-web")
+    member = await fake_api.new_user("share-member", org="default")
+    outsider = await fake_api.new_user("share-outsider")
+
+    await sign_in(fake_api, member)
+    shown = await get(fake_api, "/s/team-web")
+    assert shown.status_code == 200 and signed_in_as(shown, "share-member")
+    assert "install nginx" in shown.text
+    assert 'action="/s/team-web/start"' in shown.text and "Start a devbox" in shown.text
+
+    fake_api.client.cookies.clear()
+    anonymous = await get(fake_api, "/s/team-web")
+    assert anonymous.status_code == 404 and "install nginx" not in anonymous.text
+
+    await sign_in(fake_api, outsider)
+    assert signed_in_as(await get(fake_api, "/templates"), "share-outsider")
+    hidden = await get(fake_api, "/s/team-web")
+    assert hidden.status_code == 404
+    assert "install nginx" not in hidden.text
+
+
+async def test_a_public_share_shows_to_anyone_and_asks_to_sign_in_to_start(fake_api: Api) -> None:
+    await share(fake_api, await new_template(fake_api), alias="open-web", visibility="public")
+    fake_api.client.cookies.clear()
+
+    shown = await get(fake_api, "/s/open-web")
+
+    assert shown.status_code == 200 and "install nginx" in shown.text
+    assert 'href="/sign-in?next=/s/open-web"' in shown.text and "Sign in to start" in shown.text
+    assert "/s/open-web/start" not in shown.text and "csrf_token" not in shown.text
+
+
+# headers and static files
+
+
+def assert_page_headers(response: httpx.Response) -> None:
+    headers = response.headers
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["cache-control"] == "no-store"
+
+
+async def test_pages_and_their_error_pages_forbid_framing_and_caching(fake_api: Api) -> None:
+    fake_api.client.cookies.clear()
+    sign_in_form = await get(fake_api, "/sign-in")
+    assert sign_in_form.status_code == 200
+    assert_page_headers(sign_in_form)
+    await sign_in(fake_api, fake_api.admin_key)
+    listing = await get(fake_api, "/devboxes")
+    assert listing.status_code == 200
+    assert_page_headers(listing)
+    missing = await get(fake_api, "/devboxes/devbox_missing")
+    assert missing.status_code == 404 and signed_in_as(missing, "admin")
+    assert_page_headers(missing)
+
+
+async def test_the_vendored_terminal_script_and_its_license_are_served(fake_api: Api) -> None:
+    fake_api.client.cookies.clear()
+    script = await fake_api.client.get("/static/vendor/xterm/xterm.js")
+    assert script.status_code == 200
+    assert "javascript" in script.headers["content-type"]
+    license_file = await fake_api.client.get("/static/vendor/xterm/LICENSE")
+    assert license_file.status_code == 200 and "xterm.js authors" in license_file.text
