@@ -58,7 +58,10 @@ def print_table(figures: dict[str, float], targets: dict[str, float] | None = No
 class Served:
     """`devbox-service serve` in its own process, with an HTTP client and the admin key."""
 
-    def __init__(self, http: httpx.Client, auth: dict[str, str], ssh_port: int) -> None:
+    def __init__(
+        self, http: httpx.Client, auth: dict[str, str], ssh_port: int, data_dir: Path
+    ) -> None:
+        self.data_dir = data_dir
         self.http = http
         self.auth = auth
         self.ssh_port = ssh_port
@@ -114,7 +117,7 @@ def served() -> Iterator[Served]:
                 raise RuntimeError("the service exited before it was ready")
             time.sleep(0.2)
         auth = {"Authorization": f"Bearer {(data_dir / 'admin.key').read_text().strip()}"}
-        yield Served(http, auth, ssh_port)
+        yield Served(http, auth, ssh_port, data_dir)
         for devbox in http.get("/api/devboxes", headers=auth).json()["data"]:
             http.delete(f"/api/devboxes/{devbox['id']}", headers=auth)
     finally:

@@ -36,7 +36,7 @@ from devbox_service.secrets.routes import UserSecretController
 from devbox_service.services import Services, build_backend
 from devbox_service.settings import Settings
 from devbox_service.sharing.routes import AliasController, ShareController
-from devbox_service.system import HealthController, metrics, openapi_json
+from devbox_service.system import HealthController, collect_garbage, metrics, openapi_json
 from devbox_service.tmux import routes as tmux_routes
 from devbox_service.web.pages import dashboard_router, static_router
 from devbox_service.web.render import template_config
@@ -68,6 +68,7 @@ def create_app(settings: Settings, backend: VMBackend | object | None = _NOT_GIV
             HealthController,
             openapi_json,
             metrics,
+            collect_garbage,
             DevboxController,
             upload_router(settings.upload_max_bytes),
             ImageController,

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 from devbox_service.auth.models import Org, Role, User
-from devbox_service.auth.service import IdentityService
+from devbox_service.auth.service import ADMIN_KEY_FILE, IdentityService
 from devbox_service.auth.store import IdentityStore
 from devbox_service.db import Database
 from devbox_service.devboxes.quotas import LimitStore
-from devbox_service.errors import ConfigError, DevboxServiceError, InvalidInput, NotFound
+from devbox_service.errors import (
+    ConfigError,
+    DevboxServiceError,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+)
 from devbox_service.settings import Settings, load_settings
 
 
@@ -24,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     image.add_parser("build", help="build the default image and its boot snapshot (cached)")
+    commands.add_parser(
+        "gc", help="remove VM files nothing references (asks the running service to do it)"
+    )
 
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="issue a key (printed once)")
@@ -199,6 +212,30 @@ def _serve(settings: Settings) -> None:
     )
 
 
+def _collect_garbage(settings: Settings) -> None:
+    """The service owns the VM files while it runs, so it does the collecting; this asks it
+    with the administrator's key and prints what it removed."""
+    key_file = Path(settings.data_dir) / ADMIN_KEY_FILE
+    if not key_file.exists():
+        raise ConfigError(f"gc needs the administrator's key in {key_file}")
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    url = f"http://{host}:{settings.port}/api/admin/gc"
+    request = urllib.request.Request(
+        url, method="POST", headers={"Authorization": f"Bearer {key_file.read_text().strip()}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=600) as answer:
+            report = json.load(answer)
+    except urllib.error.URLError as exc:
+        raise Unavailable(
+            f"the service does not answer at {url} ({exc.reason}): garbage collection runs "
+            "inside it; start it with `devbox-service serve`"
+        ) from None
+    for removed in report["removed"]:
+        print(f"{removed['bytes'] / 2**20:10.1f} MB  {removed['path']}  ({removed['why']})")
+    print(f"freed {report['freed_bytes'] / 2**20:.1f} MB in {len(report['removed'])} files")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -207,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _serve(settings)
         elif args.command == "image":
             asyncio.run(_build_image(settings))
+        elif args.command == "gc":
+            _collect_garbage(settings)
         elif args.command == "limits":
             asyncio.run(_limits(settings, args))
         else:

@@ -29,7 +29,7 @@ from devbox_service.devbox_templates.events import RunEvents
 from devbox_service.devbox_templates.runs import BuildRuns
 from devbox_service.devbox_templates.service import TemplateService
 from devbox_service.devbox_templates.store import TemplateStore
-from devbox_service.devboxes.background import StandbyPolicy, VmWatch, recover
+from devbox_service.devboxes.background import GarbageCollector, StandbyPolicy, VmWatch, recover
 from devbox_service.devboxes.checkpoints import CheckpointService
 from devbox_service.devboxes.core import DevboxCore
 from devbox_service.devboxes.guests import GuestAccess
@@ -178,6 +178,7 @@ class Services:
         self.uploads = UploadService(self.guest_access, self.settings.upload_max_bytes)
         self.standby = StandbyPolicy(core, self.settings.standby_after_seconds)
         self.vm_watch = VmWatch(core)
+        self.garbage = GarbageCollector(core, self.settings.gc_interval_seconds)
         self.preview_proxy = PreviewProxy()
         self.agent_tokens = AgentTokenService(
             self.identities.agent_tokens,
@@ -247,6 +248,7 @@ class Services:
             await self.gateway.start()
             self.standby.start()
             self.vm_watch.start()
+            self.garbage.start()
             self._image_task = asyncio.create_task(self._ensure_image())
 
     async def _ensure_image(self) -> None:
@@ -300,6 +302,7 @@ class Services:
             await _bounded("template builds", self.template_runs.close())
             await _bounded("standby policy", self.standby.close())
             await _bounded("VM watch", self.vm_watch.close())
+            await _bounded("garbage collection", self.garbage.close())
             await _bounded("devbox tasks", self.devbox_core.close())
             await _bounded("guest connections", self.guest_connections.close())
             await _bounded("preview proxy", self.preview_proxy.close())

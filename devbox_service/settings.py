@@ -66,6 +66,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     host_memory_reserve_mb: Annotated[int, Meta(ge=0)] = 1024
     vm_memory_overhead_mb: Annotated[int, Meta(ge=0)] = 64
     web_session_hours: Annotated[float, Meta(gt=0, le=24 * 90)] = 12.0
+    gc_interval_seconds: Annotated[float, Meta(ge=0)] = 3600.0
 
     @property
     def database_path(self) -> Path:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, Response, get
+from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 
 from devbox_service.auth.guards import ADMIN, PUBLIC, allow
+from devbox_service.backends.base import GarbageReport
+from devbox_service.services import AppServices
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):
@@ -45,3 +47,16 @@ async def metrics(state: State) -> str:
     """Prometheus text exposition; service administrators only (their API key)."""
     text: str = await state.services.metrics()
     return text
+
+
+@post(
+    "/api/admin/gc",
+    guards=[allow(ADMIN)],
+    status_code=200,
+    tags=["admin"],
+    summary="Collect Garbage",
+)
+async def collect_garbage(services: AppServices) -> GarbageReport:
+    """Remove the VM files nothing references now (also done every
+    `DEVBOX_GC_INTERVAL_SECONDS`); service administrators only. What went, and the bytes."""
+    return await services.garbage.run_once()

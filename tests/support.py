@@ -105,6 +105,16 @@ def devbox_record(**overrides: Any) -> DevboxRecord:
     return DevboxRecord(**values)
 
 
+async def background_settled(api: Api, timeout: float = 60.0) -> None:
+    """Until the app's background work is done: the app runs in the test client's own event
+    loop, and a test writing to the database from its loop meanwhile would contend with it
+    across loops (asyncio locks are one loop's)."""
+    deadline = time.monotonic() + timeout
+    while api.services.devbox_core.busy:
+        assert time.monotonic() < deadline, "background work never finished"
+        await asyncio.sleep(0.01)
+
+
 async def insert_devbox(api: Api, owner_id: str, org_id: str) -> str:
     """A devbox record with no VM behind it: for tests of rules, not of VMs."""
     record = devbox_record(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from devbox_service.auth.models import AgentTokenRecord, AuditEntry, Principal, PrincipalKind, Role
-from devbox_service.auth.store import touch
+from devbox_service.auth.store import LastUsed
 from devbox_service.db import Database
 from devbox_service.db.records import Table
 
@@ -18,6 +18,7 @@ class AgentTokenStore:
 
     def __init__(self, database: Database) -> None:
         self.database = database
+        self._use = LastUsed(database, "agent_tokens")
 
     async def insert(self, record: AgentTokenRecord, token_hash: str) -> None:
         async with self.database.transaction() as tx:
@@ -55,7 +56,7 @@ class AgentTokenStore:
         )
 
     async def touch(self, token_id: str) -> None:
-        await touch(self.database, "agent_tokens", token_id)
+        await self._use.touch(token_id)
 
     async def for_devbox(self, devbox_id: str) -> list[AgentTokenRecord]:
         rows = await self.database.fetch_all(

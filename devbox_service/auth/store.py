@@ -32,6 +32,7 @@ MEMBERSHIPS = Table("org_members", Membership)
 class IdentityStore:
     def __init__(self, database: Database) -> None:
         self.database = database
+        self._key_use = LastUsed(database, "api_keys")
 
     async def is_empty(self) -> bool:
         row = await self.database.fetch_one("SELECT COUNT(*) FROM users")
@@ -177,18 +178,31 @@ class IdentityStore:
         )
 
     async def touch_key(self, key_id: str) -> None:
-        await touch(self.database, "api_keys", key_id)
+        await self._key_use.touch(key_id)
 
 
 LAST_USED_RESOLUTION = 60.0
 
 
-async def touch(database: Database, table: str, credential_id: str) -> None:
-    """Record a credential's use at most once a minute: every request authenticates, and a
-    write per request would serialise the API on SQLite's single writer."""
-    now = time.time()
-    await database.execute(
-        f"UPDATE {table} SET last_used_at = ? "
-        "WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
-        (now, credential_id, now - LAST_USED_RESOLUTION),
-    )
+class LastUsed:
+    """Records a credential's use at most once a minute: every request authenticates, and a
+    write per request would serialise the API on SQLite's single writer. What was written
+    lately is remembered here, so most requests do not even ask the database."""
+
+    def __init__(self, database: Database, table: str) -> None:
+        self._database = database
+        self._table = table
+        self._written: dict[str, float] = {}
+
+    async def touch(self, credential_id: str) -> None:
+        now = time.time()
+        if now - self._written.get(credential_id, 0.0) < LAST_USED_RESOLUTION:
+            return
+        if len(self._written) > 100_000:  # a bound, not a policy: forget and write again
+            self._written.clear()
+        self._written[credential_id] = now
+        await self._database.execute(
+            f"UPDATE {self._table} SET last_used_at = ? "
+            "WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+            (now, credential_id, now - LAST_USED_RESOLUTION),
+        )

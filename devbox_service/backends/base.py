@@ -136,6 +136,19 @@ class InstanceInfo(msgspec.Struct, frozen=True, kw_only=True):
     started_at: float
 
 
+class RemovedFile(msgspec.Struct, frozen=True, kw_only=True):
+    path: str
+    bytes: int
+    why: str
+
+
+class GarbageReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What a garbage collection removed (and how much disk that freed)."""
+
+    removed: list[RemovedFile] = []
+    freed_bytes: int = 0
+
+
 class InstanceStats(msgspec.Struct, frozen=True, kw_only=True):
     rss_mb: float
     cpu_seconds: float
@@ -157,6 +170,11 @@ class VMBackend(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release connections; running VMs keep running (they belong to their records)."""
+
+    async def collect_garbage(self) -> GarbageReport:
+        """Remove files nothing references (left by crashes, deleted snapshots, old image
+        builds); never one an instance, a snapshot or work under way uses."""
+        return GarbageReport()
 
     @abc.abstractmethod
     async def reconcile(self, instance_ids: set[str], snapshot_ids: set[str]) -> list[str]:

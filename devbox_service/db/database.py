@@ -1,7 +1,13 @@
 """One SQLite file (WAL, foreign keys on), numbered migrations applied at open.
 
-A single aiosqlite connection guarded by an asyncio lock: SQLite serialises writers anyway,
-and one lock makes "every multi-row change in one transaction" trivially true.
+Writes go through a single aiosqlite connection guarded by an asyncio lock: SQLite serialises
+writers anyway, and one lock makes "every multi-row change in one transaction" trivially true.
+
+Reads outside a transaction use a second, read-only connection on the event loop itself. They
+are small indexed lookups that take microseconds, far less than a hop to aiosqlite's thread
+and a wait behind the writer's lock (the authenticated read path does several per request);
+WAL lets them run beside a write and see every committed one. A read that finds the file
+busy (rare in WAL) takes the writer's path instead of blocking the loop.
 """
 
 from __future__ import annotations
@@ -60,10 +66,14 @@ class Transaction:
         return list(await cursor.fetchall())
 
 
+READ_BUSY_TIMEOUT_MS = 50
+
+
 class Database:
     def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
         self._connection = connection
         self._lock = asyncio.Lock()
+        self._reader: sqlite3.Connection | None = None
         self.path = path
 
     @classmethod
@@ -77,9 +87,13 @@ class Database:
         await connection.execute("PRAGMA synchronous = NORMAL")
         database = cls(connection, path)
         await database.migrate()
+        database._reader = _open_reader(path)
         return database
 
     async def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
         await self._connection.close()
 
     async def schema_version(self) -> int:
@@ -121,12 +135,25 @@ class Database:
             return cursor.rowcount
 
     async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
+        if self._reader is not None:
+            with (
+                contextlib.suppress(_Busy),
+                contextlib.closing(_read(self._reader, sql, params)) as read,
+            ):
+                found: Row | None = read.fetchone()
+                return found
         async with self._lock:
             cursor = await self._connection.execute(sql, params)
             row: Row | None = await cursor.fetchone()
             return row
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
+        if self._reader is not None:
+            with (
+                contextlib.suppress(_Busy),
+                contextlib.closing(_read(self._reader, sql, params)) as read,
+            ):
+                return read.fetchall()
         async with self._lock:
             cursor = await self._connection.execute(sql, params)
             return list(await cursor.fetchall())
@@ -137,3 +164,25 @@ class Database:
         except (sqlite3.Error, ValueError):
             return False
         return True
+
+
+class _Busy(Exception):
+    """The read connection found the file locked; the caller reads through the writer."""
+
+
+def _open_reader(path: Path) -> sqlite3.Connection:
+    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    reader.row_factory = sqlite3.Row
+    reader.execute("PRAGMA query_only = ON")
+    reader.execute("PRAGMA foreign_keys = ON")  # as the writer, for anyone reading pragmas
+    reader.execute(f"PRAGMA busy_timeout = {READ_BUSY_TIMEOUT_MS}")
+    return reader
+
+
+def _read(reader: sqlite3.Connection, sql: str, params: Params) -> sqlite3.Cursor:
+    try:
+        return reader.execute(sql, params)
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise _Busy from exc
+        raise

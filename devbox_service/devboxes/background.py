@@ -7,12 +7,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from devbox_service.backends import base as backend_api
 from devbox_service.backends.base import InstanceState
 from devbox_service.devboxes.core import DevboxCore
 from devbox_service.devboxes.lifecycle import STATUS_OF_INSTANCE
-from devbox_service.devboxes.models import DevboxStatus, SnapshotStatus
+from devbox_service.devboxes.models import DevboxStatus, SnapshotKind, SnapshotStatus
 from devbox_service.errors import Failed
 
 log = logging.getLogger("devbox_service.devboxes")
@@ -26,9 +28,11 @@ WATCH_INTERVAL = 5.0
 
 
 async def recover(core: DevboxCore) -> None:
-    """After a restart: make every record match the VMs that really exist, finish
-    interrupted deletions and the boots of devboxes already accepted (create, branch), and
-    let the backend remove what no record owns."""
+    """After a restart: make every record match the VMs that really exist, and finish the
+    work that was accepted. Statuses and pending snapshots are the record of intent, written
+    before the caller was answered: a `provisioning` devbox is booted (create, branch), a
+    `rebooting` one rebooted, a `resuming` one resumed, a `deleting` one deleted, and a
+    pending save written again from its VM. Then the backend removes what no record owns."""
     if not core.has_backend:
         return
     backend = core.backend
@@ -36,6 +40,7 @@ async def recover(core: DevboxCore) -> None:
     known_snapshots = {s.id for s in await backend.list_snapshots()}
     known_snapshots |= {i.boot_snapshot_id for i in await backend.list_images()}
     unfinished: dict[str, list[str]] = {}  # snapshot id -> devboxes whose boot was cut short
+    redo: list[tuple[str, Coroutine[Any, Any, None]]] = []
     for record in await core.store.all():
         instance = instances.get(record.id)
         if (
@@ -60,15 +65,24 @@ async def recover(core: DevboxCore) -> None:
         elif instance is None:
             if record.status is not DevboxStatus.ERROR:
                 await core.store.update(record.id, status=DevboxStatus.ERROR, error=LOST_VM)
+        elif record.status is DevboxStatus.REBOOTING:
+            redo.append((record.id, core.complete_reboot(record.id, record.memory_mb)))
+        elif record.status is DevboxStatus.RESUMING:
+            redo.append((record.id, core.complete_resume(record.id)))
         else:
             actual = STATUS_OF_INSTANCE.get(instance.state, record.status)
             if actual is not record.status:  # unchanged records keep their updated_at
                 await core.store.update(record.id, status=actual)
     for snapshot in await core.snapshots.all():
-        if snapshot.id not in known_snapshots:
+        if snapshot.status is not SnapshotStatus.PENDING:
+            if snapshot.id not in known_snapshots:
+                await core.snapshots.delete(snapshot.id)
+        elif snapshot.id in known_snapshots:  # written, not yet recorded as such
+            await core.settle_snapshot(snapshot)
+        elif snapshot.devbox_id in instances and snapshot.kind is SnapshotKind.SAVE:
+            redo.append((snapshot.devbox_id, core.complete_save(snapshot)))
+        else:  # a branch's checkpoint no child was recorded for, or its VM is gone
             await core.snapshots.delete(snapshot.id)
-        elif snapshot.status is SnapshotStatus.PENDING:
-            await core.snapshots.set_status(snapshot.id, SnapshotStatus.READY)
     kept = {s.id for s in await core.snapshots.all()}
     for keeper in core.snapshot_keepers:
         kept |= await keeper()
@@ -78,19 +92,24 @@ async def recover(core: DevboxCore) -> None:
     for snapshot_id, devbox_ids in unfinished.items():
         log.info("finishing interrupted boots", extra={"devboxes": devbox_ids})
         core.start_boot(devbox_ids, snapshot_id)
+    for devbox_id, work in redo:
+        log.info("finishing interrupted work", extra={"devbox_id": devbox_id})
+        core.run_in_background([devbox_id], work)
 
 
-class StandbyPolicy:
-    """Devboxes paused longer than `after` seconds go to standby, so idle devboxes cost no
-    memory; resume, SSH and previews bring them back with their processes."""
+class Periodic:
+    """A pass over the devboxes every `interval` seconds while the service runs (none
+    without a VM backend, or with an interval of 0); a failed pass is logged and retried."""
 
-    def __init__(self, core: DevboxCore, after: float) -> None:
+    what = "a background pass"
+
+    def __init__(self, core: DevboxCore, interval: float) -> None:
         self._core = core
-        self._after = after
+        self._interval = interval
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        if self._core.has_backend and self._after > 0 and self._task is None:
+        if self._core.has_backend and self._interval > 0 and self._task is None:
             self._task = asyncio.create_task(self._loop())
 
     async def close(self) -> None:
@@ -101,13 +120,29 @@ class StandbyPolicy:
                 await task
 
     async def _loop(self) -> None:
-        interval = min(max(self._after / 4, 0.25), 30.0)
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self._interval)
             try:
-                await self.standby_idle()
+                await self.run_once()
             except Exception:
-                log.exception("standby of idle devboxes failed; will try again")
+                log.exception("%s failed; will try again", self.what)
+
+    async def run_once(self) -> object:
+        raise NotImplementedError
+
+
+class StandbyPolicy(Periodic):
+    """Devboxes paused longer than `after` seconds go to standby, so idle devboxes cost no
+    memory; resume, SSH and previews bring them back with their processes."""
+
+    what = "standby of idle devboxes"
+
+    def __init__(self, core: DevboxCore, after: float) -> None:
+        super().__init__(core, min(max(after / 4, 0.25), 30.0) if after > 0 else 0)
+        self._after = after
+
+    async def run_once(self) -> list[str]:
+        return await self.standby_idle()
 
     async def standby_idle(self) -> list[str]:
         """Put every devbox paused for longer than `after` into standby; the ids moved."""
@@ -135,33 +170,17 @@ class StandbyPolicy:
         return moved
 
 
-class VmWatch:
+class VmWatch(Periodic):
     """Notices a VM whose process died under a running or paused devbox (a crash, an OOM
     kill) and says so: the devbox turns `error` with the reason, instead of claiming `ready`."""
 
+    what = "checking VM processes"
+
     def __init__(self, core: DevboxCore, interval: float = WATCH_INTERVAL) -> None:
-        self._core = core
-        self._interval = interval
-        self._task: asyncio.Task[None] | None = None
+        super().__init__(core, interval)
 
-    def start(self) -> None:
-        if self._core.has_backend and self._task is None:
-            self._task = asyncio.create_task(self._loop())
-
-    async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.check()
-            except Exception:
-                log.exception("checking VM processes failed; will try again")
+    async def run_once(self) -> list[str]:
+        return await self.check()
 
     async def check(self) -> list[str]:
         """The ids of devboxes found without their VM process (now `error`)."""
@@ -190,3 +209,24 @@ class VmWatch:
                 log.warning("a devbox's VM process is gone", extra={"devbox": record.id})
                 crashed.append(record.id)
         return crashed
+
+
+class GarbageCollector(Periodic):
+    """The backend's files nothing references (left by crashes, deleted snapshots, image
+    builds of older recipes), removed every `interval` seconds and on an operator's request."""
+
+    what = "garbage collection"
+
+    def __init__(self, core: DevboxCore, interval: float) -> None:
+        super().__init__(core, interval)
+        self._one_at_a_time = asyncio.Lock()
+
+    async def run_once(self) -> backend_api.GarbageReport:
+        async with self._one_at_a_time:
+            report = await self._core.backend.collect_garbage()
+        if report.removed:
+            log.info(
+                "garbage collected",
+                extra={"files": len(report.removed), "freed_bytes": report.freed_bytes},
+            )
+        return report

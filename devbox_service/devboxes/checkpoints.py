@@ -41,11 +41,6 @@ class CheckpointService:
                 snapshot = await self._checkpoint(
                     principal, record, name or "save", SnapshotKind.SAVE
                 )
-            await self._core.store.update(
-                devbox_id,
-                current_save_id=snapshot.id,
-                event=new_event(devbox_id, EventType.SAVE, snapshot.id, {"name": snapshot.name}),
-            )
         return snapshot_response(snapshot)
 
     async def branch(
@@ -118,7 +113,7 @@ class CheckpointService:
         except BaseException:
             await self._core.snapshots.delete(snapshot.id)
             raise
-        await self._core.snapshots.set_status(snapshot.id, SnapshotStatus.READY)
+        await self._core.settle_snapshot(snapshot)
         return await self._snapshot(snapshot.id)
 
     async def _snapshot(self, snapshot_id: str) -> SnapshotRecord:

@@ -22,11 +22,19 @@ from devbox_service.auth import tokens
 from devbox_service.auth.models import Principal
 from devbox_service.backends import base as backend_api
 from devbox_service.backends.base import InstanceState, MachineSpec, VMBackend
-from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventRecord, EventType
+from devbox_service.devboxes.models import (
+    DevboxRecord,
+    DevboxStatus,
+    EventRecord,
+    EventType,
+    SnapshotKind,
+    SnapshotRecord,
+    SnapshotStatus,
+)
 from devbox_service.devboxes.quotas import Admission
 from devbox_service.devboxes.snapshot_store import SnapshotStore
 from devbox_service.devboxes.store import DevboxStore
-from devbox_service.errors import Failed, NotFound, Unavailable
+from devbox_service.errors import DevboxServiceError, Failed, NotFound, Unavailable
 from devbox_service.ids import new_id
 from devbox_service.secrets.box import SecretBox
 
@@ -190,6 +198,71 @@ class DevboxCore:
             await self.admission.check_memory(self.backend, 1, memory_mb)
             await self.backend.wake(devbox_id)
 
+    # accepted work, finished (also after a restart: statuses are the record of intent)
+
+    async def complete_reboot(self, devbox_id: str, memory_mb: int) -> None:
+        """The reboot of a devbox already `rebooting`: the guest restarts (a VM whose
+        process died boots again from its disk); then `ready`, or `error` saying why."""
+        async with self.locks[devbox_id]:
+            try:
+                if await self.vm_alive(devbox_id):
+                    await self.backend.reboot(devbox_id)
+                else:
+                    await self.wake(devbox_id, memory_mb)
+            except DevboxServiceError as exc:
+                await self.store.update(
+                    devbox_id, status=DevboxStatus.ERROR, error=f"the reboot failed: {exc}"
+                )
+                return
+            await self.store.update(devbox_id, status=DevboxStatus.READY)
+
+    async def complete_resume(self, devbox_id: str) -> None:
+        """A resume a restart cut short: the VM runs again, or the devbox says why not."""
+        async with self.locks[devbox_id]:
+            try:
+                await self.bring_back(devbox_id)
+            except DevboxServiceError as exc:
+                await self.store.update(
+                    devbox_id,
+                    status=DevboxStatus.ERROR,
+                    error=f"a resume cut short by a restart of the service failed: {exc}; "
+                    "resume or reboot it again",
+                )
+                return
+            await self.store.update(
+                devbox_id, status=DevboxStatus.READY, event=new_event(devbox_id, EventType.RESUME)
+            )
+
+    async def complete_save(self, snapshot: SnapshotRecord) -> None:
+        """A save a restart cut short, written again from the running VM; the snapshot
+        record goes if that cannot be done (the caller was never told it was saved)."""
+        assert snapshot.devbox_id is not None
+        async with self.locks[snapshot.devbox_id]:
+            try:
+                await self.in_memory(snapshot.devbox_id)
+                await self.backend.save(snapshot.devbox_id, snapshot.id)
+            except DevboxServiceError as exc:
+                log.warning(
+                    "an interrupted save could not be finished: %s",
+                    exc,
+                    extra={"snapshot_id": snapshot.id},
+                )
+                await self.snapshots.delete(snapshot.id)
+                return
+            await self.settle_snapshot(snapshot)
+
+    async def settle_snapshot(self, snapshot: SnapshotRecord) -> None:
+        """A snapshot the backend has written: ready, and a save is its devbox's newest."""
+        await self.snapshots.set_status(snapshot.id, SnapshotStatus.READY)
+        devbox_id = snapshot.devbox_id
+        if snapshot.kind is SnapshotKind.SAVE and devbox_id and await self.store.get(devbox_id):
+            detail = {"name": snapshot.name}
+            await self.store.update(
+                devbox_id,
+                current_save_id=snapshot.id,
+                event=new_event(devbox_id, EventType.SAVE, snapshot.id, detail),
+            )
+
     async def in_memory(self, devbox_id: str) -> None:
         """Save and branch need the VM process: bring a standby VM back, still paused."""
         if (await self.backend.get_instance(devbox_id)).state is InstanceState.STANDBY:
@@ -204,6 +277,11 @@ class DevboxCore:
         for devbox_id in devbox_ids:
             self._tasks[devbox_id] = task
             task.add_done_callback(functools.partial(self._forget_task, devbox_id))
+
+    @property
+    def busy(self) -> bool:
+        """Is background work (a boot, a reboot, a recovery) under way?"""
+        return bool(self._tasks)
 
     def _forget_task(self, devbox_id: str, task: asyncio.Task[None]) -> None:
         if self._tasks.get(devbox_id) is task:

@@ -22,7 +22,6 @@ from devbox_service.devboxes.schemas import DevboxResponse
 from devbox_service.devboxes.views import DevboxViews
 from devbox_service.errors import (
     Conflict,
-    DevboxServiceError,
     Failed,
     PayloadTooLarge,
     PermissionDenied,
@@ -149,21 +148,9 @@ class DevboxService:
                 event=new_event(devbox_id, EventType.REBOOT),
             )
 
-        async def reboot() -> None:
-            async with self._core.locks[devbox_id]:
-                try:
-                    if await self._core.vm_alive(devbox_id):
-                        await self._core.backend.reboot(devbox_id)
-                    else:  # its process died: boot it again from its disk
-                        await self._core.wake(devbox_id, record.memory_mb)
-                except DevboxServiceError as exc:
-                    await self._core.store.update(
-                        devbox_id, status=DevboxStatus.ERROR, error=str(exc)
-                    )
-                    return
-                await self._core.store.update(devbox_id, status=DevboxStatus.READY)
-
-        self._core.run_in_background([devbox_id], reboot())
+        self._core.run_in_background(
+            [devbox_id], self._core.complete_reboot(devbox_id, record.memory_mb)
+        )
         return await self._views.get(principal, devbox_id)
 
     async def _has_vm(self, record: DevboxRecord) -> None:

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 import pytest
-from support import Api, app_routes, insert_devbox, mint_agent_token
+from support import Api, app_routes, background_settled, insert_devbox, mint_agent_token
 
 from devbox_service.auth import scopes
 from devbox_service.auth.guards import AccessGuard
@@ -101,6 +101,7 @@ async def test_every_route_answers_every_caller_as_its_rule_says(
                 follow_redirects=False,
                 **(body if body is not None else {"json": {}}),
             )
+            await background_settled(api)
             status = response.status_code
             expected = expectation(caller, rule, template)
             if not expected(status):

@@ -15,7 +15,12 @@ from support import Api, create_devbox, wait_ready, wait_status
 from devbox_service.app import create_app
 from devbox_service.backends.base import InstanceState
 from devbox_service.devboxes.background import CRASHED, LOST_VM
-from devbox_service.devboxes.models import DevboxStatus
+from devbox_service.devboxes.models import (
+    DevboxStatus,
+    SnapshotKind,
+    SnapshotRecord,
+    SnapshotStatus,
+)
 from devbox_service.settings import Settings
 
 
@@ -142,3 +147,67 @@ async def test_a_devbox_whose_boot_failed_cannot_be_resumed(
         f"/api/devboxes/{devbox_id}/resume", headers=fake_api.auth(fake_api.admin_key)
     )
     assert refused.status_code == 409 and "delete it" in refused.json()["detail"]
+
+
+async def test_work_accepted_before_a_restart_is_finished_after_it(
+    make_settings: Callable[..., Settings], fake_backend: MemoryBackend
+) -> None:
+    """Statuses and pending snapshots are the record of intent: a reboot or resume under way,
+    and saves written or not yet written by the backend, are all finished at the next start."""
+    settings = make_settings(vm_backend="qemu", ssh_port=0)
+    async with AsyncTestClient(create_app(settings, backend=fake_backend)) as client:
+        await wait_ready(client)
+        api = Api(client, settings)
+        core = api.services.devbox_core
+        rebooting, resuming, saving, written = [
+            (await create_devbox(api, await image_id(api)))["id"] for _ in range(4)
+        ]
+        await core.store.update(rebooting, status=DevboxStatus.REBOOTING)
+        await fake_backend.pause(resuming)
+        await core.store.update(resuming, status=DevboxStatus.RESUMING)
+        principal = await api.services.identities.authenticate(api.admin_key)
+        pending = {}
+        for devbox_id in (saving, written):
+            record = await core.store.get(devbox_id)
+            assert record is not None
+            snapshot = SnapshotRecord(
+                id=f"snapshot_{devbox_id[-8:]}",
+                org_id=record.org_id,
+                user_id=principal.user_id,
+                devbox_id=devbox_id,
+                name="cut short",
+                kind=SnapshotKind.SAVE,
+                status=SnapshotStatus.PENDING,
+                vcpus=1,
+                memory_mb=256,
+                disk_mb=2048,
+                created_at=time.time(),
+            )
+            await core.snapshots.insert(snapshot)
+            pending[devbox_id] = snapshot.id
+        await fake_backend.save(written, pending[written])  # written, not recorded as such
+    reboots_before = len(fake_backend.calls_to("reboot"))
+
+    async with AsyncTestClient(create_app(settings, backend=fake_backend)) as client:
+        await wait_ready(client)
+        api = Api(client, settings)
+        for devbox_id in (rebooting, resuming, saving, written):
+            await wait_status(api, api.admin_key, devbox_id)
+        assert len(fake_backend.calls_to("reboot")) == reboots_before + 1
+        assert (await fake_backend.get_instance(resuming)).state is InstanceState.RUNNING
+        deadline = time.monotonic() + 30
+        for devbox_id, snapshot_id in pending.items():
+            while (record := await api.services.devbox_core.store.get(devbox_id)) is not None:
+                if record.current_save_id == snapshot_id:
+                    break
+                assert time.monotonic() < deadline, f"the save of {devbox_id} was not finished"
+                await asyncio.sleep(0.05)
+            shown = await client.get(
+                f"/api/snapshots/{snapshot_id}", headers=api.auth(api.admin_key)
+            )
+            assert shown.json()["status"] == "ready", shown.text
+            timeline = (
+                await client.get(f"/api/devboxes/{devbox_id}", headers=api.auth(api.admin_key))
+            ).json()["timeline"]
+            assert [e["snapshot_id"] for e in timeline if e["type"] == "save"] == [snapshot_id]
+        assert {s.id for s in await fake_backend.list_snapshots()} >= set(pending.values())

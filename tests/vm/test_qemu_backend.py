@@ -25,6 +25,7 @@ from devbox_service.backends.qemu.config import QemuConfig
 from devbox_service.backends.qemu.console import CONSOLE_LIMIT
 from devbox_service.backends.qemu.driver import QemuBackend
 from devbox_service.backends.qemu.session import live_chain
+from devbox_service.backends.qemu.snapshots import FLATTEN_DEPTH
 from devbox_service.backends.qemu.util import pid_alive
 
 pytestmark = pytest.mark.vm
@@ -253,3 +254,39 @@ async def test_a_guest_flooding_its_console_does_not_fill_the_host_disk(
         await asyncio.sleep(0.5)
     kept = console.read_bytes()
     assert kept.startswith(b"[earlier console output cut]") and kept.endswith(b"x")
+
+
+async def test_many_saves_keep_the_disk_chain_short_and_every_snapshot_whole(
+    qemu_backend: QemuBackend, boot_snapshot_id: str
+) -> None:
+    vm = await qemu_backend.boot(boot_snapshot_id, "vm-chain")
+    saves: list[SnapshotInfo] = []
+    try:
+        for n in range(FLATTEN_DEPTH + 4):
+            await sh(vm, f"echo layer-{n} > /root/layer-{n}; sync")
+            saves.append(await qemu_backend.save(vm.id, f"snap-chain-{n}"))
+        deadline = time.monotonic() + 120
+        while vm.id in qemu_backend._flattening:  # the stream runs in the background
+            assert time.monotonic() < deadline, "the stream never finished"
+            await asyncio.sleep(0.1)
+        live = await live_chain(qemu_backend._machines[vm.id], [])
+        assert len(live) <= FLATTEN_DEPTH, live
+        assert qemu_backend._instances[vm.id].chain == live  # recorded as QEMU has it
+        expected = "".join(f"layer-{n}\n" for n in range(FLATTEN_DEPTH + 4))
+        files = " ".join(f"/root/layer-{n}" for n in range(FLATTEN_DEPTH + 4))
+        assert await sh(vm, f"cat {files}") == expected
+        # the snapshots from before and after the stream still hold their own moment
+        for n in (0, FLATTEN_DEPTH - 1, FLATTEN_DEPTH + 3):
+            clone = await qemu_backend.boot(saves[n].id, f"vm-chain-clone-{n}")
+            try:
+                present = await sh(clone, "ls /root | grep -c '^layer-'")
+                assert int(present) == n + 1
+                assert (await sh(clone, f"cat /root/layer-{n}")).strip() == f"layer-{n}"
+            finally:
+                await qemu_backend.delete(clone.id)
+        saves.append(await qemu_backend.save(vm.id, "snap-chain-after"))
+        assert len(qemu_backend._snapshots[saves[-1].id].chain) <= 2  # its layer + the image
+    finally:
+        await qemu_backend.delete(vm.id)
+        for snapshot in saves:
+            await qemu_backend.delete_snapshot(snapshot.id)

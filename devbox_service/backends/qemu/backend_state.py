@@ -45,6 +45,7 @@ class BackendState:
         self._locks: dict[str, asyncio.Lock] = {}
         self._snapshots: dict[str, SnapshotRecord] = {}
         self._pending_disks: set[str] = set()  # created but not yet in any record
+        self._flattening: dict[str, asyncio.Task[None]] = {}  # instance id -> its stream
         self._accel: str | None = None
         self._image: images.ImageFiles | None = None
         self._console_watch: asyncio.Task[None] | None = None

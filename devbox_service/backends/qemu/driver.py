@@ -26,6 +26,7 @@ from devbox_service.backends.qemu.argv import socket_dir
 from devbox_service.backends.qemu.backend_state import LIVE
 from devbox_service.backends.qemu.boot_snapshots import BootSnapshots
 from devbox_service.backends.qemu.config import QemuConfig
+from devbox_service.backends.qemu.garbage import Garbage
 from devbox_service.backends.qemu.instances import Instances
 from devbox_service.backends.qemu.machine import Machine
 from devbox_service.backends.qemu.session import live_chain
@@ -36,7 +37,7 @@ from devbox_service.backends.qemu.util import kill_strays
 log = logging.getLogger(__name__)
 
 
-class QemuBackend(Instances, Snapshots, BootSnapshots, VMBackend):
+class QemuBackend(Instances, Snapshots, BootSnapshots, Garbage, VMBackend):
     """VMs as local QEMU processes; see the package docstrings for the file layout."""
 
     name = "qemu"
@@ -60,6 +61,7 @@ class QemuBackend(Instances, Snapshots, BootSnapshots, VMBackend):
             if rec.state in LIVE:
                 await self._adopt(rec)
         self._gc_disks()
+        self.mark_image_use()
         self._console_watch = asyncio.create_task(console.watch(self._consoles))
 
     def _consoles(self) -> list[Path]:
@@ -82,7 +84,9 @@ class QemuBackend(Instances, Snapshots, BootSnapshots, VMBackend):
                 raise BackendError("no pid recorded")
             await machine.adopt(rec.pid)
             status = await machine.status()
-            rec.state = InstanceState.PAUSED if status == "paused" else InstanceState.RUNNING
+            if rec.state is InstanceState.RUNNING and status != "running":
+                status = await self._continue(machine, rec.id, status)
+            rec.state = InstanceState.RUNNING if status == "running" else InstanceState.PAUSED
             rec.chain = await live_chain(machine, rec.chain)
             self._machines[rec.id] = machine
         except BackendError as exc:
@@ -92,7 +96,25 @@ class QemuBackend(Instances, Snapshots, BootSnapshots, VMBackend):
             rec.pid = None
         self._write_instance(rec)
 
+    @staticmethod
+    async def _continue(machine: Machine, instance_id: str, status: str) -> str:
+        """A VM recorded running but found stopped was stopped by a save (or a pause) the
+        service did not live to finish: cancel what is left of the save and let it run, as
+        the record says. Its status afterwards."""
+        log.warning("instance %s was left %s by an interrupted operation", instance_id, status)
+        with contextlib.suppress(BackendError):
+            await machine.qmp("migrate_cancel")
+        try:
+            await machine.qmp("cont")
+        except BackendError as exc:
+            log.warning("instance %s could not be continued: %s", instance_id, exc.message)
+        return await machine.status()
+
     async def close(self) -> None:
+        for task in list(self._flattening.values()):  # QEMU finishes a stream by itself
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         watch, self._console_watch = self._console_watch, None
         if watch is not None:
             watch.cancel()

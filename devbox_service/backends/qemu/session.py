@@ -41,6 +41,9 @@ class MachineState(enum.Enum):
     SHUT_DOWN = "shut_down"
 
 
+FLATTEN_JOB = "flatten"
+
+
 class MachineSession(abc.ABC):
     """QMP and agent connections to one QEMU, and the operations built on them."""
 
@@ -131,6 +134,29 @@ class MachineSession(abc.ABC):
         if text and (success is None or success not in text):
             raise QMPFailed(f"HMP {command!r} failed", command=command, error=text)
         return text
+
+    # the disk chain ---------------------------------------------------------------------------
+
+    async def stream_into_top(self, base: str) -> None:
+        """Start copying every layer between `base` and the top into the top one, in the
+        background while the guest runs; QEMU drops those layers from the chain at the end.
+        Frozen layers are only read, so the snapshots that own them stay as they are."""
+        await self.qmp("block-stream", {"job-id": FLATTEN_JOB, "device": "d0", "base": base})
+
+    async def flattening(self) -> bool:
+        jobs = await self.qmp("query-block-jobs")
+        return any(job.get("device") == FLATTEN_JOB for job in jobs)
+
+    async def stop_flattening(self, timeout: float = 10.0) -> None:
+        """Cancel a stream under way (what it copied stays valid) before the disk chain is
+        changed or the memory written: a save, standby."""
+        if not await self.flattening():
+            return
+        with contextlib.suppress(QMPFailed):  # it may have ended in between
+            await self.qmp("block-job-cancel", {"device": FLATTEN_JOB})
+        async with asyncio.timeout(timeout):
+            while await self.flattening():
+                await asyncio.sleep(0.01)
 
     async def status(self) -> str:
         return str((await self.qmp("query-status"))["status"])

@@ -8,6 +8,7 @@ snapshot directory appears under its final name only once complete.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import uuid
@@ -17,14 +18,23 @@ import msgspec
 
 from devbox_service.backends.base import (
     AlreadyExists,
+    BackendError,
     BackendTimeout,
     InvalidState,
+    NotFound,
     SnapshotInfo,
 )
 from devbox_service.backends.qemu.backend_state import BackendState
 from devbox_service.backends.qemu.session import live_chain
 from devbox_service.backends.qemu.store import SnapshotRecord
 from devbox_service.backends.qemu.util import check_id, file_size, fsync_path, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+FLATTEN_DEPTH = 8
+"""Layers an instance's disk chain may have before a save starts streaming them into its top
+(the image's own layer stays shared)."""
+FLATTEN_POLL = 0.25
 
 
 class Snapshots(BackendState):
@@ -44,6 +54,7 @@ class Snapshots(BackendState):
             self._pending_disks.add(str(new_top))
             try:
                 async with asyncio.timeout(self.config.restore_timeout):
+                    await machine.stop_flattening()
                     self.last_save_pause = await machine.save_state(
                         work / "state", new_top=new_top, timeout=self.config.restore_timeout
                     )
@@ -69,6 +80,8 @@ class Snapshots(BackendState):
                 os.replace(work, final)  # listed and bootable only from here on
                 fsync_path(self.snapshots_dir)
                 self._snapshots[snapshot_id] = snap
+                if len(rec.chain) > FLATTEN_DEPTH:
+                    self._start_flattening(rec.id)
                 return snap.info()
             except BaseException as exc:
                 # The disk may have been switched to new_top before the failure: believe QEMU,
@@ -83,6 +96,30 @@ class Snapshots(BackendState):
             finally:
                 self._pending_disks.discard(str(new_top))
                 shutil.rmtree(work, ignore_errors=True)
+
+    def _start_flattening(self, instance_id: str) -> None:
+        if instance_id not in self._flattening:
+            task = asyncio.create_task(self._flatten(instance_id))
+            self._flattening[instance_id] = task
+            task.add_done_callback(lambda _: self._flattening.pop(instance_id, None))
+
+    async def _flatten(self, instance_id: str) -> None:
+        """Keep an instance's chain short: every save adds a layer, and a restore (and each
+        read the guest makes) walks them all. The stream runs while the guest does; a save or
+        standby that comes first cancels it, and a later save starts it again."""
+        try:
+            async with self._locked(instance_id) as rec:
+                machine = self._live_machine(rec)
+                await machine.stream_into_top(rec.chain[-1])
+            while await machine.flattening():
+                await asyncio.sleep(FLATTEN_POLL)
+            async with self._locked(instance_id) as rec:
+                if self._machines.get(instance_id) is machine and machine.alive():
+                    rec.chain = await live_chain(machine, rec.chain)
+                    self._write_instance(rec)
+                    self._gc_disks()
+        except (BackendError, NotFound) as exc:
+            log.info("flattening %s stopped: %s", instance_id, exc)
 
     async def list_snapshots(self) -> list[SnapshotInfo]:
         out = [s.info() for s in self._snapshots.values()]
