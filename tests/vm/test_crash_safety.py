@@ -1,5 +1,5 @@
 """The service killed with SIGKILL at random moments during create, branch, save, pause,
-resume, reboot and delete (two rounds each, on real VMs), restarted on the same data each
+resume, reboot and delete (three rounds each, on real VMs), restarted on the same data each
 time: nothing is lost, every accepted devbox ends up running, no snapshot stays pending, each
 running devbox has exactly one QEMU process and none is orphaned, and the newest snapshot
 boots into a working devbox."""
@@ -21,7 +21,10 @@ from live import LiveService, live_service
 pytestmark = pytest.mark.vm
 
 OPERATIONS = ("create", "branch", "save", "pause", "resume", "reboot", "delete")
-ROUNDS = 2
+ROUNDS = 3
+KILL_AFTER = (0.0, 0.01, 0.03, 0.06, 0.1, 0.2, 0.4)
+"""Seconds between sending a request and the SIGKILL: most operations take well under a
+second, so the moments are chosen to fall before, during and after them."""
 SETTLED = {"ready", "paused", "error"}
 
 
@@ -109,7 +112,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path_factory: pytest.TempPa
 
                 sender = threading.Thread(target=send, daemon=True)
                 sender.start()
-                time.sleep(rng.uniform(0.0, 1.2))
+                time.sleep(rng.choice(KILL_AFTER) * rng.uniform(0.5, 1.5))
                 assert service.process is not None
                 service.process.kill()
                 service.process.wait(30)
