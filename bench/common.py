@@ -117,9 +117,11 @@ def served() -> Iterator[Served]:
                 raise RuntimeError("the service exited before it was ready")
             time.sleep(0.2)
         auth = {"Authorization": f"Bearer {(data_dir / 'admin.key').read_text().strip()}"}
-        yield Served(http, auth, ssh_port, data_dir)
-        for devbox in http.get("/api/devboxes", headers=auth).json()["data"]:
-            http.delete(f"/api/devboxes/{devbox['id']}", headers=auth)
+        try:
+            yield Served(http, auth, ssh_port, data_dir)
+        finally:  # VMs outlive the service by design: a failed benchmark must not leave any
+            for devbox in http.get("/api/devboxes", headers=auth).json()["data"]:
+                http.delete(f"/api/devboxes/{devbox['id']}", headers=auth)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)

@@ -6,13 +6,13 @@ principal's credential id are logged for requests; no header or body ever is.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import sys
 import time
 from typing import Any
 
+import msgspec
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -34,7 +34,7 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return msgspec.json.encode(entry, enc_hook=str).decode()
 
 
 def configure_logging(level: str) -> None:

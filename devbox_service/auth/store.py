@@ -33,6 +33,8 @@ class IdentityStore:
     def __init__(self, database: Database) -> None:
         self.database = database
         self._key_use = LastUsed(database, "api_keys")
+        self._principals: dict[str, Principal] = {}  # by key hash, for one data version
+        self._principals_version: int | None = None
 
     async def is_empty(self) -> bool:
         row = await self.database.fetch_one("SELECT COUNT(*) FROM users")
@@ -126,8 +128,20 @@ class IdentityStore:
         return changed > 0
 
     async def principal_for_key_hash(self, key_hash: str) -> Principal | None:
-        """The caller behind a live key; the key must still be a member of its org."""
-        return await self._principal("k.key_hash = ?", (key_hash,))
+        """The caller behind a live key; the key must still be a member of its org.
+
+        Every request asks this, so answers are kept until the database changes at all (a
+        revocation or a membership change, by this process or the CLI, is seen at once)."""
+        version = self.database.data_version()
+        if version is None or version != self._principals_version:
+            self._principals.clear()
+            self._principals_version = version
+        elif (known := self._principals.get(key_hash)) is not None:
+            return known
+        principal = await self._principal("k.key_hash = ?", (key_hash,))
+        if principal is not None and version is not None and len(self._principals) < 10_000:
+            self._principals[key_hash] = principal
+        return principal
 
     async def _principal(self, where: str, params: tuple[object, ...]) -> Principal | None:
         row = await self.database.fetch_one(

@@ -158,6 +158,18 @@ class Database:
             cursor = await self._connection.execute(sql, params)
             return list(await cursor.fetchall())
 
+    def data_version(self) -> int | None:
+        """A number that changes whenever any connection commits (this service's writer, or
+        another process such as the operator's CLI): what lets a reader cache a query's
+        result until anything at all was written. None when there is no read connection."""
+        if self._reader is None:
+            return None
+        try:
+            row = self._reader.execute("PRAGMA data_version").fetchone()
+        except sqlite3.Error:
+            return None
+        return int(row[0])
+
     async def ping(self) -> bool:
         try:
             await self.fetch_one("SELECT 1")
