@@ -38,6 +38,12 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str) -> None:
+    # Facts the JSON lines never show, which logging would gather for every record (the
+    # "Optimization" section of the logging docs): thread, process and the caller's frame.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

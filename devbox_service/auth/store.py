@@ -14,6 +14,7 @@ from devbox_service.auth.models import (
     User,
 )
 from devbox_service.db import Database
+from devbox_service.db.cache import VersionedCache
 from devbox_service.db.database import Transaction
 from devbox_service.db.records import Table
 
@@ -33,8 +34,7 @@ class IdentityStore:
     def __init__(self, database: Database) -> None:
         self.database = database
         self._key_use = LastUsed(database, "api_keys")
-        self._principals: dict[str, Principal] = {}  # by key hash, for one data version
-        self._principals_version: int | None = None
+        self._principals: VersionedCache[str, Principal] = VersionedCache(database)
 
     async def is_empty(self) -> bool:
         row = await self.database.fetch_one("SELECT COUNT(*) FROM users")
@@ -132,15 +132,12 @@ class IdentityStore:
 
         Every request asks this, so answers are kept until the database changes at all (a
         revocation or a membership change, by this process or the CLI, is seen at once)."""
-        version = self.database.data_version()
-        if version is None or version != self._principals_version:
-            self._principals.clear()
-            self._principals_version = version
-        elif (known := self._principals.get(key_hash)) is not None:
+        known, version = self._principals.lookup(key_hash)
+        if known is not None:
             return known
         principal = await self._principal("k.key_hash = ?", (key_hash,))
-        if principal is not None and version is not None and len(self._principals) < 10_000:
-            self._principals[key_hash] = principal
+        if principal is not None:
+            self._principals.store(key_hash, principal, version)
         return principal
 
     async def _principal(self, where: str, params: tuple[object, ...]) -> Principal | None:

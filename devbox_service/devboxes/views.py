@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from devbox_service.auth.models import Principal
+from devbox_service.db.cache import VersionedCache
 from devbox_service.devboxes.core import DevboxCore
 from devbox_service.devboxes.models import DevboxRecord, EventRecord, EventType, SnapshotRecord
 from devbox_service.devboxes.schemas import (
@@ -20,6 +21,7 @@ from devbox_service.devboxes.schemas import (
     TimelineEvent,
     WakeOn,
 )
+from devbox_service.errors import NotFound
 
 GUEST_IP = "10.0.2.15"
 ALWAYS_WAKES = WakeOn(wake_on_ssh=True, wake_on_http=True)  # a paused devbox wakes on both
@@ -37,6 +39,9 @@ class DevboxViews:
     def __init__(self, core: DevboxCore, http_services: HttpServiceLister) -> None:
         self._core = core
         self._http_services = http_services
+        self._views: VersionedCache[str, tuple[str, DevboxResponse]] = VersionedCache(
+            core.store.database
+        )
 
     async def list_summaries(self, principal: Principal) -> list[DevboxSummaryResponse]:
         records = await self._core.store.list_for_org(principal.org_id)
@@ -48,7 +53,17 @@ class DevboxViews:
         return await self.details(records)
 
     async def get(self, principal: Principal, devbox_id: str) -> DevboxResponse:
-        return await self.detail(await self._core.visible(principal, devbox_id))
+        """The most read answer of the API: kept until the database changes at all."""
+        known, version = self._views.lookup(devbox_id)
+        if known is not None:
+            org_id, view = known
+            if org_id != principal.org_id:
+                raise NotFound.of("devbox", devbox_id)
+            return view
+        record = await self._core.visible(principal, devbox_id)
+        view = await self.detail(record)
+        self._views.store(devbox_id, (record.org_id, view), version)
+        return view
 
     async def summary(self, principal: Principal, devbox_id: str) -> DevboxSummaryResponse:
         record = await self._core.visible(principal, devbox_id)
