@@ -240,7 +240,7 @@ class Instances(BackendState):
             tmp = final.with_name(final.name + ".tmp")
             try:
                 async with asyncio.timeout(self.config.restore_timeout):
-                    await machine.stop_flattening()
+                    await machine.settle_flattening(0.0)
                     await machine.qmp("stop")
                     await machine.migrate_to(tmp, self.config.restore_timeout)
             except BaseException:

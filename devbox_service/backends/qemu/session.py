@@ -147,16 +147,20 @@ class MachineSession(abc.ABC):
         jobs = await self.qmp("query-block-jobs")
         return any(job.get("device") == FLATTEN_JOB for job in jobs)
 
-    async def stop_flattening(self, timeout: float = 10.0) -> None:
-        """Cancel a stream under way (what it copied stays valid) before the disk chain is
-        changed or the memory written: a save, standby."""
-        if not await self.flattening():
-            return
-        with contextlib.suppress(QMPFailed):  # it may have ended in between
-            await self.qmp("block-job-cancel", {"device": FLATTEN_JOB})
-        async with asyncio.timeout(timeout):
-            while await self.flattening():
-                await asyncio.sleep(0.01)
+    async def settle_flattening(self, wait: float, timeout: float = 10.0) -> None:
+        """Before the disk chain changes or the memory is written (a save, standby): let a
+        stream under way finish for up to `wait` seconds (the guest runs meanwhile, so this
+        is not pause time), then cancel it (what it copied stays valid)."""
+        deadline = time.monotonic() + wait
+        while await self.flattening():
+            if time.monotonic() >= deadline:
+                with contextlib.suppress(QMPFailed):  # it may have ended in between
+                    await self.qmp("block-job-cancel", {"device": FLATTEN_JOB})
+                async with asyncio.timeout(timeout):
+                    while await self.flattening():
+                        await asyncio.sleep(0.01)
+                return
+            await asyncio.sleep(0.02)
 
     async def status(self) -> str:
         return str((await self.qmp("query-status"))["status"])

@@ -35,6 +35,9 @@ FLATTEN_DEPTH = 8
 """Layers an instance's disk chain may have before a save starts streaming them into its top
 (the image's own layer stays shared)."""
 FLATTEN_POLL = 0.25
+FLATTEN_WAIT = 10.0
+"""Seconds a save waits for a stream under way (it copies only what the layers changed, so
+it is short) before cancelling it: saves back to back would otherwise never let one end."""
 
 
 class Snapshots(BackendState):
@@ -54,7 +57,8 @@ class Snapshots(BackendState):
             self._pending_disks.add(str(new_top))
             try:
                 async with asyncio.timeout(self.config.restore_timeout):
-                    await machine.stop_flattening()
+                    await machine.settle_flattening(FLATTEN_WAIT)
+                    rec.chain = await live_chain(machine, rec.chain)  # a stream may have ended
                     self.last_save_pause = await machine.save_state(
                         work / "state", new_top=new_top, timeout=self.config.restore_timeout
                     )
