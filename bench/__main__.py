@@ -14,6 +14,8 @@ BENCHMARKS = (
     "bench.bench_tmux",
     "bench.bench_templates",
     "bench.bench_web",
+    "bench.bench_load",
+    "bench.bench_chains",
 )
 
 
