@@ -24,24 +24,13 @@ RESTORES = 5
 TARGETS = {"vm.restore_after_50_saves.ratio": 1.2}
 
 
-def ready(service: Served, devbox_id: str) -> None:
-    while (
-        service.http.get(f"/api/devboxes/{devbox_id}", headers=service.auth).json()["status"]
-        != "ready"
-    ):
-        time.sleep(0.02)
-
-
 def restore_times(service: Served, snapshot_id: str) -> list[float]:
     times = []
     for _ in range(RESTORES):
         started = time.perf_counter()
-        created = service.http.post(
-            "/api/devboxes", params={"snapshot_id": snapshot_id}, json={}, headers=service.auth
-        ).json()
-        ready(service, created["id"])
+        devbox_id = service.start_devbox("restored", snapshot_id)
         times.append(time.perf_counter() - started)
-        service.http.delete(f"/api/devboxes/{created['id']}", headers=service.auth)
+        service.http.delete(f"/api/devboxes/{devbox_id}", headers=service.auth)
     return times
 
 
@@ -76,14 +65,7 @@ def write_some_data(service: Served, devbox_id: str, n: int) -> None:
 
 def main() -> None:
     with served() as service:
-        created = service.http.post(
-            "/api/devboxes",
-            params={"snapshot_id": service.default_image()},
-            json={},
-            headers=service.auth,
-        ).json()
-        devbox_id = created["id"]
-        ready(service, devbox_id)
+        devbox_id = service.start_devbox("saved-often")
         saves: list[str] = []
         durations: list[float] = []
         for n in range(SAVES):

@@ -154,18 +154,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     args = parser.parse_args()
     with served() as service:
-        created = service.http.post(
-            "/api/devboxes",
-            params={"snapshot_id": service.default_image()},
-            json={"name": "load"},
-            headers=service.auth,
-        ).json()
-        devbox_id = created["id"]
-        while (
-            service.http.get(f"/api/devboxes/{devbox_id}", headers=service.auth).json()["status"]
-            != "ready"
-        ):
-            time.sleep(0.2)
+        devbox_id = service.start_devbox("load")
         url = f"{str(service.http.base_url).rstrip('/')}/api/devboxes/{devbox_id}"
         body = service.http.get(url, headers=service.auth).content
         reads = side_by_side(url, service.auth, body)

@@ -49,18 +49,7 @@ def chromium() -> WebDriver:
 
 
 def terminal_latency(service: Served, base_url: str, runs: int) -> list[float]:
-    created = service.http.post(
-        "/api/devboxes",
-        params={"snapshot_id": service.default_image()},
-        json={"name": "web-bench"},
-        headers=service.auth,
-    ).json()
-    devbox_id = created["id"]
-    while (
-        service.http.get(f"/api/devboxes/{devbox_id}", headers=service.auth).json()["status"]
-        != "ready"
-    ):
-        time.sleep(0.3)
+    devbox_id = service.start_devbox("web-bench")
     service.http.post(
         f"/api/devboxes/{devbox_id}/tmux/sessions", json={"name": "bench"}, headers=service.auth
     ).raise_for_status()

@@ -70,6 +70,26 @@ class Served:
         images = self.http.get("/api/images", headers=self.auth).json()["data"]
         return str(next(i["id"] for i in images if i["default"]))
 
+    def wait_ready(self, devbox_id: str) -> None:
+        while (
+            self.http.get(f"/api/devboxes/{devbox_id}", headers=self.auth).json()["status"]
+            != "ready"
+        ):
+            time.sleep(0.02)
+
+    def start_devbox(self, name: str, snapshot_id: str | None = None) -> str:
+        """A new devbox (from the default image unless told), once it is ready; its id."""
+        created = self.http.post(
+            "/api/devboxes",
+            params={"snapshot_id": snapshot_id or self.default_image()},
+            json={"name": name},
+            headers=self.auth,
+        )
+        created.raise_for_status()
+        devbox_id = str(created.json()["id"])
+        self.wait_ready(devbox_id)
+        return devbox_id
+
     def gateway(self, devbox_id: str) -> paramiko.SSHClient:
         credentials = self.http.get(
             f"/api/admin/devboxes/{devbox_id}/ssh-credentials", headers=self.auth
