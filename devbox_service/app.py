@@ -23,6 +23,7 @@ from devbox_service.devboxes.routes import (
     upload_router,
 )
 from devbox_service.http_errors import EXCEPTION_HANDLERS
+from devbox_service.instances.routes import ImageCatalogController, InstanceController
 from devbox_service.logs import request_log_middleware
 from devbox_service.notifications.routes import (
     DevboxNotificationController,
@@ -72,6 +73,8 @@ def create_app(settings: Settings, backend: VMBackend | object | None = _NOT_GIV
             DevboxController,
             upload_router(settings.upload_max_bytes),
             ImageController,
+            ImageCatalogController,
+            InstanceController,
             SnapshotController,
             SSHCredentialsController,
             AgentTokenController,

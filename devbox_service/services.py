@@ -40,6 +40,7 @@ from devbox_service.devboxes.store import DevboxStore
 from devbox_service.devboxes.uploads import UploadService
 from devbox_service.devboxes.views import DevboxViews
 from devbox_service.egress.proxy import EgressProxy, GuestApiRelay
+from devbox_service.instances.service import InstanceService
 from devbox_service.metrics import Gauges, RequestMetrics, exposition
 from devbox_service.notifications.service import NotificationService
 from devbox_service.notifications.store import NotificationStore
@@ -175,6 +176,9 @@ class Services:
         self.devbox_views = DevboxViews(core, self.previews)
         self.checkpoints = CheckpointService(core, self.devbox_views)
         self.devboxes = DevboxService(core, self.devbox_views, self.checkpoints)
+        self.instances = InstanceService(
+            self.devboxes, self.devbox_views, self.guest_access, self.guest_connections
+        )
         self.uploads = UploadService(self.guest_access, self.settings.upload_max_bytes)
         self.standby = StandbyPolicy(core, self.settings.standby_after_seconds)
         self.vm_watch = VmWatch(core)

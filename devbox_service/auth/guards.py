@@ -153,9 +153,7 @@ async def _check_form_token(connection: ASGIConnection[Any, Any, Any, Any]) -> N
     check_csrf(connection.cookies.get(SESSION_COOKIE), token if isinstance(token, str) else None)
 
 
-def current_principal(
-    request: Request[Any, Any, Any], services: NamedDependency[Any]
-) -> Principal:
+def current_principal(request: Request[Any, Any, Any], services: NamedDependency[Any]) -> Principal:
     """Dependency: the principal the route's guard authenticated.
 
     It names `services` (unused) so that Litestar resolves the two dependencies one after

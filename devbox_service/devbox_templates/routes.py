@@ -8,9 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
-import msgspec
 from litestar import Controller, Request, delete, get, post, put
-from litestar.exceptions import ClientException, ValidationException
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response.base import ASGIResponse
 from litestar.types import ASGIApp
@@ -28,6 +26,7 @@ from devbox_service.devbox_templates.schemas import (
     TemplateUpdateRequest,
 )
 from devbox_service.devboxes.schemas import DevboxResponse
+from devbox_service.request_bodies import optional_body
 from devbox_service.services import AppServices
 
 KEEPALIVE_SECONDS = 15
@@ -91,7 +90,7 @@ class TemplateController(Controller):
         template_id: FromPath[str],
         request: Request[Any, Any, Any],
     ) -> TemplateCacheStartResponse:
-        body = await _optional_body(request, TemplateCacheRequest)
+        body = await optional_body(request, TemplateCacheRequest)
         run_id = await services.templates.cache(principal, template_id, body)
         return TemplateCacheStartResponse(run_id=run_id)
 
@@ -158,26 +157,10 @@ class TemplateController(Controller):
         template_id: FromPath[str],
         request: Request[Any, Any, Any],
     ) -> DevboxResponse:
-        body = await _optional_body(request, InstantDevboxRequest)
+        body = await optional_body(request, InstantDevboxRequest)
         return await services.templates.instant_devbox(principal, template_id, body)
 
 
 async def _sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, str]]:
     async for event in events:
         yield {"data": json.dumps(event)}
-
-
-async def _optional_body(request: Request[Any, Any, Any], kind: type[T]) -> T:
-    """The CLI sends these POSTs with no body, or an empty one marked as JSON: both mean
-    "no options"."""
-    raw = await request.body()
-    if not raw.strip():
-        return kind()
-    try:
-        return msgspec.json.decode(raw, type=kind)
-    except msgspec.ValidationError as exc:
-        raise ValidationException(
-            detail=str(exc), extra=[{"source": "body", "message": str(exc)}]
-        ) from exc
-    except msgspec.DecodeError as exc:
-        raise ClientException("the request body is not valid JSON") from exc

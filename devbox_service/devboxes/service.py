@@ -45,6 +45,10 @@ class DevboxService:
         organizations' devboxes)."""
         return await self._core.visible(principal, devbox_id)
 
+    async def records(self, principal: Principal) -> list[DevboxRecord]:
+        """Every devbox of the caller's organization, oldest first."""
+        return await self._core.store.list_for_org(principal.org_id)
+
     def on_destroy(self, listener: DestroyListener, *, required: bool = False) -> None:
         """`required`: the deletion fails (and is retried) if the listener fails."""
         self._core.on_destroy(listener, required=required)

@@ -120,6 +120,46 @@ class GuestConnections:
         except (asyncssh.Error, OSError) as exc:
             raise Unreachable(f"cannot reach the guest at {endpoint.host}: {exc}") from exc
 
+    async def execute(
+        self, endpoint: SSHEndpoint, command: str, timeout: float
+    ) -> tuple[int, str, str]:
+        """(exit status, stdout, stderr) of a command without a terminal; -1 when a signal
+        or the timeout ended it. A guest that cannot be reached is `Unreachable`."""
+        try:
+            result = await self.run(endpoint, command, timeout=timeout, check=False)
+        except asyncssh.TimeoutError as exc:
+            return -1, str(exc.stdout or ""), str(exc.stderr or "")
+        except (asyncssh.Error, OSError) as exc:
+            raise Unreachable(f"cannot reach the guest at {endpoint.host}: {exc}") from exc
+        status = -1 if result.exit_status is None else int(result.exit_status)
+        return status, str(result.stdout or ""), str(result.stderr or "")
+
+    async def execute_streaming(
+        self,
+        endpoint: SSHEndpoint,
+        command: str,
+        on_output: Callable[[str, str], Awaitable[None]],
+    ) -> int:
+        """Run a command, handing `("stdout" | "stderr", text)` to `on_output` as it arrives;
+        the exit status (-1 when a signal ended it)."""
+
+        async def pump(stream: asyncssh.SSHReader[str], kind: str) -> None:
+            while chunk := await stream.read(8192):
+                await on_output(kind, chunk)
+
+        async def run(connection: asyncssh.SSHClientConnection) -> int:
+            async with connection.create_process(
+                command, encoding="utf-8", errors="replace"
+            ) as process:
+                await asyncio.gather(pump(process.stdout, "stdout"), pump(process.stderr, "stderr"))
+                completed = await process.wait()
+            return -1 if completed.exit_status is None else int(completed.exit_status)
+
+        try:
+            return await self._with_connection(endpoint, run)
+        except (asyncssh.Error, OSError) as exc:
+            raise Unreachable(f"cannot reach the guest at {endpoint.host}: {exc}") from exc
+
     async def write_file(
         self,
         endpoint: SSHEndpoint,

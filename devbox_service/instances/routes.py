@@ -1,0 +1,173 @@
+"""`/api/instance` and `/api/image`: Morph's VM primitives over the same devboxes. User API
+keys only for now: agent tokens keep to the devbox routes and their scopes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from litestar import Controller, Request, delete, get, post
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.types import ASGIApp
+from sse_starlette import EventSourceResponse
+
+from devbox_service.auth.guards import USER, CurrentPrincipal, allow
+from devbox_service.errors import InvalidInput
+from devbox_service.instances.schemas import (
+    ExecRequest,
+    ExecResponse,
+    Instance,
+    InstanceList,
+    InstancePage,
+    MorphImage,
+    MorphImageList,
+    StartInstanceRequest,
+)
+from devbox_service.instances.service import metadata_filter
+from devbox_service.request_bodies import optional_body
+from devbox_service.services import AppServices
+
+KEEPALIVE_SECONDS = 15
+
+
+def _filter(request: Request[Any, Any, Any]) -> dict[str, str]:
+    return metadata_filter(dict(request.query_params))
+
+
+class ImageCatalogController(Controller):
+    path = "/api/image"
+    tags = ["instances"]
+
+    @get("/", guards=[allow(USER)], summary="List Images")
+    async def list_images(self, services: AppServices) -> MorphImageList:
+        images = await services.checkpoints.images()
+        size = services.settings.vm_disk_mb * 2**20
+        return MorphImageList(
+            data=[
+                MorphImage(
+                    id=i.id,
+                    name=i.name,
+                    description=i.description,
+                    disk_size=size,
+                    created=i.created,
+                )
+                for i in images
+            ]
+        )
+
+
+class InstanceController(Controller):
+    path = "/api/instance"
+    tags = ["instances"]
+
+    @get("/", guards=[allow(USER)], summary="List Instances")
+    async def list_instances(
+        self, services: AppServices, principal: CurrentPrincipal, request: Request[Any, Any, Any]
+    ) -> InstanceList:
+        return InstanceList(data=await services.instances.matching(principal, _filter(request)))
+
+    @get("/list", guards=[allow(USER)], summary="List Instances Paginated")
+    async def page(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        request: Request[Any, Any, Any],
+        page: Annotated[int, QueryParameter(ge=1)] = 1,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
+    ) -> InstancePage:
+        return await services.instances.page(principal, _filter(request), page, limit)
+
+    @post("/", guards=[allow(USER)], status_code=200, summary="Start Instance")
+    async def start(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        snapshot_id: FromQuery[str],
+        request: Request[Any, Any, Any],
+    ) -> Instance:
+        body = await optional_body(request, StartInstanceRequest)
+        return await services.instances.start(principal, snapshot_id, body)
+
+    @get("/{devbox_id:str}", guards=[allow(USER)], summary="Get Instance")
+    async def get_instance(
+        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+    ) -> Instance:
+        return await services.instances.get(principal, devbox_id)
+
+    @delete("/{devbox_id:str}", guards=[allow(USER)], summary="Stop Instance")
+    async def stop(
+        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+    ) -> None:
+        await services.instances.get(principal, devbox_id)  # 404 for one already gone
+        await services.devboxes.delete(principal, devbox_id)
+
+    @post("/{devbox_id:str}/pause", guards=[allow(USER)], status_code=200, summary="Pause")
+    async def pause(
+        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+    ) -> Instance:
+        await services.devboxes.pause(principal, devbox_id)
+        return await services.instances.get(principal, devbox_id)
+
+    @post("/{devbox_id:str}/resume", guards=[allow(USER)], status_code=200, summary="Resume")
+    async def resume(
+        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+    ) -> Instance:
+        await services.devboxes.resume(principal, devbox_id)
+        return await services.instances.get(principal, devbox_id)
+
+    @post("/{devbox_id:str}/reboot", guards=[allow(USER)], status_code=200, summary="Reboot")
+    async def reboot(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
+        request: Request[Any, Any, Any],
+    ) -> Instance:
+        if (await request.body()).strip() not in (b"", b"{}"):
+            raise InvalidInput(
+                "a reboot into a new spec is not supported yet: reboot without a body"
+            )
+        await services.devboxes.reboot(principal, devbox_id)
+        return await services.instances.get(principal, devbox_id)
+
+    @post("/{devbox_id:str}/metadata", guards=[allow(USER)], status_code=200, summary="Metadata")
+    async def set_metadata(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
+        data: JSONBody[dict[str, str]],
+    ) -> Instance:
+        await services.devboxes.update_metadata(principal, devbox_id, data)
+        return await services.instances.get(principal, devbox_id)
+
+    @post("/{devbox_id:str}/exec", guards=[allow(USER)], status_code=200, summary="Exec")
+    async def exec(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
+        data: JSONBody[ExecRequest],
+        request: Request[Any, Any, Any],
+    ) -> ExecResponse:
+        key = request.headers.get("idempotency-key")
+        return await services.instances.exec(principal, devbox_id, data.command, key)
+
+    @post("/{devbox_id:str}/exec/sse", guards=[allow(USER)], status_code=200, summary="Exec SSE")
+    async def exec_sse(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
+        data: JSONBody[ExecRequest],
+    ) -> ASGIApp:
+        output = await services.instances.exec_stream(principal, devbox_id, data.command)
+
+        async def events() -> AsyncIterator[dict[str, str]]:
+            async for kind, value in output:
+                yield {"data": json.dumps({"type": kind, "content": value})}
+            yield {"data": "[DONE]"}
+
+        stream: ASGIApp = EventSourceResponse(events(), ping=KEEPALIVE_SECONDS)  # type: ignore[assignment]
+        return stream

@@ -1,0 +1,91 @@
+"""Morph's instance and image wire shapes (`../shared/contract/instances/`): the same devboxes,
+in the contract the `morphcloud` SDK's `instances`/`images` read."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from devbox_service.devboxes.schemas import HttpService
+
+MAX_COMMAND_BYTES = 64 * 1024
+
+
+class InstanceSpec(msgspec.Struct, frozen=True, kw_only=True):
+    vcpus: int
+    memory: int
+    disk_size: int
+
+
+class InstanceRefs(msgspec.Struct, frozen=True, kw_only=True):
+    snapshot_id: str | None
+    image_id: str | None
+
+
+class InstanceNetworking(msgspec.Struct, frozen=True, kw_only=True):
+    """Always present (the SDK requires it)."""
+
+    internal_ip: str | None
+    http_services: list[HttpService]
+
+
+class Instance(msgspec.Struct, frozen=True, kw_only=True):
+    """`ttl` and `wake_on` are left out, never null, until instances have them."""
+
+    id: str
+    object: str = "instance"
+    created: int
+    status: Literal["pending", "ready", "paused", "saving", "error"]
+    spec: InstanceSpec
+    refs: InstanceRefs
+    networking: InstanceNetworking
+    metadata: dict[str, str]
+
+
+class InstanceList(msgspec.Struct, frozen=True, kw_only=True):
+    object: str = "list"
+    data: list[Instance]
+
+
+class InstancePage(msgspec.Struct, frozen=True, kw_only=True):
+    instances: list[Instance]
+    total: int
+    page: int
+    size: int
+    total_pages: int
+    has_next: bool
+    has_prev: bool
+
+
+class StartInstanceRequest(msgspec.Struct, frozen=True, kw_only=True):
+    metadata: dict[str, str] | None = None
+    ttl_seconds: Annotated[int, Meta(gt=0)] | None = None
+    ttl_action: Literal["stop", "pause"] | None = None
+
+
+class ExecRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One element: a shell script. More: an argv, each argument passed as it is."""
+
+    command: Annotated[list[str], Meta(min_length=1)]
+
+
+class ExecResponse(msgspec.Struct, frozen=True, kw_only=True):
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+class MorphImage(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    object: str = "image"
+    name: str
+    description: str | None
+    disk_size: int  # bytes
+    created: int
+
+
+class MorphImageList(msgspec.Struct, frozen=True, kw_only=True):
+    object: str = "list"
+    data: list[MorphImage]

@@ -1,0 +1,108 @@
+"""The Morph instance view of devboxes, on the in-memory VM backend: the wire shapes the SDK
+is strict about, metadata filters, pages, and what is refused with a clear answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from support import Api, wait_status
+
+
+async def start(api: Api, key: str, **body: Any) -> dict[str, Any]:
+    images = (await api.client.get("/api/image", headers=api.auth(key))).json()["data"]
+    started = await api.client.post(
+        "/api/instance",
+        params={"snapshot_id": images[0]["id"]},
+        json={"metadata": None, "ttl_seconds": None, "ttl_action": None, **body},
+        headers=api.auth(key),
+    )
+    assert started.status_code == 200, started.text
+    await wait_status(api, key, started.json()["id"])
+    answer: dict[str, Any] = (
+        await api.client.get(f"/api/instance/{started.json()['id']}", headers=api.auth(key))
+    ).json()
+    return answer
+
+
+async def test_an_instance_is_a_devbox_in_the_contracts_shape(fake_api: Api) -> None:
+    key = fake_api.admin_key
+    images = (await fake_api.client.get("/api/image", headers=fake_api.auth(key))).json()
+    assert images["object"] == "list"
+    image = images["data"][0]
+    assert set(image) == {"id", "object", "name", "description", "disk_size", "created"}
+    assert image["object"] == "image" and isinstance(image["disk_size"], int)
+
+    instance = await start(fake_api, key, metadata={"env": "t"})
+    assert instance["object"] == "instance" and instance["status"] == "ready"
+    assert isinstance(instance["created"], int)
+    assert instance["networking"] == {"internal_ip": "10.0.2.15", "http_services": []}
+    assert instance["metadata"] == {"env": "t"}
+    assert "ttl" not in instance and "wake_on" not in instance  # omitted, never null
+    assert set(instance["spec"]) == {"vcpus", "memory", "disk_size"}
+    assert instance["refs"]["image_id"] == image["id"]
+    devbox = await fake_api.client.get(
+        f"/api/devboxes/{instance['id']}", headers=fake_api.auth(key)
+    )
+    assert devbox.status_code == 200 and devbox.json()["id"] == instance["id"]  # one record
+
+
+async def test_metadata_filters_pages_and_lifecycle(fake_api: Api) -> None:
+    key = fake_api.admin_key
+    auth = fake_api.auth(key)
+    first = await start(fake_api, key, metadata={"role": "a"})
+    second = await start(fake_api, key, metadata={"role": "b"})
+    updated = await fake_api.client.post(
+        f"/api/instance/{second['id']}/metadata", json={"extra": "x"}, headers=auth
+    )
+    assert updated.json()["metadata"] == {"role": "b", "extra": "x"}
+    found = await fake_api.client.get(
+        "/api/instance", params={"metadata[role]": "b", "metadata[extra]": "x"}, headers=auth
+    )
+    assert [i["id"] for i in found.json()["data"]] == [second["id"]]
+    page = (await fake_api.client.get("/api/instance/list?page=2&limit=1", headers=auth)).json()
+    assert page["total"] == 2 and page["size"] == 1 and page["page"] == 2
+    assert page["total_pages"] == 2 and page["has_prev"] and not page["has_next"]
+    assert [i["id"] for i in page["instances"]] == [second["id"]]
+
+    paused = await fake_api.client.post(f"/api/instance/{first['id']}/pause", headers=auth)
+    assert paused.json()["status"] == "paused"
+    resumed = await fake_api.client.post(f"/api/instance/{first['id']}/resume", headers=auth)
+    assert resumed.json()["status"] == "ready"
+    stopped = await fake_api.client.delete(f"/api/instance/{first['id']}", headers=auth)
+    assert stopped.status_code == 204
+    assert (
+        await fake_api.client.get(f"/api/instance/{first['id']}", headers=auth)
+    ).status_code == 404
+    listed = (await fake_api.client.get("/api/instance", headers=auth)).json()["data"]
+    assert [i["id"] for i in listed] == [second["id"]]
+
+
+async def test_what_is_not_supported_yet_or_not_allowed_is_refused_clearly(fake_api: Api) -> None:
+    key = fake_api.admin_key
+    auth = fake_api.auth(key)
+    images = (await fake_api.client.get("/api/image", headers=auth)).json()["data"]
+    with_ttl = await fake_api.client.post(
+        "/api/instance",
+        params={"snapshot_id": images[0]["id"]},
+        json={"ttl_seconds": 60},
+        headers=auth,
+    )
+    assert with_ttl.status_code == 400 and "TTL" in with_ttl.json()["detail"]
+    assert (await fake_api.client.get("/api/instance/devbox_nope", headers=auth)).status_code == 404
+    outsider = await fake_api.new_user("instance-outsider")
+    instance = await start(fake_api, key)
+    other = await fake_api.client.get(
+        f"/api/instance/{instance['id']}", headers=fake_api.auth(outsider)
+    )
+    assert other.status_code == 404
+    assert (await fake_api.client.get("/api/instance", headers=fake_api.auth(outsider))).json()[
+        "data"
+    ] == []
+    empty = await fake_api.client.post(
+        f"/api/instance/{instance['id']}/exec", json={"command": []}, headers=auth
+    )
+    assert empty.status_code == 422
+    rebooted = await fake_api.client.post(
+        f"/api/instance/{instance['id']}/reboot", json={"vcpus": 2}, headers=auth
+    )
+    assert rebooted.status_code == 400 and "without a body" in rebooted.json()["detail"]

@@ -1,0 +1,88 @@
+"""The public `morphcloud` SDK and CLI driving instances on a real service with real VMs:
+images, start and wait, exec (plain and streaming), metadata filters, pause and resume, the
+CLI's list and exec, stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from live import VENV_BIN, LiveService, live_service
+from morphcloud.api import ApiError, MorphCloudClient
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+    with live_service(tmp_path_factory.mktemp("instances")) as service:
+        yield service
+
+
+def client(live: LiveService) -> MorphCloudClient:
+    return MorphCloudClient(
+        api_key=live.key,
+        base_url=f"{live.base_url}/api",
+        ssh_hostname="127.0.0.1",
+        ssh_port=live.ssh_port,
+    )
+
+
+def morphcloud(live: LiveService, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "MORPH_API_KEY": live.key,
+        "MORPH_BASE_URL": f"{live.base_url}/api",
+        "HOME": str(live.data_dir),
+    }
+    return subprocess.run(
+        [str(VENV_BIN / "morphcloud"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_the_sdk_starts_execs_filters_pauses_and_stops_an_instance(live: LiveService) -> None:
+    morph = client(live)
+    (image,) = morph.images.list()
+    instance = morph.instances.start(image.id, metadata={"env": "t"})
+    instance.wait_until_ready(timeout=300)
+    assert instance.status == "ready"
+    devbox = live.http.get(f"/api/devboxes/{instance.id}", headers=live.headers())
+    assert devbox.status_code == 200  # the same record, seen as a devbox
+
+    assert instance.exec("echo hi").stdout == "hi\n"
+    failed = instance.exec("echo oops >&2; exit 3")
+    assert (failed.exit_code, failed.stderr) == (3, "oops\n")
+    assert instance.exec(["printf", "%s|", "a b", "c"]).stdout == "a b|c|"
+    streamed: list[str] = []
+    result = instance.exec("for i in 1 2 3; do echo $i; sleep 0.2; done", on_stdout=streamed.append)
+    assert "".join(streamed) == "1\n2\n3\n" and result.exit_code == 0
+
+    instance.set_metadata({"role": "worker"})
+    found = morph.instances.list(metadata={"env": "t", "role": "worker"})
+    assert [i.id for i in found] == [instance.id]
+    assert morph.instances.list(metadata={"role": "nobody"}) == []
+
+    instance.pause()
+    assert morph.instances.get(instance.id).status == "paused"
+    instance.resume()
+    instance.wait_until_ready(timeout=300)
+    assert instance.exec("echo back").stdout == "back\n"
+
+    listed = morphcloud(live, "instance", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert instance.id in listed.stdout and json.loads(listed.stdout.split("\n}\n")[0] + "}")
+    executed = morphcloud(live, "instance", "exec", instance.id, "echo", "from-cli")
+    assert executed.returncode == 0 and "from-cli" in executed.stdout, executed.stderr
+
+    instance.stop()
+    with pytest.raises(ApiError) as gone:
+        morph.instances.get(instance.id)
+    assert gone.value.status_code == 404
