@@ -23,7 +23,11 @@ from devbox_service.devboxes.routes import (
     upload_router,
 )
 from devbox_service.http_errors import EXCEPTION_HANDLERS
-from devbox_service.instances.routes import ImageCatalogController, InstanceController
+from devbox_service.instances.routes import (
+    ImageCatalogController,
+    InstanceController,
+    SnapshotCatalogController,
+)
 from devbox_service.logs import request_log_middleware
 from devbox_service.notifications.routes import (
     DevboxNotificationController,
@@ -75,6 +79,7 @@ def create_app(settings: Settings, backend: VMBackend | object | None = _NOT_GIV
             ImageController,
             ImageCatalogController,
             InstanceController,
+            SnapshotCatalogController,
             SnapshotController,
             SSHCredentialsController,
             AgentTokenController,

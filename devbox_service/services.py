@@ -177,7 +177,12 @@ class Services:
         self.checkpoints = CheckpointService(core, self.devbox_views)
         self.devboxes = DevboxService(core, self.devbox_views, self.checkpoints)
         self.instances = InstanceService(
-            self.devboxes, self.devbox_views, self.guest_access, self.guest_connections
+            self.devboxes,
+            self.devbox_views,
+            self.checkpoints,
+            self.previews,
+            self.guest_access,
+            self.guest_connections,
         )
         self.uploads = UploadService(self.guest_access, self.settings.upload_max_bytes)
         self.standby = StandbyPolicy(core, self.settings.standby_after_seconds)

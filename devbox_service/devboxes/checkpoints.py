@@ -192,6 +192,39 @@ class CheckpointService:
             await self._core.backend.delete_snapshot(snapshot_id)
         await self._core.snapshots.delete(snapshot_id)
 
+    # records, for the VM primitives API
+
+    async def records(self, principal: Principal) -> list[SnapshotRecord]:
+        return await self._core.snapshots.for_org(principal.org_id)
+
+    async def record(self, principal: Principal, snapshot_id: str) -> SnapshotRecord:
+        """Raises NotFound (also for other organizations' snapshots)."""
+        return await self._visible(principal, snapshot_id)
+
+    async def by_digest(self, principal: Principal, digest: str) -> SnapshotRecord | None:
+        """The organization's ready snapshot with this digest (another org's never shows)."""
+        return await self._core.snapshots.by_digest(principal.org_id, digest)
+
+    async def label(
+        self,
+        principal: Principal,
+        snapshot_id: str,
+        *,
+        digest: str | None,
+        metadata: dict[str, str],
+    ) -> SnapshotRecord:
+        """Set the snapshot's digest and replace its metadata. Raises NotFound."""
+        await self._visible(principal, snapshot_id)
+        await self._core.snapshots.label(snapshot_id, digest, metadata)
+        return await self._visible(principal, snapshot_id)
+
+    async def image_of(self, snapshot_id: str) -> str:
+        """The image a snapshot's disk descends from ('' when the backend lost it)."""
+        try:
+            return (await self._core.backend.get_snapshot(snapshot_id)).image_id
+        except backend_api.NotFound:
+            return ""
+
     async def _visible(self, principal: Principal, snapshot_id: str) -> SnapshotRecord:
         snapshot = await self._core.snapshots.get(snapshot_id)
         if snapshot is None or snapshot.org_id != principal.org_id:

@@ -64,6 +64,8 @@ class SnapshotRecord(msgspec.Struct, frozen=True, kw_only=True):
     memory_mb: int
     disk_mb: int
     created_at: float
+    digest: str | None = None
+    metadata: dict[str, Any] = {}
 
 
 class EventType(enum.StrEnum):

@@ -7,7 +7,7 @@ from devbox_service.db import Database
 from devbox_service.db.records import Table
 from devbox_service.devboxes.models import SnapshotRecord, SnapshotStatus
 
-SNAPSHOTS = Table("snapshots", SnapshotRecord)
+SNAPSHOTS = Table("snapshots", SnapshotRecord, json_columns=["metadata"])
 
 
 class SnapshotStore:
@@ -34,6 +34,22 @@ class SnapshotStore:
     async def set_status(self, snapshot_id: str, status: SnapshotStatus) -> None:
         await self.database.execute(
             "UPDATE snapshots SET status = ? WHERE id = ?", (status.value, snapshot_id)
+        )
+
+    async def by_digest(self, org_id: str, digest: str) -> SnapshotRecord | None:
+        row = await self.database.fetch_one(
+            "SELECT * FROM snapshots WHERE org_id = ? AND digest = ? AND status = 'ready' "
+            "ORDER BY created_at LIMIT 1",
+            (org_id, digest),
+        )
+        return SNAPSHOTS.decode(row) if row else None
+
+    async def label(self, snapshot_id: str, digest: str | None, metadata: dict[str, str]) -> None:
+        """Set a snapshot's digest and (the whole of) its metadata."""
+        encoded = SNAPSHOTS.encode_partial({"digest": digest, "metadata": metadata})
+        await self.database.execute(
+            "UPDATE snapshots SET digest = ?, metadata = ? WHERE id = ?",
+            (encoded["digest"], encoded["metadata"], snapshot_id),
         )
 
     async def delete(self, snapshot_id: str) -> None:

@@ -15,13 +15,21 @@ from sse_starlette import EventSourceResponse
 from devbox_service.auth.guards import USER, CurrentPrincipal, allow
 from devbox_service.errors import InvalidInput
 from devbox_service.instances.schemas import (
+    BootSnapshotRequest,
+    CreateSnapshotRequest,
     ExecRequest,
     ExecResponse,
+    ExposeRequest,
     Instance,
+    InstanceBranchResponse,
     InstanceList,
     InstancePage,
+    InstanceSnapshotRequest,
     MorphImage,
     MorphImageList,
+    MorphSnapshot,
+    MorphSnapshotList,
+    SnapshotPage,
     StartInstanceRequest,
 )
 from devbox_service.instances.service import metadata_filter
@@ -171,3 +179,127 @@ class InstanceController(Controller):
 
         stream: ASGIApp = EventSourceResponse(events(), ping=KEEPALIVE_SECONDS)  # type: ignore[assignment]
         return stream
+
+    @post("/{devbox_id:str}/snapshot", guards=[allow(USER)], status_code=200, summary="Snapshot")
+    async def snapshot(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
+        request: Request[Any, Any, Any],
+        digest: FromQuery[str | None] = None,
+    ) -> MorphSnapshot:
+        body = await optional_body(request, InstanceSnapshotRequest)
+        return await services.instances.save(principal, devbox_id, digest, body)
+
+    @post("/{devbox_id:str}/branch", guards=[allow(USER)], status_code=200, summary="Branch")
+    async def branch(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
+        count: Annotated[int, QueryParameter(ge=1, le=16)] = 1,
+    ) -> InstanceBranchResponse:
+        return await services.instances.branch(principal, devbox_id, count)
+
+    @post("/{devbox_id:str}/http", guards=[allow(USER)], status_code=200, summary="Expose HTTP")
+    async def expose(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
+        data: JSONBody[ExposeRequest],
+    ) -> Instance:
+        return await services.instances.expose(principal, devbox_id, data)
+
+    @delete(
+        "/{devbox_id:str}/http/{name:str}",
+        guards=[allow(USER)],
+        status_code=200,
+        summary="Hide HTTP",
+    )
+    async def hide(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
+        name: FromPath[str],
+    ) -> Instance:
+        return await services.instances.hide(principal, devbox_id, name)
+
+
+class SnapshotCatalogController(Controller):
+    """Snapshots as the VM primitives API shows them (`/api/snapshots` is the devbox view)."""
+
+    path = "/api/snapshot"
+    tags = ["instances"]
+
+    @get("/", guards=[allow(USER)], summary="List Snapshots")
+    async def list_snapshots(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        request: Request[Any, Any, Any],
+        digest: FromQuery[str | None] = None,
+    ) -> MorphSnapshotList:
+        found = await services.instances.snapshots(principal, digest, _filter(request))
+        return MorphSnapshotList(data=found)
+
+    @get("/list", guards=[allow(USER)], summary="List Snapshots Paginated")
+    async def page(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        request: Request[Any, Any, Any],
+        page: Annotated[int, QueryParameter(ge=1)] = 1,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
+        digest: FromQuery[str | None] = None,
+    ) -> SnapshotPage:
+        return await services.instances.snapshot_page(
+            principal, digest, _filter(request), page, limit
+        )
+
+    @post("/", guards=[allow(USER)], status_code=200, summary="Create Snapshot")
+    async def create(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        request: Request[Any, Any, Any],
+    ) -> MorphSnapshot:
+        body = await optional_body(request, CreateSnapshotRequest)
+        images = await services.checkpoints.images()
+        default = next((i.id for i in images if i.default), "")
+        return await services.instances.create_snapshot(principal, body, default)
+
+    @get("/{snapshot_id:str}", guards=[allow(USER)], summary="Get Snapshot")
+    async def get_snapshot(
+        self, services: AppServices, principal: CurrentPrincipal, snapshot_id: FromPath[str]
+    ) -> MorphSnapshot:
+        return await services.instances.snapshot(principal, snapshot_id)
+
+    @delete("/{snapshot_id:str}", guards=[allow(USER)], summary="Delete Snapshot")
+    async def delete_snapshot(
+        self, services: AppServices, principal: CurrentPrincipal, snapshot_id: FromPath[str]
+    ) -> None:
+        await services.checkpoints.delete_snapshot(principal, snapshot_id)
+
+    @post("/{snapshot_id:str}/metadata", guards=[allow(USER)], status_code=200, summary="Metadata")
+    async def set_metadata(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        snapshot_id: FromPath[str],
+        data: JSONBody[dict[str, str]],
+    ) -> MorphSnapshot:
+        return await services.instances.set_snapshot_metadata(principal, snapshot_id, data)
+
+    @post("/{snapshot_id:str}/boot", guards=[allow(USER)], status_code=200, summary="Boot")
+    async def boot(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        snapshot_id: FromPath[str],
+        request: Request[Any, Any, Any],
+    ) -> Instance:
+        body = await optional_body(request, BootSnapshotRequest)
+        return await services.instances.boot(principal, snapshot_id, body)

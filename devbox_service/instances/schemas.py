@@ -89,3 +89,68 @@ class MorphImage(msgspec.Struct, frozen=True, kw_only=True):
 class MorphImageList(msgspec.Struct, frozen=True, kw_only=True):
     object: str = "list"
     data: list[MorphImage]
+
+
+class SnapshotRefs(msgspec.Struct, frozen=True, kw_only=True):
+    image_id: str | None
+
+
+class MorphSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    object: str = "snapshot"
+    created: int
+    status: Literal["pending", "ready", "failed", "deleting", "deleted"]
+    spec: InstanceSpec
+    refs: SnapshotRefs
+    digest: str | None
+    metadata: dict[str, str]
+
+
+class MorphSnapshotList(msgspec.Struct, frozen=True, kw_only=True):
+    object: str = "list"
+    data: list[MorphSnapshot]
+
+
+class SnapshotPage(msgspec.Struct, frozen=True, kw_only=True):
+    snapshots: list[MorphSnapshot]
+    total: int
+    page: int
+    size: int
+    total_pages: int
+    has_next: bool
+    has_prev: bool
+
+
+class CreateSnapshotRequest(msgspec.Struct, frozen=True, kw_only=True):
+    image_id: str | None = None
+    vcpus: Annotated[int, Meta(ge=1)] | None = None
+    memory: Annotated[int, Meta(ge=1)] | None = None
+    disk_size: Annotated[int, Meta(ge=1)] | None = None
+    digest: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    metadata: dict[str, str] | None = None
+    ttl_seconds: Annotated[int, Meta(gt=0)] | None = None
+
+
+class InstanceSnapshotRequest(msgspec.Struct, frozen=True, kw_only=True):
+    metadata: dict[str, str] | None = None
+    ttl_seconds: Annotated[int, Meta(gt=0)] | None = None
+
+
+class BootSnapshotRequest(msgspec.Struct, frozen=True, kw_only=True):
+    vcpus: Annotated[int, Meta(ge=1)] | None = None
+    memory: Annotated[int, Meta(ge=1)] | None = None
+    disk_size: Annotated[int, Meta(ge=1)] | None = None
+    metadata: dict[str, str] | None = None
+    ttl_seconds: Annotated[int, Meta(gt=0)] | None = None
+    ttl_action: Literal["stop", "pause"] | None = None
+
+
+class InstanceBranchResponse(msgspec.Struct, frozen=True, kw_only=True):
+    snapshot: MorphSnapshot
+    instances: list[Instance]
+
+
+class ExposeRequest(msgspec.Struct, frozen=True, kw_only=True):
+    name: Annotated[str, Meta(pattern=r"^[a-z0-9]([a-z0-9-_]*[a-z0-9])?$", max_length=63)]
+    port: Annotated[int, Meta(ge=1, le=65535)]
+    auth_mode: Literal["none", "api_key"] | None = None

@@ -12,22 +12,33 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from devbox_service.auth.models import Principal
-from devbox_service.backends.base import SSHEndpoint
-from devbox_service.devboxes.models import DevboxRecord, DevboxStatus
+from devbox_service.backends.base import MachineSpec, SSHEndpoint
+from devbox_service.devboxes.checkpoints import CheckpointService
+from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, SnapshotRecord
 from devbox_service.devboxes.schemas import DevboxResponse
 from devbox_service.devboxes.service import DevboxService
 from devbox_service.devboxes.views import GUEST_IP, DevboxViews
-from devbox_service.errors import InvalidInput, NotFound, PayloadTooLarge
+from devbox_service.errors import InvalidInput, InvalidSpec, NotFound, PayloadTooLarge
 from devbox_service.instances.schemas import (
     MAX_COMMAND_BYTES,
+    BootSnapshotRequest,
+    CreateSnapshotRequest,
     ExecResponse,
+    ExposeRequest,
     Instance,
+    InstanceBranchResponse,
     InstanceNetworking,
     InstancePage,
     InstanceRefs,
+    InstanceSnapshotRequest,
     InstanceSpec,
+    MorphSnapshot,
+    SnapshotPage,
+    SnapshotRefs,
     StartInstanceRequest,
 )
+from devbox_service.previews.models import HttpServiceAuthMode
+from devbox_service.previews.service import HttpServiceRegistry
 
 STATUS = {
     DevboxStatus.PROVISIONING: "pending",
@@ -63,6 +74,32 @@ class GuestCommands(Protocol):
 
 class GuestEndpoints(Protocol):
     async def guest_endpoint(self, principal: Principal, devbox_id: str) -> SSHEndpoint: ...
+
+
+BOOT_TIMEOUT = 300.0
+
+
+def _no_ttl(ttl_seconds: int | None) -> None:
+    if ttl_seconds is not None:
+        raise InvalidSpec(
+            "TTLs are not supported by this service yet: leave out ttl_seconds and stop or "
+            "delete what you start yourself",
+            loc=["body", "ttl_seconds"],
+        )
+
+
+def _same_spec(spec: MachineSpec, vcpus: int | None, memory: int | None, disk: int | None) -> None:
+    """This service boots images only in the size they were built for: say so."""
+    for field, asked, actual in (
+        ("vcpus", vcpus, spec.vcpus),
+        ("memory", memory, spec.memory_mb),
+        ("disk_size", disk, spec.disk_mb),
+    ):
+        if asked is not None and asked != actual:
+            raise InvalidSpec(
+                f"{field} must be {actual} here (the size the image boots in) or left out",
+                loc=["body", field],
+            )
 
 
 def shell_command(argv: list[str]) -> str:
@@ -104,10 +141,14 @@ class InstanceService:
         self,
         devboxes: DevboxService,
         views: DevboxViews,
+        checkpoints: CheckpointService,
+        previews: HttpServiceRegistry,
         guests: GuestEndpoints,
         commands: GuestCommands,
     ) -> None:
         self._devboxes = devboxes
+        self._checkpoints = checkpoints
+        self._previews = previews
         self._views = views
         self._guests = guests
         self._commands = commands
@@ -147,15 +188,155 @@ class InstanceService:
     async def start(
         self, principal: Principal, snapshot_id: str, request: StartInstanceRequest
     ) -> Instance:
-        if request.ttl_seconds is not None:
-            raise InvalidInput(
-                "instance TTLs are not supported by this service yet: start without "
-                "ttl_seconds and stop the instance yourself"
-            )
+        _no_ttl(request.ttl_seconds)
         started = await self._devboxes.create(
             principal, snapshot_id, name=None, metadata=dict(request.metadata or {})
         )
         return await self.get(principal, started.id)
+
+    async def boot(
+        self, principal: Principal, snapshot_id: str, request: BootSnapshotRequest
+    ) -> Instance:
+        """`POST /snapshot/{id}/boot`: an instance from a snapshot, in its own spec."""
+        _no_ttl(request.ttl_seconds)
+        snapshot = await self._checkpoints.bootable(principal, snapshot_id)
+        _same_spec(snapshot.spec, request.vcpus, request.memory, request.disk_size)
+        return await self.start(
+            principal, snapshot_id, StartInstanceRequest(metadata=request.metadata)
+        )
+
+    # snapshots
+
+    async def snapshot_view(self, record: SnapshotRecord) -> MorphSnapshot:
+        return MorphSnapshot(
+            id=record.id,
+            created=int(record.created_at),
+            status=record.status.value,
+            spec=InstanceSpec(
+                vcpus=record.vcpus, memory=record.memory_mb, disk_size=record.disk_mb
+            ),
+            refs=SnapshotRefs(image_id=await self._checkpoints.image_of(record.id)),
+            digest=record.digest,
+            metadata={str(k): str(v) for k, v in record.metadata.items()},
+        )
+
+    async def snapshots(
+        self, principal: Principal, digest: str | None, metadata: dict[str, str]
+    ) -> list[MorphSnapshot]:
+        records = [
+            r
+            for r in await self._checkpoints.records(principal)
+            if (digest is None or r.digest == digest)
+            and all(r.metadata.get(k) == v for k, v in metadata.items())
+        ]
+        return [await self.snapshot_view(r) for r in records]
+
+    async def snapshot_page(
+        self,
+        principal: Principal,
+        digest: str | None,
+        metadata: dict[str, str],
+        page: int,
+        size: int,
+    ) -> SnapshotPage:
+        found = await self.snapshots(principal, digest, metadata)
+        pages = max(1, math.ceil(len(found) / size))
+        start = (page - 1) * size
+        return SnapshotPage(
+            snapshots=found[start : start + size],
+            total=len(found),
+            page=page,
+            size=size,
+            total_pages=pages,
+            has_next=page < pages,
+            has_prev=page > 1,
+        )
+
+    async def snapshot(self, principal: Principal, snapshot_id: str) -> MorphSnapshot:
+        return await self.snapshot_view(await self._checkpoints.record(principal, snapshot_id))
+
+    async def set_snapshot_metadata(
+        self, principal: Principal, snapshot_id: str, metadata: dict[str, str]
+    ) -> MorphSnapshot:
+        """Replaces the whole of it (the contract's rule for snapshots)."""
+        record = await self._checkpoints.record(principal, snapshot_id)
+        labelled = await self._checkpoints.label(
+            principal, snapshot_id, digest=record.digest, metadata=metadata
+        )
+        return await self.snapshot_view(labelled)
+
+    async def save(
+        self,
+        principal: Principal,
+        instance_id: str,
+        digest: str | None,
+        request: InstanceSnapshotRequest,
+    ) -> MorphSnapshot:
+        """`POST /instance/{id}/snapshot`: answered `ready`. A digest the organization has
+        already returns that snapshot (how SDK users cache setup steps)."""
+        _no_ttl(request.ttl_seconds)
+        await self.get(principal, instance_id)
+        if known := await self._by_digest(principal, digest):
+            return known
+        saved = await self._checkpoints.save(principal, instance_id, digest or "snapshot")
+        labelled = await self._checkpoints.label(
+            principal, saved.id, digest=digest, metadata=dict(request.metadata or {})
+        )
+        return await self.snapshot_view(labelled)
+
+    async def _by_digest(self, principal: Principal, digest: str | None) -> MorphSnapshot | None:
+        if digest is None:
+            return None
+        known = await self._checkpoints.by_digest(principal, digest)
+        return await self.snapshot_view(known) if known else None
+
+    async def create_snapshot(
+        self, principal: Principal, request: CreateSnapshotRequest, default_image: str
+    ) -> MorphSnapshot:
+        """`POST /snapshot`: an image booted and saved (the digest first looked up)."""
+        _no_ttl(request.ttl_seconds)
+        if known := await self._by_digest(principal, request.digest):
+            return known
+        image = request.image_id or default_image
+        boot = await self._checkpoints.bootable(principal, image)
+        _same_spec(boot.spec, request.vcpus, request.memory, request.disk_size)
+        started = await self._devboxes.create(principal, image, name="snapshot", metadata={})
+        try:
+            await self._devboxes.wait_ready(started.id, timeout=BOOT_TIMEOUT)
+            saved = await self._checkpoints.save(principal, started.id, request.digest or image)
+        finally:
+            await self._devboxes.remove(started.id)
+        labelled = await self._checkpoints.label(
+            principal, saved.id, digest=request.digest, metadata=dict(request.metadata or {})
+        )
+        return await self.snapshot_view(labelled)
+
+    async def branch(
+        self, principal: Principal, instance_id: str, count: int
+    ) -> InstanceBranchResponse:
+        await self.get(principal, instance_id)
+        children = await self._checkpoints.branch(principal, instance_id, name=None, count=count)
+        snapshot_id = children[0].base_snapshot_id
+        assert snapshot_id is not None
+        return InstanceBranchResponse(
+            snapshot=await self.snapshot(principal, snapshot_id),
+            instances=[await self.get(principal, child.id) for child in children],
+        )
+
+    # exposed services
+
+    async def expose(
+        self, principal: Principal, instance_id: str, request: ExposeRequest
+    ) -> Instance:
+        mode = HttpServiceAuthMode(request.auth_mode) if request.auth_mode else None
+        await self._previews.expose(
+            principal, instance_id, name=request.name, port=request.port, auth_mode=mode
+        )
+        return await self.get(principal, instance_id)
+
+    async def hide(self, principal: Principal, instance_id: str, name: str) -> Instance:
+        await self._previews.unexpose(principal, instance_id, name)
+        return await self.get(principal, instance_id)
 
     async def exec(
         self, principal: Principal, instance_id: str, argv: list[str], idempotency_key: str | None

@@ -87,7 +87,9 @@ async def test_what_is_not_supported_yet_or_not_allowed_is_refused_clearly(fake_
         json={"ttl_seconds": 60},
         headers=auth,
     )
-    assert with_ttl.status_code == 400 and "TTL" in with_ttl.json()["detail"]
+    assert with_ttl.status_code == 422, with_ttl.text
+    (problem,) = with_ttl.json()["detail"]
+    assert problem["loc"] == ["body", "ttl_seconds"] and "TTL" in problem["msg"]
     assert (await fake_api.client.get("/api/instance/devbox_nope", headers=auth)).status_code == 404
     outsider = await fake_api.new_user("instance-outsider")
     instance = await start(fake_api, key)
@@ -106,3 +108,80 @@ async def test_what_is_not_supported_yet_or_not_allowed_is_refused_clearly(fake_
         f"/api/instance/{instance['id']}/reboot", json={"vcpus": 2}, headers=auth
     )
     assert rebooted.status_code == 400 and "without a body" in rebooted.json()["detail"]
+
+
+async def test_snapshots_with_digests_metadata_pages_boot_branch_and_delete(fake_api: Api) -> None:
+    key = fake_api.admin_key
+    auth = fake_api.auth(key)
+    created = await fake_api.client.post("/api/snapshot", json={"digest": "setup-1"}, headers=auth)
+    assert created.status_code == 200, created.text
+    snapshot = created.json()
+    assert snapshot["status"] == "ready" and snapshot["digest"] == "setup-1"
+    assert snapshot["metadata"] == {} and snapshot["refs"]["image_id"]
+    again = await fake_api.client.post("/api/snapshot", json={"digest": "setup-1"}, headers=auth)
+    assert again.json()["id"] == snapshot["id"]  # a digest is a cache key
+    too_big = await fake_api.client.post("/api/snapshot", json={"memory": 99999}, headers=auth)
+    assert too_big.status_code == 422 and too_big.json()["detail"][0]["loc"] == ["body", "memory"]
+
+    outsider = fake_api.auth(await fake_api.new_user("digest-outsider"))
+    theirs = await fake_api.client.post(
+        "/api/snapshot", json={"digest": "setup-1"}, headers=outsider
+    )
+    assert theirs.status_code == 200 and theirs.json()["id"] != snapshot["id"]  # never leaks
+
+    labelled = await fake_api.client.post(
+        f"/api/snapshot/{snapshot['id']}/metadata", json={"kind": "base"}, headers=auth
+    )
+    assert labelled.json()["metadata"] == {"kind": "base"}
+    replaced = await fake_api.client.post(
+        f"/api/snapshot/{snapshot['id']}/metadata", json={"other": "x"}, headers=auth
+    )
+    assert replaced.json()["metadata"] == {"other": "x"}  # replaced whole, as the contract says
+    by_digest = await fake_api.client.get(
+        "/api/snapshot", params={"digest": "setup-1"}, headers=auth
+    )
+    assert [s["id"] for s in by_digest.json()["data"]] == [snapshot["id"]]
+    page = (await fake_api.client.get("/api/snapshot/list?limit=1", headers=auth)).json()
+    assert page["total"] == 1 and [s["id"] for s in page["snapshots"]] == [snapshot["id"]]
+
+    booted = await fake_api.client.post(
+        f"/api/snapshot/{snapshot['id']}/boot", json={}, headers=auth
+    )
+    assert booted.status_code == 200, booted.text
+    instance_id = booted.json()["id"]
+    await wait_status(fake_api, key, instance_id)
+    saved = await fake_api.client.post(
+        f"/api/instance/{instance_id}/snapshot", params={"digest": "step-2"}, json={}, headers=auth
+    )
+    assert saved.status_code == 200 and saved.json()["status"] == "ready"
+    repeat = await fake_api.client.post(
+        f"/api/instance/{instance_id}/snapshot", params={"digest": "step-2"}, headers=auth
+    )
+    assert repeat.json()["id"] == saved.json()["id"]
+
+    branched = await fake_api.client.post(
+        f"/api/instance/{instance_id}/branch", params={"count": 2}, headers=auth
+    )
+    assert branched.status_code == 200, branched.text
+    body = branched.json()
+    assert body["snapshot"]["status"] == "ready" and len(body["instances"]) == 2
+    for child in body["instances"]:
+        assert child["refs"]["snapshot_id"] == body["snapshot"]["id"]
+
+    exposed = await fake_api.client.post(
+        f"/api/instance/{instance_id}/http", json={"name": "web", "port": 8080}, headers=auth
+    )
+    assert exposed.status_code == 200, exposed.text
+    (service,) = exposed.json()["networking"]["http_services"]
+    assert service["name"] == "web" and service["port"] == 8080 and service["url"]
+    bad_name = await fake_api.client.post(
+        f"/api/instance/{instance_id}/http", json={"name": "Web!", "port": 8080}, headers=auth
+    )
+    assert bad_name.status_code == 422
+    hidden = await fake_api.client.delete(f"/api/instance/{instance_id}/http/web", headers=auth)
+    assert hidden.json()["networking"]["http_services"] == []
+
+    deleted = await fake_api.client.delete(f"/api/snapshot/{saved.json()['id']}", headers=auth)
+    assert deleted.status_code == 204
+    gone = await fake_api.client.get(f"/api/snapshot/{saved.json()['id']}", headers=auth)
+    assert gone.status_code == 404

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -85,4 +86,45 @@ def test_the_sdk_starts_execs_filters_pauses_and_stops_an_instance(live: LiveSer
     instance.stop()
     with pytest.raises(ApiError) as gone:
         morph.instances.get(instance.id)
+    assert gone.value.status_code == 404
+
+
+def test_the_sdk_caches_by_digest_snapshots_branches_exposes_and_deletes(
+    live: LiveService,
+) -> None:
+    morph = client(live)
+    base = morph.snapshots.create(digest="sdk-base")
+    assert base.status == "ready"
+    assert morph.snapshots.create(digest="sdk-base").id == base.id  # the cache hit
+    instance = morph.instances.start(base.id)
+    instance.wait_until_ready(timeout=300)
+    instance.exec("echo step-two > /root/step; sync")
+    step = instance.snapshot(digest="sdk-step")
+    assert step.status == "ready" and step.digest == "sdk-step"
+    assert instance.snapshot(digest="sdk-step").id == step.id
+
+    snapshot, children = instance.branch(2)
+    assert len(children) == 2 and snapshot.status == "ready"
+    for child in children:
+        child.wait_until_ready(timeout=300)
+        assert child.exec("cat /root/step").stdout == "step-two\n"
+
+    instance.exec("cd /root && (setsid python3 -m http.server 8080 >/dev/null 2>&1 &)")
+    url = instance.expose_http_service("web", 8080)
+    deadline = time.monotonic() + 60
+    while (served := live.http.get(url, headers=live.headers())).status_code != 200:
+        assert time.monotonic() < deadline, f"{url}: {served.status_code} {served.text[:200]}"
+        time.sleep(0.5)
+    assert "Directory listing" in served.text
+    instance.hide_http_service("web")
+    assert morph.instances.get(instance.id).networking.http_services == []
+
+    booted = morph.snapshots.get(step.id)
+    assert booted.digest == "sdk-step"
+    for child in children:
+        child.stop()
+    instance.stop()
+    step.delete()
+    with pytest.raises(ApiError) as gone:
+        morph.snapshots.get(step.id)
     assert gone.value.status_code == 404
