@@ -165,7 +165,12 @@ class Services:
         self.devbox_core = core = DevboxCore(
             devbox_store, snapshot_store, self.backend, self.secret_box, self.admission
         )
-        self.guest_access = GuestAccess(core, self.guest_connections, self.identities.is_member)
+        self.guest_access = GuestAccess(
+            core,
+            self.guest_connections,
+            self.identities.is_member,
+            self.identities.authenticate,
+        )
         self.previews = HttpServiceRegistry(
             HttpServiceStore(database),
             core,

@@ -22,7 +22,7 @@ from devbox_service.devboxes.core import DestroyListener, DevboxCore, new_event
 from devbox_service.devboxes.lifecycle import SETTLING, Action, require
 from devbox_service.devboxes.models import DevboxStatus, EventType
 from devbox_service.devboxes.schemas import DevboxSSHCredentialsResponse
-from devbox_service.errors import Conflict, PermissionDenied
+from devbox_service.errors import Conflict, NotAuthenticated, NotFound, PermissionDenied
 
 SETTLE_TIMEOUT = 120.0
 
@@ -46,10 +46,17 @@ MembershipCheck = Callable[[str, str], Awaitable[bool]]
 
 
 class GuestAccess:
-    def __init__(self, core: DevboxCore, files: GuestFiles, is_member: MembershipCheck) -> None:
+    def __init__(
+        self,
+        core: DevboxCore,
+        files: GuestFiles,
+        is_member: MembershipCheck,
+        authenticate: Callable[[str], Awaitable[Principal]],
+    ) -> None:
         self._core = core
         self._files = files
         self._is_member = is_member
+        self._authenticate = authenticate
         core.on_destroy(self._forget_connection)
 
     def on_destroy(self, listener: DestroyListener) -> None:
@@ -118,6 +125,21 @@ class GuestAccess:
             return None
         expected = self._core.credentials(record)["password"]
         return record.id if secrets.compare_digest(expected, password) else None
+
+    async def authenticate_api_key_login(self, username: str) -> str | None:
+        """`{devbox_id}:{api_key}`: a user key of the devbox's owner (who alone may type into
+        it, as for its terminals); agent tokens log in with the devbox's own credentials."""
+        devbox_id, _, key = username.partition(":")
+        if not devbox_id or not key or key.startswith(tokens.AGENT_TOKEN_PREFIX):
+            return None
+        try:
+            principal = await self._authenticate(key)
+            record = await self._core.visible(principal, devbox_id)
+        except (NotAuthenticated, NotFound):
+            return None
+        if record.status in (DevboxStatus.DELETING, DevboxStatus.DELETED):
+            return None
+        return record.id if record.user_id == principal.user_id else None
 
     async def connect_target(self, devbox_id: str, *, woken_by: str = "SSH") -> SSHEndpoint:
         """Where the guest's sshd is; a paused devbox is resumed first (wake on SSH, or on

@@ -43,6 +43,10 @@ class GatewayAuthority(Protocol):
     async def authenticate(self, username: str, password: str) -> str | None:
         """Return the devbox id these credentials open, or None."""
 
+    async def authenticate_api_key_login(self, username: str) -> str | None:
+        """The devbox a `{devbox_id}:{api_key}` user name opens (the SDK's login, with any
+        public key: the API key is the secret), or None."""
+
     async def connect_target(self, devbox_id: str) -> SSHEndpoint:
         """Where the devbox's guest sshd is (resuming the devbox first if it is paused)."""
 
@@ -266,6 +270,19 @@ class SSHGateway:
         return _UserConnection(self)
 
     async def _check_password(self, address: str, username: str, password: str) -> str | None:
+        return await self._check(
+            address, username, lambda: self.authority.authenticate(username, password)
+        )
+
+    async def _check_api_key_login(self, address: str, username: str) -> str | None:
+        devbox_id = username.partition(":")[0]  # the key itself is never kept or logged
+        return await self._check(
+            address, devbox_id, lambda: self.authority.authenticate_api_key_login(username)
+        )
+
+    async def _check(
+        self, address: str, who: str, lookup: Callable[[], Awaitable[str | None]]
+    ) -> str | None:
         """The devbox id the credentials open; a slow or failing authority denies, never hangs."""
         devbox_id: str | None = None
 
@@ -273,13 +290,13 @@ class SSHGateway:
             nonlocal devbox_id
             try:
                 async with asyncio.timeout(self.auth_timeout):
-                    devbox_id = await self.authority.authenticate(username, password)
+                    devbox_id = await lookup()
             except Exception:
                 log.exception("SSH gateway could not check credentials from %s", address)
                 return False
             return devbox_id is not None
 
-        key = throttle_key(address, username)
+        key = throttle_key(address, who)
         if not await self.throttle.attempt(key, check):
             log.warning(
                 "SSH login failed",
@@ -368,6 +385,17 @@ class _UserConnection(asyncssh.SSHServer):
 
     async def validate_password(self, username: str, password: str) -> bool:
         self._devbox_id = await self._gateway._check_password(self._address, username, password)
+        return self._devbox_id is not None
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        """Any key, for a `{devbox_id}:{api_key}` user name (the SDK makes a throw-away key
+        per process); the client still proves it holds the key it offers."""
+        if ":" not in username:
+            return False
+        self._devbox_id = await self._gateway._check_api_key_login(self._address, username)
         return self._devbox_id is not None
 
     async def session_requested(self) -> ProxySession:

@@ -34,6 +34,7 @@ from devbox_service.ssh.guest import GuestConnections
 SSHD = "/usr/sbin/sshd"
 TOKEN, PASSWORD = "tok_" + secrets.token_hex(8), secrets.token_urlsafe(16)
 DEAD_TOKEN, GONE_TOKEN = "tok_dead", "tok_gone"
+API_KEY = "dbx_" + secrets.token_hex(8)
 
 
 def _established_to(port: int) -> int:
@@ -117,6 +118,11 @@ class GwAuthority:
     async def authenticate(self, username: str, password: str) -> str | None:
         devbox_id = self.tokens.get(username)
         return devbox_id if devbox_id and secrets.compare_digest(password, PASSWORD) else None
+
+    async def authenticate_api_key_login(self, username: str) -> str | None:
+        devbox_id, _, key = username.partition(":")
+        known = devbox_id in self.devboxes and secrets.compare_digest(key, API_KEY)
+        return devbox_id if known else None
 
     async def connect_target(self, devbox_id: str) -> SSHEndpoint:
         self.targets_opened.append(devbox_id)
@@ -223,6 +229,30 @@ async def test_exit_signal_is_passed_back(gw_gateway: SSHGateway) -> None:
         result = await asyncio.wait_for(conn.run("kill -TERM $$"), 20)
     assert result.exit_signal is not None
     assert result.exit_signal[0] == "TERM"
+
+
+async def test_any_public_key_logs_in_with_an_api_key_in_the_user_name(
+    gw_gateway: SSHGateway,
+) -> None:
+    """The SDK's login: `{devbox_id}:{api_key}` and a throw-away key it made itself."""
+
+    async def login(username: str) -> str:
+        async with asyncssh.connect(
+            "127.0.0.1",
+            gw_gateway.port,
+            username=username,
+            known_hosts=None,
+            config=None,
+            client_keys=[asyncssh.generate_private_key("ssh-rsa", key_size=1024)],
+            agent_path=None,
+            password=None,
+        ) as conn:
+            return str((await asyncio.wait_for(conn.run("echo in"), 20)).stdout)
+
+    assert await login(f"dbx_live:{API_KEY}") == "in\n"
+    for refused in (f"dbx_live:{API_KEY}x", "dbx_live", f"dbx_other:{API_KEY}"):
+        with pytest.raises(asyncssh.PermissionDenied):
+            await login(refused)
 
 
 async def test_pty_shell_gets_term_size_and_resize(gw_client: paramiko.SSHClient) -> None:

@@ -66,6 +66,13 @@ def test_the_sdk_starts_execs_filters_pauses_and_stops_an_instance(live: LiveSer
     result = instance.exec("for i in 1 2 3; do echo $i; sleep 0.2; done", on_stdout=streamed.append)
     assert "".join(streamed) == "1\n2\n3\n" and result.exit_code == 0
 
+    with instance.ssh() as ssh:  # `{id}:{api_key}` and a throw-away key, as the SDK does
+        assert ssh.run("echo via-ssh").stdout.strip() == "via-ssh"  # a pty: CRLF
+    local = live.data_dir / "upload.txt"
+    local.write_text("uploaded\n")
+    instance.upload(str(local), "/root/uploaded.txt")
+    assert instance.exec("cat /root/uploaded.txt").stdout == "uploaded\n"
+
     instance.set_metadata({"role": "worker"})
     found = morph.instances.list(metadata={"env": "t", "role": "worker"})
     assert [i.id for i in found] == [instance.id]
