@@ -19,6 +19,7 @@ DevboxServiceError
  +-- Unavailable            a part of the service is not usable right now    (503)
  +-- Unreachable            a guest or upstream did not answer               (502)
  +-- Failed                 an operation broke on the server's side          (500)
+ +-- NotSupported           a part of the contract this service does not do  (501)
 
 The backend's tree (`backends.base`) hangs below these: its `NotFound` is a `NotFound`, its
 `InvalidState` a `Conflict`, its `GuestUnreachable` an `Unreachable`, and so on.
@@ -98,3 +99,7 @@ class Unreachable(DevboxServiceError):
 
 class Failed(DevboxServiceError):
     pass
+
+
+class NotSupported(DevboxServiceError):
+    """A request the contract allows that this service cannot carry out; says what is missing."""

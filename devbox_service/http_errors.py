@@ -18,6 +18,7 @@ from litestar.status_codes import (
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_429_TOO_MANY_REQUESTS,
     HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_501_NOT_IMPLEMENTED,
     HTTP_502_BAD_GATEWAY,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
@@ -39,6 +40,7 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     errors.Unavailable: HTTP_503_SERVICE_UNAVAILABLE,
     errors.Unreachable: HTTP_502_BAD_GATEWAY,
     errors.Failed: HTTP_500_INTERNAL_SERVER_ERROR,
+    errors.NotSupported: HTTP_501_NOT_IMPLEMENTED,
 }
 """The first class of an error's MRO found here decides: backend errors list their domain
 category before `BackendError`, so a backend `NotFound` is a 404."""

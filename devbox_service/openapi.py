@@ -28,6 +28,7 @@ ERRORS = {
     422: "the body or a parameter does not validate",
     429: "a limit is reached (the X-Devbox-Limit header names it)",
     500: "an operation failed on the service's side",
+    501: "a part of the contract this service does not do (the detail says which)",
     502: "a guest or upstream did not answer",
     503: "a part of the service is not usable right now",
 }

@@ -13,7 +13,7 @@ from litestar.types import ASGIApp
 from sse_starlette import EventSourceResponse
 
 from devbox_service.auth.guards import USER, CurrentPrincipal, allow
-from devbox_service.errors import InvalidInput
+from devbox_service.errors import InvalidInput, NotSupported
 from devbox_service.instances.schemas import (
     BootSnapshotRequest,
     CreateSnapshotRequest,
@@ -37,6 +37,11 @@ from devbox_service.request_bodies import optional_body
 from devbox_service.services import AppServices
 
 KEEPALIVE_SECONDS = 15
+DISK_RESIZE_MISSING = (
+    "resizing a disk is not supported yet: the embedded QEMU backend would have to grow the "
+    "guest's qcow2 layer and its filesystem while the VM runs; start a devbox of the size you "
+    "need instead"
+)
 
 
 def _filter(request: Request[Any, Any, Any]) -> dict[str, str]:
@@ -226,6 +231,30 @@ class InstanceController(Controller):
         name: FromPath[str],
     ) -> Instance:
         return await services.instances.hide(principal, devbox_id, name)
+
+    @post(
+        "/{devbox_id:str}/disk-resize", guards=[allow(USER)], status_code=200, summary="Disk Resize"
+    )
+    async def disk_resize(
+        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+    ) -> None:
+        await services.instances.get(principal, devbox_id)
+        raise NotSupported(DISK_RESIZE_MISSING)
+
+    @get(
+        "/{devbox_id:str}/disk-resize/{operation_id:str}",
+        guards=[allow(USER)],
+        summary="Disk Resize Status",
+    )
+    async def disk_resize_status(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
+        operation_id: FromPath[str],
+    ) -> None:
+        await services.instances.get(principal, devbox_id)
+        raise NotSupported(DISK_RESIZE_MISSING)
 
 
 class SnapshotCatalogController(Controller):

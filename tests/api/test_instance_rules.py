@@ -185,3 +185,18 @@ async def test_snapshots_with_digests_metadata_pages_boot_branch_and_delete(fake
     assert deleted.status_code == 204
     gone = await fake_api.client.get(f"/api/snapshot/{saved.json()['id']}", headers=auth)
     assert gone.status_code == 404
+
+
+async def test_disk_resize_says_it_is_not_supported_and_why(fake_api: Api) -> None:
+    auth = fake_api.auth(fake_api.admin_key)
+    instance = await start(fake_api, fake_api.admin_key)
+    resized = await fake_api.client.post(
+        f"/api/instance/{instance['id']}/disk-resize",
+        json={"disk_size": 4096},
+        headers={**auth, "Idempotency-Key": "k1"},
+    )
+    assert resized.status_code == 501 and "qcow2" in resized.json()["detail"]
+    unknown = await fake_api.client.post(
+        "/api/instance/devbox_nope/disk-resize", json={"disk_size": 4096}, headers=auth
+    )
+    assert unknown.status_code == 404
