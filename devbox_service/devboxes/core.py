@@ -18,6 +18,9 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from devbox_service.auth import tokens
 from devbox_service.auth.models import Principal
 from devbox_service.backends import base as backend_api
@@ -43,6 +46,24 @@ log = logging.getLogger("devbox_service.devboxes")
 DestroyListener = Callable[[str], Awaitable[None]]
 ReadyHook = Callable[[str], Awaitable[None]]
 SnapshotKeeper = Callable[[], Awaitable[set[str]]]
+
+
+def new_credentials() -> dict[str, str]:
+    """A devbox's SSH gateway credentials: an access token (found by its hash) with a
+    password, and a key pair for logging in as the devbox's id with `ssh -i`."""
+    private = ed25519.Ed25519PrivateKey.generate()
+    return {
+        "access_token": "dbxssh_" + secrets.token_hex(16),
+        "password": secrets.token_urlsafe(24),
+        "private_key": private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        ).decode(),
+        "public_key": private.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode(),
+    }
 
 
 def new_event(
@@ -131,8 +152,7 @@ class DevboxCore:
         """A new `provisioning` devbox with fresh SSH gateway credentials (kept sealed; the
         access token is found by its hash) and its first timeline entry."""
         now = time.time()
-        access_token = "dbxssh_" + secrets.token_hex(16)
-        password = secrets.token_urlsafe(24)
+        credentials = new_credentials()
         record = DevboxRecord(
             id=new_id("devbox"),
             org_id=principal.org_id,
@@ -150,12 +170,10 @@ class DevboxCore:
             error=None,
             created_at=now,
             updated_at=now,
-            ssh_credentials_sealed=self.box.seal(
-                json.dumps({"access_token": access_token, "password": password})
-            ),
+            ssh_credentials_sealed=self.box.seal(json.dumps(credentials)),
         )
         event = new_event(record.id, EventType.CREATE, snapshot_id, created_detail)
-        token_hash = tokens.hash_secret(access_token)
+        token_hash = tokens.hash_secret(credentials["access_token"])
         async with self.store.database.transaction() as tx:
             await self.store.insert(tx, record, event, ssh_token_hash=token_hash)
         self.store.changes.bump()
@@ -165,6 +183,14 @@ class DevboxCore:
         assert record.ssh_credentials_sealed is not None
         sealed: dict[str, str] = json.loads(self.box.open_sealed(record.ssh_credentials_sealed))
         return sealed
+
+    async def set_credentials(self, devbox_id: str, credentials: dict[str, str]) -> None:
+        """Replace a devbox's gateway credentials (the old ones stop working at once)."""
+        await self.store.update(
+            devbox_id,
+            ssh_credentials_sealed=self.box.seal(json.dumps(credentials)),
+            ssh_token_hash=tokens.hash_secret(credentials["access_token"]),
+        )
 
     # VM states the API does not show
 

@@ -18,7 +18,7 @@ from devbox_service.auth import tokens
 from devbox_service.auth.models import Principal
 from devbox_service.backends import base as backend_api
 from devbox_service.backends.base import SSHEndpoint
-from devbox_service.devboxes.core import DestroyListener, DevboxCore, new_event
+from devbox_service.devboxes.core import DestroyListener, DevboxCore, new_credentials, new_event
 from devbox_service.devboxes.lifecycle import SETTLING, Action, require
 from devbox_service.devboxes.models import DevboxStatus, EventType
 from devbox_service.devboxes.schemas import DevboxSSHCredentialsResponse
@@ -114,6 +114,40 @@ class GuestAccess:
         return DevboxSSHCredentialsResponse(
             access_token=credentials["access_token"], password=credentials["password"]
         )
+
+    async def ssh_key(self, principal: Principal, devbox_id: str) -> dict[str, str]:
+        """The gateway credentials with the devbox's key pair (one is made for a devbox from
+        before key pairs). Only the owner. Raises NotFound, PermissionDenied."""
+        async with self._core.locked(principal, devbox_id) as record:
+            if record.user_id != principal.user_id:
+                raise PermissionDenied("only the devbox's owner may read its SSH key")
+            credentials = self._core.credentials(record)
+            if "private_key" not in credentials:
+                fresh = new_credentials()
+                credentials |= {k: fresh[k] for k in ("private_key", "public_key")}
+                await self._core.set_credentials(devbox_id, credentials)
+            return credentials
+
+    async def rotate_ssh_key(self, principal: Principal, devbox_id: str) -> dict[str, str]:
+        """New credentials; the old token, password and key stop working at once."""
+        async with self._core.locked(principal, devbox_id) as record:
+            if record.user_id != principal.user_id:
+                raise PermissionDenied("only the devbox's owner may rotate its SSH key")
+            credentials = new_credentials()
+            await self._core.set_credentials(devbox_id, credentials)
+            return credentials
+
+    async def authenticate_devbox_key(self, devbox_id: str, public_key: str) -> str | None:
+        """The devbox whose own key pair this public key (OpenSSH form) is, or None."""
+        record = await self._core.store.get(devbox_id)
+        if record is None or record.status in (DevboxStatus.DELETING, DevboxStatus.DELETED):
+            return None
+        if not await self._is_member(record.org_id, record.user_id):
+            return None
+        known = self._core.credentials(record).get("public_key", "")
+        offered = " ".join(public_key.split()[:2])
+        matches = bool(known) and secrets.compare_digest(" ".join(known.split()[:2]), offered)
+        return record.id if matches else None
 
     async def authenticate(self, username: str, password: str) -> str | None:
         """The devbox whose SSH gateway credentials these are, or None (also once the owner has

@@ -25,6 +25,7 @@ from devbox_service.instances.schemas import (
     InstanceList,
     InstancePage,
     InstanceSnapshotRequest,
+    InstanceSshKey,
     MorphImage,
     MorphImageList,
     MorphSnapshot,
@@ -255,6 +256,22 @@ class InstanceController(Controller):
     ) -> None:
         await services.instances.get(principal, devbox_id)
         raise NotSupported(DISK_RESIZE_MISSING)
+
+    @get("/{devbox_id:str}/ssh/key", guards=[allow(USER)], summary="Get SSH Key")
+    async def ssh_key(
+        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+    ) -> InstanceSshKey:
+        await services.instances.get(principal, devbox_id)
+        return InstanceSshKey(**await services.guest_access.ssh_key(principal, devbox_id))
+
+    @post(
+        "/{devbox_id:str}/ssh/key", guards=[allow(USER)], status_code=200, summary="Rotate SSH Key"
+    )
+    async def rotate_ssh_key(
+        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+    ) -> InstanceSshKey:
+        await services.instances.get(principal, devbox_id)
+        return InstanceSshKey(**await services.guest_access.rotate_ssh_key(principal, devbox_id))
 
 
 class SnapshotCatalogController(Controller):

@@ -154,3 +154,11 @@ class ExposeRequest(msgspec.Struct, frozen=True, kw_only=True):
     name: Annotated[str, Meta(pattern=r"^[a-z0-9]([a-z0-9-_]*[a-z0-9])?$", max_length=63)]
     port: Annotated[int, Meta(ge=1, le=65535)]
     auth_mode: Literal["none", "api_key"] | None = None
+
+
+class InstanceSshKey(msgspec.Struct, frozen=True, kw_only=True):
+    object: str = "instance_ssh_key"
+    private_key: str
+    public_key: str
+    password: str
+    access_token: str

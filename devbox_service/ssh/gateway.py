@@ -47,6 +47,9 @@ class GatewayAuthority(Protocol):
         """The devbox a `{devbox_id}:{api_key}` user name opens (the SDK's login, with any
         public key: the API key is the secret), or None."""
 
+    async def authenticate_devbox_key(self, devbox_id: str, public_key: str) -> str | None:
+        """The devbox when `public_key` (OpenSSH form) is its own key pair's, or None."""
+
     async def connect_target(self, devbox_id: str) -> SSHEndpoint:
         """Where the devbox's guest sshd is (resuming the devbox first if it is paused)."""
 
@@ -280,6 +283,11 @@ class SSHGateway:
             address, devbox_id, lambda: self.authority.authenticate_api_key_login(username)
         )
 
+    async def _check_devbox_key(self, address: str, username: str, public_key: str) -> str | None:
+        return await self._check(
+            address, username, lambda: self.authority.authenticate_devbox_key(username, public_key)
+        )
+
     async def _check(
         self, address: str, who: str, lookup: Callable[[], Awaitable[str | None]]
     ) -> str | None:
@@ -391,11 +399,16 @@ class _UserConnection(asyncssh.SSHServer):
         return True
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        """Any key, for a `{devbox_id}:{api_key}` user name (the SDK makes a throw-away key
-        per process); the client still proves it holds the key it offers."""
-        if ":" not in username:
-            return False
-        self._devbox_id = await self._gateway._check_api_key_login(self._address, username)
+        """Any key for a `{devbox_id}:{api_key}` user name (the SDK makes a throw-away key
+        per process), or the devbox's own key for its id; the client still proves it holds
+        the key it offers."""
+        if ":" in username:
+            self._devbox_id = await self._gateway._check_api_key_login(self._address, username)
+        else:  # the devbox's own key pair (`GET /instance/{id}/ssh/key`), user = its id
+            offered = key.export_public_key("openssh").decode()
+            self._devbox_id = await self._gateway._check_devbox_key(
+                self._address, username, offered
+            )
         return self._devbox_id is not None
 
     async def session_requested(self) -> ProxySession:

@@ -124,6 +124,9 @@ class GwAuthority:
         known = devbox_id in self.devboxes and secrets.compare_digest(key, API_KEY)
         return devbox_id if known else None
 
+    async def authenticate_devbox_key(self, devbox_id: str, public_key: str) -> str | None:
+        return None
+
     async def connect_target(self, devbox_id: str) -> SSHEndpoint:
         self.targets_opened.append(devbox_id)
         if devbox_id not in self.devboxes:

@@ -4,12 +4,14 @@ CLI's list and exec, stop."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import time
 from collections.abc import Iterator
 
+import paramiko
 import pytest
 from live import VENV_BIN, LiveService, live_service
 from morphcloud.api import ApiError, MorphCloudClient
@@ -135,3 +137,44 @@ def test_the_sdk_caches_by_digest_snapshots_branches_exposes_and_deletes(
     with pytest.raises(ApiError) as gone:
         morph.snapshots.get(step.id)
     assert gone.value.status_code == 404
+
+
+def _login_with_key(live: LiveService, username: str, private_key: str) -> str:
+    key = paramiko.Ed25519Key.from_private_key(io.StringIO(private_key))
+    ssh = paramiko.SSHClient()
+    ssh.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    try:
+        ssh.connect(
+            "127.0.0.1",
+            port=live.ssh_port,
+            username=username,
+            pkey=key,
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=60,
+        )
+        _, stdout, _ = ssh.exec_command("echo with-key")
+        return str(stdout.read().decode())
+    finally:
+        ssh.close()
+
+
+def test_an_instance_key_logs_in_as_the_instance_and_rotation_ends_the_old_one(
+    live: LiveService,
+) -> None:
+    morph = client(live)
+    (image,) = morph.images.list()
+    instance = morph.instances.start(image.id)
+    instance.wait_until_ready(timeout=300)
+    key = instance.ssh_key()
+    assert key.public_key.startswith("ssh-ed25519 ") and key.password
+    assert _login_with_key(live, instance.id, key.private_key) == "with-key\n"
+    fresh = instance.ssh_key_rotate()
+    assert fresh.private_key != key.private_key
+    with pytest.raises(paramiko.AuthenticationException):
+        _login_with_key(live, instance.id, key.private_key)
+    assert _login_with_key(live, instance.id, fresh.private_key) == "with-key\n"
+    outsider = live.add_user("key-outsider")
+    refused = live.http.get(f"/api/instance/{instance.id}/ssh/key", headers=live.headers(outsider))
+    assert refused.status_code == 404
+    instance.stop()
