@@ -180,6 +180,13 @@ class GuestAccess:
         HTTP for the preview proxy), one still starting is waited for. Raises NotFound,
         Conflict (a devbox that cannot get ready)."""
         record = await self._core.record(devbox_id)
+        wakes = record.wake_on_http if woken_by == "HTTP" else record.wake_on_ssh
+        if record.status is DevboxStatus.PAUSED and not wakes:
+            raise Conflict(
+                f"devbox {devbox_id} is paused and does not wake on {woken_by}: resume it, "
+                f"or turn wake_on_{woken_by.lower()} on",
+                state=record.status.value,
+            )
         if record.status is DevboxStatus.PAUSED:
             async with self._core.locks[devbox_id]:
                 record = await self._core.record(devbox_id)

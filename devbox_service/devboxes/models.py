@@ -50,6 +50,8 @@ class DevboxRecord(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: float
     ssh_credentials_sealed: str | None = None
     image_id: str | None = None
+    wake_on_ssh: bool = True
+    wake_on_http: bool = True
 
 
 class SnapshotRecord(msgspec.Struct, frozen=True, kw_only=True):

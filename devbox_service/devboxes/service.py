@@ -205,6 +205,16 @@ class DevboxService:
                 )
             await self._core.store.update(devbox_id, metadata=merged)
 
+    async def set_wake_on(
+        self, principal: Principal, devbox_id: str, *, ssh: bool | None, http: bool | None
+    ) -> None:
+        """Whether a paused devbox wakes for SSH / HTTP; None leaves one as it is."""
+        async with self._core.locked(principal, devbox_id):
+            if ssh is not None:
+                await self._core.store.update(devbox_id, wake_on_ssh=ssh)
+            if http is not None:
+                await self._core.store.update(devbox_id, wake_on_http=http)
+
     async def set_display_name(self, principal: Principal, devbox_id: str, name: str) -> None:
         async with self._core.locked(principal, devbox_id) as record:
             await self._core.store.update(

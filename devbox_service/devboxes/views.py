@@ -24,7 +24,6 @@ from devbox_service.devboxes.schemas import (
 from devbox_service.errors import NotFound
 
 GUEST_IP = "10.0.2.15"
-ALWAYS_WAKES = WakeOn(wake_on_ssh=True, wake_on_http=True)  # a paused devbox wakes on both
 
 
 class HttpServiceLister(Protocol):
@@ -118,7 +117,7 @@ def _common(record: DevboxRecord, http_services: list[HttpService]) -> dict[str,
         "spec": DevboxSpec(vcpus=record.vcpus, memory=record.memory_mb, disk_size=record.disk_mb),
         "refs": DevboxRefs(snapshot_id=record.base_snapshot_id, image_id=record.image_id),
         "networking": Networking(internal_ip=GUEST_IP, http_services=http_services),
-        "wake_on": ALWAYS_WAKES,
+        "wake_on": WakeOn(wake_on_ssh=record.wake_on_ssh, wake_on_http=record.wake_on_http),
         "metadata": record.metadata,
         "current_save_id": record.current_save_id,
         "base_snapshot_id": record.base_snapshot_id,

@@ -32,6 +32,7 @@ from devbox_service.instances.schemas import (
     MorphSnapshotList,
     SnapshotPage,
     StartInstanceRequest,
+    WakeOnRequest,
 )
 from devbox_service.instances.service import metadata_filter
 from devbox_service.request_bodies import optional_body
@@ -256,6 +257,20 @@ class InstanceController(Controller):
     ) -> None:
         await services.instances.get(principal, devbox_id)
         raise NotSupported(DISK_RESIZE_MISSING)
+
+    @post("/{devbox_id:str}/wake-on", guards=[allow(USER)], status_code=200, summary="Wake On")
+    async def wake_on(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
+        data: JSONBody[WakeOnRequest],
+    ) -> Instance:
+        await services.instances.get(principal, devbox_id)
+        await services.devboxes.set_wake_on(
+            principal, devbox_id, ssh=data.wake_on_ssh, http=data.wake_on_http
+        )
+        return await services.instances.get(principal, devbox_id)
 
     @get("/{devbox_id:str}/ssh/key", guards=[allow(USER)], summary="Get SSH Key")
     async def ssh_key(

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from devbox_service.devboxes.schemas import HttpService
+from devbox_service.devboxes.schemas import HttpService, WakeOn
 
 MAX_COMMAND_BYTES = 64 * 1024
 
@@ -32,7 +32,7 @@ class InstanceNetworking(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Instance(msgspec.Struct, frozen=True, kw_only=True):
-    """`ttl` and `wake_on` are left out, never null, until instances have them."""
+    """`ttl` is left out (never null) until instances have one."""
 
     id: str
     object: str = "instance"
@@ -41,7 +41,13 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True):
     spec: InstanceSpec
     refs: InstanceRefs
     networking: InstanceNetworking
+    wake_on: WakeOn
     metadata: dict[str, str]
+
+
+class WakeOnRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    wake_on_ssh: bool | None = None
+    wake_on_http: bool | None = None
 
 
 class InstanceList(msgspec.Struct, frozen=True, kw_only=True):

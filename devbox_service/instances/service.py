@@ -15,7 +15,7 @@ from devbox_service.auth.models import Principal
 from devbox_service.backends.base import MachineSpec, SSHEndpoint
 from devbox_service.devboxes.checkpoints import CheckpointService
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, SnapshotRecord
-from devbox_service.devboxes.schemas import DevboxResponse
+from devbox_service.devboxes.schemas import DevboxResponse, WakeOn
 from devbox_service.devboxes.service import DevboxService
 from devbox_service.devboxes.views import GUEST_IP, DevboxViews
 from devbox_service.errors import InvalidInput, InvalidSpec, NotFound, PayloadTooLarge
@@ -132,6 +132,7 @@ def instance_view(view: DevboxResponse, record: DevboxRecord) -> Instance:
             internal_ip=GUEST_IP,
             http_services=view.networking.http_services if view.networking else [],
         ),
+        wake_on=WakeOn(wake_on_ssh=record.wake_on_ssh, wake_on_http=record.wake_on_http),
         metadata={str(k): v if isinstance(v, str) else str(v) for k, v in record.metadata.items()},
     )
 

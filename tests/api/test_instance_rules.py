@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from support import Api, wait_status
+
+from devbox_service.errors import Conflict
 
 
 async def start(api: Api, key: str, **body: Any) -> dict[str, Any]:
@@ -37,7 +40,8 @@ async def test_an_instance_is_a_devbox_in_the_contracts_shape(fake_api: Api) -> 
     assert isinstance(instance["created"], int)
     assert instance["networking"] == {"internal_ip": "10.0.2.15", "http_services": []}
     assert instance["metadata"] == {"env": "t"}
-    assert "ttl" not in instance and "wake_on" not in instance  # omitted, never null
+    assert "ttl" not in instance  # omitted, never null
+    assert instance["wake_on"] == {"wake_on_ssh": True, "wake_on_http": True}
     assert set(instance["spec"]) == {"vcpus", "memory", "disk_size"}
     assert instance["refs"]["image_id"] == image["id"]
     devbox = await fake_api.client.get(
@@ -200,3 +204,22 @@ async def test_disk_resize_says_it_is_not_supported_and_why(fake_api: Api) -> No
         "/api/instance/devbox_nope/disk-resize", json={"disk_size": 4096}, headers=auth
     )
     assert unknown.status_code == 404
+
+
+async def test_wake_on_is_set_shown_and_honoured(fake_api: Api) -> None:
+    auth = fake_api.auth(fake_api.admin_key)
+    instance = await start(fake_api, fake_api.admin_key)
+    changed = await fake_api.client.post(
+        f"/api/instance/{instance['id']}/wake-on", json={"wake_on_ssh": False}, headers=auth
+    )
+    assert changed.json()["wake_on"] == {"wake_on_ssh": False, "wake_on_http": True}
+    devbox = await fake_api.client.get(f"/api/devboxes/{instance['id']}", headers=auth)
+    assert devbox.json()["wake_on"] == {"wake_on_ssh": False, "wake_on_http": True}
+    await fake_api.client.post(f"/api/instance/{instance['id']}/pause", headers=auth)
+    with pytest.raises(Conflict, match="does not wake on SSH"):
+        await fake_api.services.guest_access.connect_target(instance["id"])
+    shown = await fake_api.client.get(f"/api/instance/{instance['id']}", headers=auth)
+    assert shown.json()["status"] == "paused"  # not woken
+    await fake_api.services.guest_access.connect_target(instance["id"], woken_by="HTTP")
+    woken = await fake_api.client.get(f"/api/instance/{instance['id']}", headers=auth)
+    assert woken.json()["status"] == "ready"  # HTTP still wakes it

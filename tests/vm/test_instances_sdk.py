@@ -80,6 +80,10 @@ def test_the_sdk_starts_execs_filters_pauses_and_stops_an_instance(live: LiveSer
     assert [i.id for i in found] == [instance.id]
     assert morph.instances.list(metadata={"role": "nobody"}) == []
 
+    instance.set_wake_on(wake_on_ssh=True, wake_on_http=False)
+    wake_on = morph.instances.get(instance.id).wake_on
+    assert (wake_on.wake_on_ssh, wake_on.wake_on_http) == (True, False)
+
     instance.pause()
     assert morph.instances.get(instance.id).status == "paused"
     instance.resume()
