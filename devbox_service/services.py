@@ -29,7 +29,13 @@ from devbox_service.devbox_templates.events import RunEvents
 from devbox_service.devbox_templates.runs import BuildRuns
 from devbox_service.devbox_templates.service import TemplateService
 from devbox_service.devbox_templates.store import TemplateStore
-from devbox_service.devboxes.background import GarbageCollector, StandbyPolicy, VmWatch, recover
+from devbox_service.devboxes.background import (
+    GarbageCollector,
+    StandbyPolicy,
+    TtlReaper,
+    VmWatch,
+    recover,
+)
 from devbox_service.devboxes.checkpoints import CheckpointService
 from devbox_service.devboxes.core import DevboxCore
 from devbox_service.devboxes.guests import GuestAccess
@@ -193,6 +199,7 @@ class Services:
         self.standby = StandbyPolicy(core, self.settings.standby_after_seconds)
         self.vm_watch = VmWatch(core)
         self.garbage = GarbageCollector(core, self.settings.gc_interval_seconds)
+        self.ttl_reaper = TtlReaper(core, self.devboxes.expire)
         self.preview_proxy = PreviewProxy()
         self.agent_tokens = AgentTokenService(
             self.identities.agent_tokens,
@@ -263,6 +270,7 @@ class Services:
             self.standby.start()
             self.vm_watch.start()
             self.garbage.start()
+            self.ttl_reaper.start()
             self._image_task = asyncio.create_task(self._ensure_image())
 
     async def _ensure_image(self) -> None:
@@ -317,6 +325,7 @@ class Services:
             await _bounded("standby policy", self.standby.close())
             await _bounded("VM watch", self.vm_watch.close())
             await _bounded("garbage collection", self.garbage.close())
+            await _bounded("TTLs", self.ttl_reaper.close())
             await _bounded("devbox tasks", self.devbox_core.close())
             await _bounded("guest connections", self.guest_connections.close())
             await _bounded("preview proxy", self.preview_proxy.close())

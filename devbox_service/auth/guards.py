@@ -101,9 +101,11 @@ class AccessGuard:
     ) -> None:
         """A route about a devbox answers 404 for one the caller may not see before its body
         is read (an upload of another org's devbox is refused, not buffered first). Requests
-        without a body are checked by the service they call, as every other request is."""
+        without a body are checked by the service they call, as every other request is. An
+        action (not a read: a dashboard watching keeps nothing alive) restarts the TTL."""
         if devbox_id is not None and method not in SAFE_METHODS:
             await services.devboxes.visible(principal, devbox_id)
+            await services.devbox_core.note_activity(devbox_id)  # an action restarts its TTL
 
 
 def check(access: Access, principal: Principal, devbox_id: str | None) -> None:

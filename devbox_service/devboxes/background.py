@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from devbox_service.backends import base as backend_api
@@ -25,6 +25,7 @@ CRASHED = (
     "again from its disk (what ran in its memory is lost)"
 )
 WATCH_INTERVAL = 5.0
+TTL_INTERVAL = 1.0
 
 
 async def recover(core: DevboxCore) -> None:
@@ -230,3 +231,21 @@ class GarbageCollector(Periodic):
                 extra={"files": len(report.removed), "freed_bytes": report.freed_bytes},
             )
         return report
+
+
+class TtlReaper(Periodic):
+    """Devboxes idle past their TTL are paused or stopped, as each one's `ttl_action` says."""
+
+    what = "instance TTLs"
+
+    def __init__(
+        self,
+        core: DevboxCore,
+        expire: Callable[[float], Awaitable[list[str]]],
+        interval: float = TTL_INTERVAL,
+    ) -> None:
+        super().__init__(core, interval)
+        self._expire = expire
+
+    async def run_once(self) -> list[str]:
+        return await self._expire(self._core.clock())

@@ -98,6 +98,7 @@ class DevboxCore:
         self._backend = backend
         self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.clock: Callable[[], float] = time.time  # tests move time forward for TTLs
         self._destroy_listeners: list[DestroyListener] = []
         self._required_listeners: set[DestroyListener] = set()
         self.snapshot_keepers: list[SnapshotKeeper] = []
@@ -223,6 +224,17 @@ class DevboxCore:
         async with self.admission.guard():
             await self.admission.check_memory(self.backend, 1, memory_mb)
             await self.backend.wake(devbox_id)
+
+    async def note_activity(self, devbox_id: str) -> None:
+        """Someone used the devbox (an API action, SSH, a preview request): its TTL starts
+        again. Written only when that moves the expiry noticeably, not on every request."""
+        record = await self.store.get(devbox_id)
+        if record is None or record.ttl_seconds is None:
+            return
+        expire_at = self.clock() + record.ttl_seconds
+        current = record.ttl_expire_at or 0.0
+        if expire_at - current > max(1.0, record.ttl_seconds * 0.05):
+            await self.store.update(devbox_id, ttl_expire_at=expire_at)
 
     # accepted work, finished (also after a restart: statuses are the record of intent)
 

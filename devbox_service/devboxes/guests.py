@@ -179,6 +179,7 @@ class GuestAccess:
         """Where the guest's sshd is; a paused devbox is resumed first (wake on SSH, or on
         HTTP for the preview proxy), one still starting is waited for. Raises NotFound,
         Conflict (a devbox that cannot get ready)."""
+        await self._core.note_activity(devbox_id)
         record = await self._core.record(devbox_id)
         wakes = record.wake_on_http if woken_by == "HTTP" else record.wake_on_ssh
         if record.status is DevboxStatus.PAUSED and not wakes:

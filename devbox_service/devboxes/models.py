@@ -52,6 +52,9 @@ class DevboxRecord(msgspec.Struct, frozen=True, kw_only=True):
     image_id: str | None = None
     wake_on_ssh: bool = True
     wake_on_http: bool = True
+    ttl_seconds: int | None = None
+    ttl_action: str | None = None  # "pause" or "stop"
+    ttl_expire_at: float | None = None
 
 
 class SnapshotRecord(msgspec.Struct, frozen=True, kw_only=True):

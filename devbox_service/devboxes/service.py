@@ -120,26 +120,70 @@ class DevboxService:
     async def _transition(
         self, principal: Principal, devbox_id: str, action: Action
     ) -> DevboxResponse:
+        async with self._core.locked(principal, devbox_id) as record:
+            await self._carry_out(record, action)
+        return await self._views.get(principal, devbox_id)
+
+    async def _carry_out(self, record: DevboxRecord, action: Action) -> None:
+        """Pause or resume a devbox whose lock the caller holds."""
         transition = TRANSITIONS[action]
         assert transition.during and transition.after and transition.event
+        if not require(record, action):
+            return
+        await self._has_vm(record)
+        await self._core.store.update(record.id, status=transition.during)
+        try:
+            if action is Action.RESUME:
+                await self._core.bring_back(record.id)
+            else:
+                await self._core.backend.pause(record.id)
+        except BaseException:
+            await self._core.store.update(record.id, status=record.status)
+            raise
+        await self._core.store.update(
+            record.id, status=transition.after, event=new_event(record.id, transition.event)
+        )
+
+    # TTLs
+
+    async def set_ttl(
+        self, principal: Principal, devbox_id: str, seconds: int | None, action: str | None
+    ) -> None:
+        """Pause or stop the devbox after `seconds` without activity (None: never); an
+        action left out keeps the current one (stop when there is none)."""
         async with self._core.locked(principal, devbox_id) as record:
-            if require(record, action):
-                await self._has_vm(record)
-                await self._core.store.update(devbox_id, status=transition.during)
-                try:
-                    if action is Action.RESUME:
-                        await self._core.bring_back(devbox_id)
-                    else:
-                        await self._core.backend.pause(devbox_id)
-                except BaseException:
-                    await self._core.store.update(devbox_id, status=record.status)
-                    raise
+            if seconds is None:
                 await self._core.store.update(
-                    devbox_id,
-                    status=transition.after,
-                    event=new_event(devbox_id, transition.event),
+                    devbox_id, ttl_seconds=None, ttl_action=None, ttl_expire_at=None
                 )
-        return await self._views.get(principal, devbox_id)
+                return
+            await self._core.store.update(
+                devbox_id,
+                ttl_seconds=seconds,
+                ttl_action=action or record.ttl_action or "stop",
+                ttl_expire_at=self._core.clock() + seconds,
+            )
+
+    async def expire(self, now: float) -> list[str]:
+        """Carry out the TTL of every devbox idle past its expiry; the ids acted on."""
+        acted = []
+        for record in await self._core.store.all():
+            if record.ttl_expire_at is None or record.ttl_expire_at > now:
+                continue
+            if record.ttl_action == "stop":
+                await self.remove(record.id)
+                acted.append(record.id)
+                continue
+            async with self._core.locks[record.id]:
+                current = await self._core.store.get(record.id)
+                if current is None or current.status is not DevboxStatus.READY:
+                    if current is not None and current.status is DevboxStatus.PAUSED:
+                        await self._core.store.update(record.id, ttl_expire_at=None)
+                    continue
+                await self._carry_out(current, Action.PAUSE)
+                await self._core.store.update(record.id, ttl_expire_at=None)
+                acted.append(record.id)
+        return acted
 
     async def reboot(self, principal: Principal, devbox_id: str) -> DevboxResponse:
         """Answers at once as `rebooting`; the guest comes back in the background."""

@@ -11,6 +11,7 @@ from devbox_service.db.cache import VersionedCache
 from devbox_service.devboxes.core import DevboxCore
 from devbox_service.devboxes.models import DevboxRecord, EventRecord, EventType, SnapshotRecord
 from devbox_service.devboxes.schemas import (
+    TTL,
     DevboxRefs,
     DevboxResponse,
     DevboxSpec,
@@ -87,6 +88,16 @@ class DevboxViews:
         )
 
 
+def ttl_of(record: DevboxRecord) -> TTL | None:
+    if record.ttl_seconds is None:
+        return None
+    return TTL(
+        ttl_seconds=record.ttl_seconds,
+        ttl_expire_at=int(record.ttl_expire_at) if record.ttl_expire_at is not None else None,
+        ttl_action=record.ttl_action,
+    )
+
+
 def timeline_event(event: EventRecord) -> TimelineEvent:
     return TimelineEvent(
         id=event.id,
@@ -118,6 +129,7 @@ def _common(record: DevboxRecord, http_services: list[HttpService]) -> dict[str,
         "refs": DevboxRefs(snapshot_id=record.base_snapshot_id, image_id=record.image_id),
         "networking": Networking(internal_ip=GUEST_IP, http_services=http_services),
         "wake_on": WakeOn(wake_on_ssh=record.wake_on_ssh, wake_on_http=record.wake_on_http),
+        "ttl": ttl_of(record),
         "metadata": record.metadata,
         "current_save_id": record.current_save_id,
         "base_snapshot_id": record.base_snapshot_id,

@@ -32,6 +32,7 @@ from devbox_service.instances.schemas import (
     MorphSnapshotList,
     SnapshotPage,
     StartInstanceRequest,
+    TtlRequest,
     WakeOnRequest,
 )
 from devbox_service.instances.service import metadata_filter
@@ -257,6 +258,18 @@ class InstanceController(Controller):
     ) -> None:
         await services.instances.get(principal, devbox_id)
         raise NotSupported(DISK_RESIZE_MISSING)
+
+    @post("/{devbox_id:str}/ttl", guards=[allow(USER)], status_code=200, summary="Set TTL")
+    async def set_ttl(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
+        data: JSONBody[TtlRequest],
+    ) -> Instance:
+        await services.instances.get(principal, devbox_id)
+        await services.devboxes.set_ttl(principal, devbox_id, data.ttl_seconds, data.ttl_action)
+        return await services.instances.get(principal, devbox_id)
 
     @post("/{devbox_id:str}/wake-on", guards=[allow(USER)], status_code=200, summary="Wake On")
     async def wake_on(

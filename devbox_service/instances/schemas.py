@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from devbox_service.devboxes.schemas import HttpService, WakeOn
+from devbox_service.devboxes.schemas import TTL, HttpService, WakeOn
 
 MAX_COMMAND_BYTES = 64 * 1024
 
@@ -32,7 +32,7 @@ class InstanceNetworking(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Instance(msgspec.Struct, frozen=True, kw_only=True):
-    """`ttl` is left out (never null) until instances have one."""
+    """One devbox, as the SDK's `Instance` reads it."""
 
     id: str
     object: str = "instance"
@@ -41,8 +41,14 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True):
     spec: InstanceSpec
     refs: InstanceRefs
     networking: InstanceNetworking
+    ttl: TTL | msgspec.UnsetType = msgspec.UNSET  # left out (never null) when there is none
     wake_on: WakeOn
     metadata: dict[str, str]
+
+
+class TtlRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    ttl_seconds: Annotated[int, Meta(gt=0)] | None
+    ttl_action: Literal["stop", "pause"] | None = None
 
 
 class WakeOnRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -11,13 +11,15 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
+import msgspec
+
 from devbox_service.auth.models import Principal
 from devbox_service.backends.base import MachineSpec, SSHEndpoint
 from devbox_service.devboxes.checkpoints import CheckpointService
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, SnapshotRecord
 from devbox_service.devboxes.schemas import DevboxResponse, WakeOn
 from devbox_service.devboxes.service import DevboxService
-from devbox_service.devboxes.views import GUEST_IP, DevboxViews
+from devbox_service.devboxes.views import GUEST_IP, DevboxViews, ttl_of
 from devbox_service.errors import InvalidInput, InvalidSpec, NotFound, PayloadTooLarge
 from devbox_service.instances.schemas import (
     MAX_COMMAND_BYTES,
@@ -73,7 +75,9 @@ class GuestCommands(Protocol):
 
 
 class GuestEndpoints(Protocol):
-    async def guest_endpoint(self, principal: Principal, devbox_id: str) -> SSHEndpoint: ...
+    async def connect_target(self, devbox_id: str, *, woken_by: str = "SSH") -> SSHEndpoint:
+        """The guest's sshd; a paused devbox is woken first when it wakes on SSH."""
+        ...
 
 
 BOOT_TIMEOUT = 300.0
@@ -132,6 +136,7 @@ def instance_view(view: DevboxResponse, record: DevboxRecord) -> Instance:
             internal_ip=GUEST_IP,
             http_services=view.networking.http_services if view.networking else [],
         ),
+        ttl=ttl_of(record) or msgspec.UNSET,
         wake_on=WakeOn(wake_on_ssh=record.wake_on_ssh, wake_on_http=record.wake_on_http),
         metadata={str(k): v if isinstance(v, str) else str(v) for k, v in record.metadata.items()},
     )
@@ -189,21 +194,29 @@ class InstanceService:
     async def start(
         self, principal: Principal, snapshot_id: str, request: StartInstanceRequest
     ) -> Instance:
-        _no_ttl(request.ttl_seconds)
         started = await self._devboxes.create(
             principal, snapshot_id, name=None, metadata=dict(request.metadata or {})
         )
+        if request.ttl_seconds is not None:
+            await self._devboxes.set_ttl(
+                principal, started.id, request.ttl_seconds, request.ttl_action
+            )
         return await self.get(principal, started.id)
 
     async def boot(
         self, principal: Principal, snapshot_id: str, request: BootSnapshotRequest
     ) -> Instance:
         """`POST /snapshot/{id}/boot`: an instance from a snapshot, in its own spec."""
-        _no_ttl(request.ttl_seconds)
         snapshot = await self._checkpoints.bootable(principal, snapshot_id)
         _same_spec(snapshot.spec, request.vcpus, request.memory, request.disk_size)
         return await self.start(
-            principal, snapshot_id, StartInstanceRequest(metadata=request.metadata)
+            principal,
+            snapshot_id,
+            StartInstanceRequest(
+                metadata=request.metadata,
+                ttl_seconds=request.ttl_seconds,
+                ttl_action=request.ttl_action,
+            ),
         )
 
     # snapshots
@@ -345,7 +358,7 @@ class InstanceService:
         """A repeat with the same `Idempotency-Key` (the SDK retries once on a broken
         connection) gets the first run's answer instead of running the command again."""
         command = shell_command(argv)
-        endpoint = await self._guests.guest_endpoint(principal, instance_id)
+        endpoint = await self._endpoint(principal, instance_id)
         if idempotency_key is None:
             return await self._run(endpoint, command)
         now = time.monotonic()
@@ -368,8 +381,13 @@ class InstanceService:
         """Check access and the command now (errors before the stream starts); then
         `("stdout" | "stderr", text)` as it comes and finally `("exit_code", status)`."""
         command = shell_command(argv)
-        endpoint = await self._guests.guest_endpoint(principal, instance_id)
+        endpoint = await self._endpoint(principal, instance_id)
         return self._stream(endpoint, command)
+
+    async def _endpoint(self, principal: Principal, instance_id: str) -> SSHEndpoint:
+        """Exec wakes a paused instance as SSH does (when it wakes on SSH; else 409)."""
+        await self.get(principal, instance_id)
+        return await self._guests.connect_target(instance_id, woken_by="SSH")
 
     async def _stream(
         self, endpoint: SSHEndpoint, command: str

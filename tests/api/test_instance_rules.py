@@ -84,13 +84,7 @@ async def test_metadata_filters_pages_and_lifecycle(fake_api: Api) -> None:
 async def test_what_is_not_supported_yet_or_not_allowed_is_refused_clearly(fake_api: Api) -> None:
     key = fake_api.admin_key
     auth = fake_api.auth(key)
-    images = (await fake_api.client.get("/api/image", headers=auth)).json()["data"]
-    with_ttl = await fake_api.client.post(
-        "/api/instance",
-        params={"snapshot_id": images[0]["id"]},
-        json={"ttl_seconds": 60},
-        headers=auth,
-    )
+    with_ttl = await fake_api.client.post("/api/snapshot", json={"ttl_seconds": 60}, headers=auth)
     assert with_ttl.status_code == 422, with_ttl.text
     (problem,) = with_ttl.json()["detail"]
     assert problem["loc"] == ["body", "ttl_seconds"] and "TTL" in problem["msg"]
@@ -223,3 +217,48 @@ async def test_wake_on_is_set_shown_and_honoured(fake_api: Api) -> None:
     await fake_api.services.guest_access.connect_target(instance["id"], woken_by="HTTP")
     woken = await fake_api.client.get(f"/api/instance/{instance['id']}", headers=auth)
     assert woken.json()["status"] == "ready"  # HTTP still wakes it
+
+
+async def test_ttls_pause_or_stop_idle_instances_and_activity_extends_them(fake_api: Api) -> None:
+    auth = fake_api.auth(fake_api.admin_key)
+    core = fake_api.services.devbox_core
+    now = [1_000_000.0]
+    core.clock = lambda: now[0]
+    reaper = fake_api.services.ttl_reaper
+    idle = await start(fake_api, fake_api.admin_key, ttl_seconds=60, ttl_action="pause")
+    assert idle["ttl"] == {"ttl_seconds": 60, "ttl_expire_at": 1_000_060, "ttl_action": "pause"}
+
+    now[0] += 30
+    await fake_api.client.post(
+        f"/api/instance/{idle['id']}/metadata", json={"a": "b"}, headers=auth
+    )
+    now[0] += 40  # 70 s after the start, 40 s after the last action
+    await fake_api.client.get(f"/api/instance/{idle['id']}", headers=auth)  # reading is not use
+    assert await reaper.run_once() == []
+    now[0] += 25
+    assert await reaper.run_once() == [idle["id"]]
+    paused = (await fake_api.client.get(f"/api/instance/{idle['id']}", headers=auth)).json()
+    assert paused["status"] == "paused"  # memory kept, not stopped
+    assert (await fake_api.client.post(f"/api/instance/{idle['id']}/resume", headers=auth)).json()[
+        "status"
+    ] == "ready"
+
+    doomed = await start(fake_api, fake_api.admin_key)
+    set_ttl = await fake_api.client.post(
+        f"/api/instance/{doomed['id']}/ttl", json={"ttl_seconds": 10}, headers=auth
+    )
+    assert set_ttl.json()["ttl"]["ttl_action"] == "stop"  # the default when none was set
+    cleared = await fake_api.client.post(
+        f"/api/instance/{idle['id']}/ttl", json={"ttl_seconds": None}, headers=auth
+    )
+    assert "ttl" not in cleared.json()
+    now[0] += 11
+    assert await reaper.run_once() == [doomed["id"]]
+    gone = await fake_api.client.get(f"/api/instance/{doomed['id']}", headers=auth)
+    assert gone.status_code == 404
+    kept = await fake_api.client.get(f"/api/instance/{idle['id']}", headers=auth)
+    assert kept.json()["status"] == "ready"
+    bad = await fake_api.client.post(
+        f"/api/instance/{idle['id']}/ttl", json={"ttl_seconds": 0}, headers=auth
+    )
+    assert bad.status_code == 422

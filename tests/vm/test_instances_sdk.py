@@ -86,6 +86,8 @@ def test_the_sdk_starts_execs_filters_pauses_and_stops_an_instance(live: LiveSer
 
     instance.pause()
     assert morph.instances.get(instance.id).status == "paused"
+    assert instance.exec("echo woke").stdout == "woke\n"  # exec wakes it, as SSH does
+    instance.pause()
     instance.resume()
     instance.wait_until_ready(timeout=300)
     assert instance.exec("echo back").stdout == "back\n"
@@ -181,4 +183,26 @@ def test_an_instance_key_logs_in_as_the_instance_and_rotation_ends_the_old_one(
     outsider = live.add_user("key-outsider")
     refused = live.http.get(f"/api/instance/{instance.id}/ssh/key", headers=live.headers(outsider))
     assert refused.status_code == 404
+    instance.stop()
+
+
+def test_an_idle_instance_pauses_at_its_ttl_keeping_memory_and_wakes_on_ssh(
+    live: LiveService,
+) -> None:
+    morph = client(live)
+    (image,) = morph.images.list()
+    instance = morph.instances.start(image.id, ttl_seconds=4, ttl_action="pause")
+    instance.wait_until_ready(timeout=300)
+    pid = instance.exec("nohup sleep 3600 >/dev/null 2>&1 & echo $!").stdout.strip()
+    deadline = time.monotonic() + 60
+    while (status := morph.instances.get(instance.id).status) != "paused":
+        assert time.monotonic() < deadline, f"the idle instance stayed {status}"
+        time.sleep(0.5)
+    assert morph.instances.get(instance.id).ttl.ttl_action == "pause"
+    key = instance.ssh_key()
+    # SSH wakes it (wake_on_ssh is on); its processes were kept in memory
+    assert _login_with_key(live, instance.id, key.private_key) == "with-key\n"
+    assert morph.instances.get(instance.id).status == "ready"
+    instance.set_ttl(None)
+    assert instance.exec(f"kill -0 {pid} && echo alive").stdout == "alive\n"
     instance.stop()
