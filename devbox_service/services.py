@@ -200,6 +200,7 @@ class Services:
         self.vm_watch = VmWatch(core)
         self.garbage = GarbageCollector(core, self.settings.gc_interval_seconds)
         self.ttl_reaper = TtlReaper(core, self.devboxes.expire)
+        self.snapshot_reaper = TtlReaper(core, self.checkpoints.expire_snapshots, interval=5.0)
         self.preview_proxy = PreviewProxy()
         self.agent_tokens = AgentTokenService(
             self.identities.agent_tokens,
@@ -271,6 +272,7 @@ class Services:
             self.vm_watch.start()
             self.garbage.start()
             self.ttl_reaper.start()
+            self.snapshot_reaper.start()
             self._image_task = asyncio.create_task(self._ensure_image())
 
     async def _ensure_image(self) -> None:
@@ -326,6 +328,7 @@ class Services:
             await _bounded("VM watch", self.vm_watch.close())
             await _bounded("garbage collection", self.garbage.close())
             await _bounded("TTLs", self.ttl_reaper.close())
+            await _bounded("snapshot TTLs", self.snapshot_reaper.close())
             await _bounded("devbox tasks", self.devbox_core.close())
             await _bounded("guest connections", self.guest_connections.close())
             await _bounded("preview proxy", self.preview_proxy.close())

@@ -234,9 +234,10 @@ class GarbageCollector(Periodic):
 
 
 class TtlReaper(Periodic):
-    """Devboxes idle past their TTL are paused or stopped, as each one's `ttl_action` says."""
+    """What is idle past its TTL is dealt with by `expire(now)`: devboxes paused or stopped
+    as each one's `ttl_action` says, snapshots nothing depends on reclaimed."""
 
-    what = "instance TTLs"
+    what = "TTLs"
 
     def __init__(
         self,

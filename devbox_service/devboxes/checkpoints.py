@@ -202,8 +202,59 @@ class CheckpointService:
         return await self._visible(principal, snapshot_id)
 
     async def by_digest(self, principal: Principal, digest: str) -> SnapshotRecord | None:
-        """The organization's ready snapshot with this digest (another org's never shows)."""
-        return await self._core.snapshots.by_digest(principal.org_id, digest)
+        """The organization's ready snapshot with this digest (another org's never shows);
+        finding it is a use (its TTL counts from now)."""
+        found = await self._core.snapshots.by_digest(principal.org_id, digest)
+        if found is None:
+            return None
+        await self._core.use_snapshot(found.id)
+        return await self._core.snapshots.get(found.id)
+
+    async def set_ttl(self, principal: Principal, snapshot_id: str, seconds: int | None) -> None:
+        """Reclaim the snapshot after `seconds` without use (None: keep it). Raises NotFound."""
+        await self._visible(principal, snapshot_id)
+        expire_at = None if seconds is None else self._core.clock() + seconds
+        await self._core.snapshots.set_ttl(
+            snapshot_id, ttl_seconds=seconds, ttl_expire_at=expire_at, ttl_waiting_for=None
+        )
+
+    async def expire_snapshots(self, now: float) -> list[str]:
+        """Reclaim every snapshot unused past its TTL that nothing depends on; one that
+        something still needs waits, and says what (`ttl_waiting_for`). The ids reclaimed.
+
+        A devbox started from it, or a template's cached step, holds it. A snapshot saved
+        later in the same lineage does not: the backend keeps every disk layer a snapshot or
+        a VM uses until nothing does, so reclaiming a parent never breaks its children."""
+        expired = [
+            s
+            for s in await self._core.snapshots.all()
+            if s.ttl_expire_at is not None and s.ttl_expire_at <= now
+        ]
+        if not expired:
+            return []
+        devboxes = await self._core.store.all()
+        kept: set[str] = set()
+        for keeper in self._core.snapshot_keepers:
+            kept |= await keeper()
+        reclaimed = []
+        for snapshot in expired:
+            started = next((d.id for d in devboxes if d.base_snapshot_id == snapshot.id), None)
+            reason = (
+                f"devbox {started} was started from it"
+                if started
+                else "a template's cached build step uses it"
+                if snapshot.id in kept
+                else None
+            )
+            if reason is not None:
+                if reason != snapshot.ttl_waiting_for:
+                    await self._core.snapshots.set_ttl(snapshot.id, ttl_waiting_for=reason)
+                continue
+            with contextlib.suppress(backend_api.NotFound):
+                await self._core.backend.delete_snapshot(snapshot.id)
+            await self._core.snapshots.delete(snapshot.id)
+            reclaimed.append(snapshot.id)
+        return reclaimed
 
     async def label(
         self,

@@ -225,6 +225,16 @@ class DevboxCore:
             await self.admission.check_memory(self.backend, 1, memory_mb)
             await self.backend.wake(devbox_id)
 
+    async def use_snapshot(self, snapshot_id: str) -> None:
+        """A snapshot was used (booted, or found by its digest): its TTL counts from now."""
+        snapshot = await self.snapshots.get(snapshot_id)
+        if snapshot is not None and snapshot.ttl_seconds is not None:
+            await self.snapshots.set_ttl(
+                snapshot_id,
+                ttl_expire_at=self.clock() + snapshot.ttl_seconds,
+                ttl_waiting_for=None,
+            )
+
     async def note_activity(self, devbox_id: str) -> None:
         """Someone used the devbox (an API action, SSH, a preview request): its TTL starts
         again. Written only when that moves the expiry noticeably, not on every request."""

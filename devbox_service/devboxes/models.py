@@ -71,6 +71,9 @@ class SnapshotRecord(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float
     digest: str | None = None
     metadata: dict[str, Any] = {}
+    ttl_seconds: int | None = None
+    ttl_expire_at: float | None = None
+    ttl_waiting_for: str | None = None  # why an expired snapshot is still kept
 
 
 class EventType(enum.StrEnum):

@@ -93,6 +93,7 @@ class DevboxService:
                 parent_id=None,
                 created_detail={"name": "created"},
             )
+        await self._core.use_snapshot(snapshot.id)
         self._core.start_boot([record.id], snapshot.id, after_ready)
         return await self._views.detail(record)
 

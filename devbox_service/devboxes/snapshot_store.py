@@ -52,5 +52,13 @@ class SnapshotStore:
             (encoded["digest"], encoded["metadata"], snapshot_id),
         )
 
+    async def set_ttl(self, snapshot_id: str, **fields: object) -> None:
+        """Set some of `ttl_seconds`, `ttl_expire_at`, `ttl_waiting_for`."""
+        encoded = SNAPSHOTS.encode_partial(fields)
+        assignments = ", ".join(f"{name} = ?" for name in encoded)
+        await self.database.execute(
+            f"UPDATE snapshots SET {assignments} WHERE id = ?", (*encoded.values(), snapshot_id)
+        )
+
     async def delete(self, snapshot_id: str) -> None:
         await self.database.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))

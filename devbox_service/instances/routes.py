@@ -31,6 +31,7 @@ from devbox_service.instances.schemas import (
     MorphSnapshot,
     MorphSnapshotList,
     SnapshotPage,
+    SnapshotTtlRequest,
     StartInstanceRequest,
     TtlRequest,
     WakeOnRequest,
@@ -377,3 +378,14 @@ class SnapshotCatalogController(Controller):
     ) -> Instance:
         body = await optional_body(request, BootSnapshotRequest)
         return await services.instances.boot(principal, snapshot_id, body)
+
+    @post("/{snapshot_id:str}/ttl", guards=[allow(USER)], status_code=200, summary="Snapshot TTL")
+    async def set_ttl(
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        snapshot_id: FromPath[str],
+        data: JSONBody[SnapshotTtlRequest],
+    ) -> MorphSnapshot:
+        await services.checkpoints.set_ttl(principal, snapshot_id, data.ttl_seconds)
+        return await services.instances.snapshot(principal, snapshot_id)

@@ -46,6 +46,10 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True):
     metadata: dict[str, str]
 
 
+class SnapshotTtlRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    ttl_seconds: Annotated[int, Meta(gt=0)] | None
+
+
 class TtlRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     ttl_seconds: Annotated[int, Meta(gt=0)] | None
     ttl_action: Literal["stop", "pause"] | None = None
@@ -107,6 +111,12 @@ class SnapshotRefs(msgspec.Struct, frozen=True, kw_only=True):
     image_id: str | None
 
 
+class SnapshotTtl(msgspec.Struct, frozen=True, kw_only=True):
+    ttl_seconds: int | None = None
+    ttl_expire_at: int | None = None
+    waiting_for: str | None = None  # beyond the contract: why an expired snapshot is kept
+
+
 class MorphSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     object: str = "snapshot"
@@ -116,6 +126,7 @@ class MorphSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     refs: SnapshotRefs
     digest: str | None
     metadata: dict[str, str]
+    ttl: SnapshotTtl
 
 
 class MorphSnapshotList(msgspec.Struct, frozen=True, kw_only=True):

@@ -37,6 +37,7 @@ from devbox_service.instances.schemas import (
     MorphSnapshot,
     SnapshotPage,
     SnapshotRefs,
+    SnapshotTtl,
     StartInstanceRequest,
 )
 from devbox_service.previews.models import HttpServiceAuthMode
@@ -81,15 +82,6 @@ class GuestEndpoints(Protocol):
 
 
 BOOT_TIMEOUT = 300.0
-
-
-def _no_ttl(ttl_seconds: int | None) -> None:
-    if ttl_seconds is not None:
-        raise InvalidSpec(
-            "TTLs are not supported by this service yet: leave out ttl_seconds and stop or "
-            "delete what you start yourself",
-            loc=["body", "ttl_seconds"],
-        )
 
 
 def _same_spec(spec: MachineSpec, vcpus: int | None, memory: int | None, disk: int | None) -> None:
@@ -232,6 +224,11 @@ class InstanceService:
             refs=SnapshotRefs(image_id=await self._checkpoints.image_of(record.id)),
             digest=record.digest,
             metadata={str(k): str(v) for k, v in record.metadata.items()},
+            ttl=SnapshotTtl(
+                ttl_seconds=record.ttl_seconds,
+                ttl_expire_at=None if record.ttl_expire_at is None else int(record.ttl_expire_at),
+                waiting_for=record.ttl_waiting_for,
+            ),
         )
 
     async def snapshots(
@@ -288,15 +285,16 @@ class InstanceService:
     ) -> MorphSnapshot:
         """`POST /instance/{id}/snapshot`: answered `ready`. A digest the organization has
         already returns that snapshot (how SDK users cache setup steps)."""
-        _no_ttl(request.ttl_seconds)
         await self.get(principal, instance_id)
         if known := await self._by_digest(principal, digest):
             return known
         saved = await self._checkpoints.save(principal, instance_id, digest or "snapshot")
-        labelled = await self._checkpoints.label(
+        await self._checkpoints.label(
             principal, saved.id, digest=digest, metadata=dict(request.metadata or {})
         )
-        return await self.snapshot_view(labelled)
+        if request.ttl_seconds is not None:
+            await self._checkpoints.set_ttl(principal, saved.id, request.ttl_seconds)
+        return await self.snapshot(principal, saved.id)
 
     async def _by_digest(self, principal: Principal, digest: str | None) -> MorphSnapshot | None:
         if digest is None:
@@ -308,7 +306,6 @@ class InstanceService:
         self, principal: Principal, request: CreateSnapshotRequest, default_image: str
     ) -> MorphSnapshot:
         """`POST /snapshot`: an image booted and saved (the digest first looked up)."""
-        _no_ttl(request.ttl_seconds)
         if known := await self._by_digest(principal, request.digest):
             return known
         image = request.image_id or default_image
@@ -320,10 +317,12 @@ class InstanceService:
             saved = await self._checkpoints.save(principal, started.id, request.digest or image)
         finally:
             await self._devboxes.remove(started.id)
-        labelled = await self._checkpoints.label(
+        await self._checkpoints.label(
             principal, saved.id, digest=request.digest, metadata=dict(request.metadata or {})
         )
-        return await self.snapshot_view(labelled)
+        if request.ttl_seconds is not None:
+            await self._checkpoints.set_ttl(principal, saved.id, request.ttl_seconds)
+        return await self.snapshot(principal, saved.id)
 
     async def branch(
         self, principal: Principal, instance_id: str, count: int

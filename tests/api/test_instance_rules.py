@@ -84,10 +84,6 @@ async def test_metadata_filters_pages_and_lifecycle(fake_api: Api) -> None:
 async def test_what_is_not_supported_yet_or_not_allowed_is_refused_clearly(fake_api: Api) -> None:
     key = fake_api.admin_key
     auth = fake_api.auth(key)
-    with_ttl = await fake_api.client.post("/api/snapshot", json={"ttl_seconds": 60}, headers=auth)
-    assert with_ttl.status_code == 422, with_ttl.text
-    (problem,) = with_ttl.json()["detail"]
-    assert problem["loc"] == ["body", "ttl_seconds"] and "TTL" in problem["msg"]
     assert (await fake_api.client.get("/api/instance/devbox_nope", headers=auth)).status_code == 404
     outsider = await fake_api.new_user("instance-outsider")
     instance = await start(fake_api, key)
@@ -260,5 +256,50 @@ async def test_ttls_pause_or_stop_idle_instances_and_activity_extends_them(fake_
     assert kept.json()["status"] == "ready"
     bad = await fake_api.client.post(
         f"/api/instance/{idle['id']}/ttl", json={"ttl_seconds": 0}, headers=auth
+    )
+    assert bad.status_code == 422
+
+
+async def test_unused_snapshots_are_reclaimed_at_their_ttl_and_used_ones_wait(
+    fake_api: Api,
+) -> None:
+    auth = fake_api.auth(fake_api.admin_key)
+    now = [2_000_000.0]
+    fake_api.services.devbox_core.clock = lambda: now[0]
+    reaper = fake_api.services.snapshot_reaper
+
+    async def snapshot(**body: Any) -> dict[str, Any]:
+        made = await fake_api.client.post("/api/snapshot", json=body, headers=auth)
+        assert made.status_code == 200, made.text
+        answer: dict[str, Any] = made.json()
+        return answer
+
+    unused = await snapshot(digest="unused", ttl_seconds=10)
+    assert unused["ttl"]["ttl_seconds"] == 10 and unused["ttl"]["ttl_expire_at"] == 2_000_010
+    used = await snapshot(digest="used", ttl_seconds=10)
+    now[0] += 5
+    booted = await fake_api.client.post(f"/api/snapshot/{used['id']}/boot", headers=auth)
+    assert booted.status_code == 200
+    await wait_status(fake_api, fake_api.admin_key, booted.json()["id"])
+    hit = await snapshot(digest="unused")  # a digest hit is a use too
+    assert hit["ttl"]["ttl_expire_at"] == 2_000_015
+
+    now[0] += 12  # past both expiries
+    assert await reaper.run_once() == [unused["id"]]
+    gone = await fake_api.client.get(f"/api/snapshot/{unused['id']}", headers=auth)
+    assert gone.status_code == 404
+    kept = (await fake_api.client.get(f"/api/snapshot/{used['id']}", headers=auth)).json()
+    assert kept["ttl"]["waiting_for"] == f"devbox {booted.json()['id']} was started from it"
+
+    cleared = await fake_api.client.post(
+        f"/api/snapshot/{used['id']}/ttl", json={"ttl_seconds": None}, headers=auth
+    )
+    assert cleared.json()["ttl"] == {
+        "ttl_seconds": None,
+        "ttl_expire_at": None,
+        "waiting_for": None,
+    }
+    bad = await fake_api.client.post(
+        f"/api/snapshot/{used['id']}/ttl", json={"ttl_seconds": -1}, headers=auth
     )
     assert bad.status_code == 422

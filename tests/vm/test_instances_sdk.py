@@ -206,3 +206,28 @@ def test_an_idle_instance_pauses_at_its_ttl_keeping_memory_and_wakes_on_ssh(
     instance.set_ttl(None)
     assert instance.exec(f"kill -0 {pid} && echo alive").stdout == "alive\n"
     instance.stop()
+
+
+def test_an_unused_snapshot_is_reclaimed_at_its_ttl_and_a_used_one_kept(
+    live: LiveService,
+) -> None:
+    morph = client(live)
+    (image,) = morph.images.list()
+    instance = morph.instances.start(image.id)
+    instance.wait_until_ready(timeout=300)
+    unused = instance.snapshot(digest="ttl-unused", ttl_seconds=2)
+    used = instance.snapshot(digest="ttl-used", ttl_seconds=2)
+    child = morph.instances.start(used.id)
+    child.wait_until_ready(timeout=300)
+    deadline = time.monotonic() + 60
+    while True:
+        listed = {s.id for s in morph.snapshots.list()}
+        if unused.id not in listed:
+            break
+        assert time.monotonic() < deadline, "the unused snapshot was never reclaimed"
+        time.sleep(1)
+    assert used.id in listed
+    kept = live.http.get(f"/api/snapshot/{used.id}", headers=live.headers()).json()
+    assert kept["ttl"]["waiting_for"] == f"devbox {child.id} was started from it"
+    child.stop()
+    instance.stop()
