@@ -266,6 +266,13 @@ class BuildRuns:
             )
             await self._devboxes.set_display_name(principal, build_devbox, template.name)
             handed_over = True
+            if request.handoff_ttl_seconds is not None:
+                await self._devboxes.set_ttl(
+                    principal,
+                    build_devbox,
+                    request.handoff_ttl_seconds,
+                    request.handoff_ttl_action,
+                )
             view = await self._views.get(principal, build_devbox)
             await self._store.update(
                 template.id, status=TemplateStatus.READY, final_snapshot_id=final
@@ -281,7 +288,7 @@ class BuildRuns:
                 http_services=msgspec.to_builtins(
                     view.networking.http_services if view.networking else []
                 ),
-                warnings=_warnings(request),
+                warnings=[],
             )
         except asyncio.CancelledError:
             if self._closing:
@@ -327,9 +334,3 @@ def fingerprints(base_snapshot_id: str, spec: TemplateSpec) -> list[str]:
 def _settled(template: TemplateRecord) -> TemplateStatus:
     """What a template is once a run ends without completing: its last good build stands."""
     return TemplateStatus.READY if template.final_snapshot_id else TemplateStatus.DRAFT
-
-
-def _warnings(request: TemplateCacheRequest) -> list[dict[str, str]]:
-    if request.handoff_ttl_seconds is not None or request.handoff_ttl_action is not None:
-        return [{"message": "handoff TTLs are not supported by this service; the devbox stays"}]
-    return []

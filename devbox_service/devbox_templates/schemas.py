@@ -84,7 +84,7 @@ class TemplateCacheRequest(msgspec.Struct, frozen=True, kw_only=True):
     force: bool | None = None
     base_devbox_id: str | None = None
     base_snapshot_id: str | None = None
-    handoff_ttl_seconds: int | None = None
+    handoff_ttl_seconds: Annotated[int, Meta(gt=0)] | None = None
     handoff_ttl_action: HandoffAction | None = None
 
 
@@ -95,7 +95,7 @@ class TemplateCacheStartResponse(msgspec.Struct, frozen=True, kw_only=True):
 class InstantDevboxRequest(msgspec.Struct, frozen=True, kw_only=True):
     name: str | None = None
     metadata: dict[str, Any] | None = None
-    handoff_ttl_seconds: int | None = None
+    handoff_ttl_seconds: Annotated[int, Meta(gt=0)] | None = None
     handoff_ttl_action: HandoffAction | None = None
 
 

@@ -374,13 +374,18 @@ class TemplateService:
             )
 
         metadata = {"template_id": template.id, **(request.metadata or {})}
-        return await self._devboxes.start_from(
+        started = await self._devboxes.start_from(
             principal,
             snapshot,
             name=request.name or template.name,
             metadata=metadata,
             after_ready=set_up,
         )
+        if request.handoff_ttl_seconds is not None:
+            return await self._devboxes.set_ttl(
+                principal, started.id, request.handoff_ttl_seconds, request.handoff_ttl_action
+            )
+        return started
 
     async def _saved_secrets(self, principal: Principal, spec: TemplateSpec) -> dict[str, str]:
         found: dict[str, str] = {}

@@ -149,7 +149,7 @@ class DevboxService:
 
     async def set_ttl(
         self, principal: Principal, devbox_id: str, seconds: int | None, action: str | None
-    ) -> None:
+    ) -> DevboxResponse:
         """Pause or stop the devbox after `seconds` without activity (None: never); an
         action left out keeps the current one (stop when there is none)."""
         async with self._core.locked(principal, devbox_id) as record:
@@ -157,13 +157,14 @@ class DevboxService:
                 await self._core.store.update(
                     devbox_id, ttl_seconds=None, ttl_action=None, ttl_expire_at=None
                 )
-                return
-            await self._core.store.update(
-                devbox_id,
-                ttl_seconds=seconds,
-                ttl_action=action or record.ttl_action or "stop",
-                ttl_expire_at=self._core.clock() + seconds,
-            )
+            else:
+                await self._core.store.update(
+                    devbox_id,
+                    ttl_seconds=seconds,
+                    ttl_action=action or record.ttl_action or "stop",
+                    ttl_expire_at=self._core.clock() + seconds,
+                )
+        return await self._views.get(principal, devbox_id)
 
     async def expire(self, now: float) -> list[str]:
         """Carry out the TTL of every devbox idle past its expiry; the ids acted on."""

@@ -277,10 +277,12 @@ def test_an_instant_devbox_has_the_files_the_session_and_the_service(
     assert availability == {"template_id": template_id, "available": True, "reason": None}
     started = live.http.post(
         f"/api/templates/{template_id}/instant-devbox",
-        json={"name": "instant"},
+        json={"name": "instant", "handoff_ttl_seconds": 3600, "handoff_ttl_action": "pause"},
         headers=live.headers(),
     )
     assert started.status_code == 200, started.text
+    ttl = started.json()["ttl"]  # the handoff TTL is the devbox's TTL
+    assert (ttl["ttl_seconds"], ttl["ttl_action"]) == (3600, "pause")
     devbox = live.wait_ready(started.json()["id"])
     assert devbox["metadata"]["template_id"] == template_id
     assert guest(live, devbox["id"], "cat /root/built.txt") == "built\n"
