@@ -91,6 +91,9 @@ def test_the_sdk_starts_execs_filters_pauses_and_stops_an_instance(live: LiveSer
     instance.resume()
     instance.wait_until_ready(timeout=300)
     assert instance.exec("echo back").stdout == "back\n"
+    instance.reboot()
+    instance.wait_until_ready(timeout=300)
+    assert instance.exec("cat /proc/uptime").exit_code == 0
 
     listed = morphcloud(live, "instance", "list", "--json")
     assert listed.returncode == 0, listed.stderr
