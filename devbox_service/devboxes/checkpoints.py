@@ -225,11 +225,7 @@ class CheckpointService:
         A devbox started from it, or a template's cached step, holds it. A snapshot saved
         later in the same lineage does not: the backend keeps every disk layer a snapshot or
         a VM uses until nothing does, so reclaiming a parent never breaks its children."""
-        expired = [
-            s
-            for s in await self._core.snapshots.all()
-            if s.ttl_expire_at is not None and s.ttl_expire_at <= now
-        ]
+        expired = await self._core.snapshots.ttl_expired(now)
         if not expired:
             return []
         devboxes = await self._core.store.all()

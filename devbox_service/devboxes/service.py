@@ -169,9 +169,7 @@ class DevboxService:
     async def expire(self, now: float) -> list[str]:
         """Carry out the TTL of every devbox idle past its expiry; the ids acted on."""
         acted = []
-        for record in await self._core.store.all():
-            if record.ttl_expire_at is None or record.ttl_expire_at > now:
-                continue
+        for record in await self._core.store.ttl_expired(now):
             if record.ttl_action == "stop":
                 await self.remove(record.id)
                 acted.append(record.id)

@@ -31,6 +31,12 @@ class SnapshotStore:
     async def all(self) -> list[SnapshotRecord]:
         return SNAPSHOTS.decode_all(await self.database.fetch_all("SELECT * FROM snapshots"))
 
+    async def ttl_expired(self, now: float) -> list[SnapshotRecord]:
+        rows = await self.database.fetch_all(
+            "SELECT * FROM snapshots WHERE ttl_expire_at <= ?", (now,)
+        )
+        return SNAPSHOTS.decode_all(rows)
+
     async def set_status(self, snapshot_id: str, status: SnapshotStatus) -> None:
         await self.database.execute(
             "UPDATE snapshots SET status = ? WHERE id = ?", (status.value, snapshot_id)

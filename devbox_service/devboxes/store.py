@@ -75,6 +75,13 @@ class DevboxStore:
     async def all(self) -> list[DevboxRecord]:
         return DEVBOXES.decode_all(await self.database.fetch_all("SELECT * FROM devboxes"))
 
+    async def ttl_expired(self, now: float) -> list[DevboxRecord]:
+        """Devboxes whose TTL ran out by `now` (asked every second: only those are read)."""
+        rows = await self.database.fetch_all(
+            "SELECT * FROM devboxes WHERE ttl_expire_at <= ?", (now,)
+        )
+        return DEVBOXES.decode_all(rows)
+
     async def list_for_org(self, org_id: str) -> list[DevboxRecord]:
         rows = await self.database.fetch_all(
             "SELECT * FROM devboxes WHERE org_id = ? ORDER BY created_at", (org_id,)

@@ -9,7 +9,7 @@ import math
 import shlex
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -42,6 +42,8 @@ from devbox_service.instances.schemas import (
 )
 from devbox_service.previews.models import HttpServiceAuthMode
 from devbox_service.previews.service import HttpServiceRegistry
+
+T = TypeVar("T")
 
 STATUS = {
     DevboxStatus.PROVISIONING: "pending",
@@ -108,6 +110,21 @@ def shell_command(argv: list[str]) -> str:
     return command
 
 
+def paginate(found: list[T], page: int, size: int) -> tuple[list[T], dict[str, Any]]:
+    """One page of `found` and the counts the contract's paginated lists carry."""
+    pages = max(1, math.ceil(len(found) / size))
+    start = (page - 1) * size
+    counts = {
+        "total": len(found),
+        "page": page,
+        "size": size,
+        "total_pages": pages,
+        "has_next": page < pages,
+        "has_prev": page > 1,
+    }
+    return found[start : start + size], counts
+
+
 def metadata_filter(query: dict[str, str]) -> dict[str, str]:
     """`metadata[k]=v` query parameters as {k: v} (ANDed)."""
     return {
@@ -171,17 +188,8 @@ class InstanceService:
         self, principal: Principal, metadata: dict[str, str], page: int, size: int
     ) -> InstancePage:
         found = await self.matching(principal, metadata)
-        pages = max(1, math.ceil(len(found) / size))
-        start = (page - 1) * size
-        return InstancePage(
-            instances=found[start : start + size],
-            total=len(found),
-            page=page,
-            size=size,
-            total_pages=pages,
-            has_next=page < pages,
-            has_prev=page > 1,
-        )
+        items, counts = paginate(found, page, size)
+        return InstancePage(instances=items, **counts)
 
     async def start(
         self, principal: Principal, snapshot_id: str, request: StartInstanceRequest
@@ -251,17 +259,8 @@ class InstanceService:
         size: int,
     ) -> SnapshotPage:
         found = await self.snapshots(principal, digest, metadata)
-        pages = max(1, math.ceil(len(found) / size))
-        start = (page - 1) * size
-        return SnapshotPage(
-            snapshots=found[start : start + size],
-            total=len(found),
-            page=page,
-            size=size,
-            total_pages=pages,
-            has_next=page < pages,
-            has_prev=page > 1,
-        )
+        items, counts = paginate(found, page, size)
+        return SnapshotPage(snapshots=items, **counts)
 
     async def snapshot(self, principal: Principal, snapshot_id: str) -> MorphSnapshot:
         return await self.snapshot_view(await self._checkpoints.record(principal, snapshot_id))

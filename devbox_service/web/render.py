@@ -67,6 +67,12 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     )
 
 
+def session_form_token(request: Request[Any, Any, Any]) -> str:
+    """The CSRF token of the request's session ('' without one)."""
+    secret = request.cookies.get(SESSION_COOKIE)
+    return csrf_token(secret) if secret else ""
+
+
 def page(
     request: Request[Any, Any, Any],
     template_name: str,
@@ -77,13 +83,12 @@ def page(
     """A page with what the layout needs: who is signed in (the route's guard said, or a
     public page found out) and this session's form token."""
     principal = signed_in_user or principal_of_scope(request.scope)
-    secret = request.cookies.get(SESSION_COOKIE)
     return Template(
         template_name=template_name,
         status_code=status_code,
         context={
             "user": principal,
-            "csrf_token": csrf_token(secret) if secret and principal else "",
+            "csrf_token": session_form_token(request) if principal else "",
             "notice": context.pop("notice", None),
             **context,
         },
@@ -104,9 +109,8 @@ def render_row(request: Request[Any, Any, Any], principal: Principal, row: Any) 
     """One devbox row as HTML (the list page and its live updates share this template)."""
     engine = request.app.template_engine
     assert engine is not None
-    secret = request.cookies.get(SESSION_COOKIE)
     html: str = engine.get_template("_devbox_row.html").render(
-        row=row, user=principal, csrf_token=csrf_token(secret) if secret else ""
+        row=row, user=principal, csrf_token=session_form_token(request)
     )
     return html
 
