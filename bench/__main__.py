@@ -16,6 +16,7 @@ BENCHMARKS = (
     "bench.bench_web",
     "bench.bench_load",
     "bench.bench_chains",
+    "bench.bench_prims",
 )
 
 

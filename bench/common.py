@@ -108,8 +108,9 @@ class Served:
 
 
 @contextlib.contextmanager
-def served() -> Iterator[Served]:
-    """A fresh data dir, the shared image cache, free ports; stopped (SIGTERM) at the end."""
+def served(**settings: str) -> Iterator[Served]:
+    """A fresh data dir, the shared image cache, free ports; stopped (SIGTERM) at the end.
+    Keyword arguments are further settings (`standby_after_seconds="1"`: DEVBOX_...)."""
     data_dir = Path(tempfile.mkdtemp(prefix="devbox-bench-"))
     port, ssh_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEVBOX_")}
@@ -119,6 +120,7 @@ def served() -> Iterator[Served]:
         DEVBOX_PORT=str(port),
         DEVBOX_SSH_PORT=str(ssh_port),
     )
+    env.update({f"DEVBOX_{name.upper()}": value for name, value in settings.items()})
     process = subprocess.Popen(
         [sys.executable, "-m", "devbox_service", "serve"],
         env=env,

@@ -38,9 +38,11 @@ from devbox_service.devboxes.background import (
 )
 from devbox_service.devboxes.checkpoints import CheckpointService
 from devbox_service.devboxes.core import DevboxCore
+from devbox_service.devboxes.disk_resizes import DiskResizes, DiskResizeStore
 from devbox_service.devboxes.guests import GuestAccess
 from devbox_service.devboxes.quotas import Admission, Limits, LimitStore
 from devbox_service.devboxes.service import DevboxService
+from devbox_service.devboxes.sizes import SizeLimits
 from devbox_service.devboxes.snapshot_store import SnapshotStore
 from devbox_service.devboxes.store import DevboxStore
 from devbox_service.devboxes.uploads import UploadService
@@ -187,6 +189,12 @@ class Services:
         self.devbox_views = DevboxViews(core, self.previews)
         self.checkpoints = CheckpointService(core, self.devbox_views)
         self.devboxes = DevboxService(core, self.devbox_views, self.checkpoints)
+        sizes = SizeLimits(
+            max_vcpus=self.settings.vm_max_vcpus,
+            max_memory_mb=self.settings.vm_max_memory_mb,
+            max_disk_mb=self.settings.vm_max_disk_mb,
+        )
+        self.disk_resizes = DiskResizes(core, DiskResizeStore(database), sizes)
         self.instances = InstanceService(
             self.devboxes,
             self.devbox_views,
@@ -194,6 +202,8 @@ class Services:
             self.previews,
             self.guest_access,
             self.guest_connections,
+            sizes,
+            self.disk_resizes,
         )
         self.uploads = UploadService(self.guest_access, self.settings.upload_max_bytes)
         self.standby = StandbyPolicy(core, self.settings.standby_after_seconds)
@@ -260,6 +270,7 @@ class Services:
             if self._owns_backend:
                 await self.backend.start()
             await recover(core)
+            await self.disk_resizes.settle_unfinished()
             await self.template_runs.recover()
             self.gateway = SSHGateway(
                 self.guest_access,

@@ -55,6 +55,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     vm_vcpus: Annotated[int, Meta(ge=1, le=64)] = 1
     vm_memory_mb: Annotated[int, Meta(ge=128, le=65536)] = 256
     vm_disk_mb: Annotated[int, Meta(ge=512)] = 2048
+    # the largest devbox one request may ask for (snapshots.create, boot, disk-resize)
+    vm_max_vcpus: Annotated[int, Meta(ge=1, le=64)] = 8
+    vm_max_memory_mb: Annotated[int, Meta(ge=128, le=1024 * 1024)] = 16384
+    vm_max_disk_mb: Annotated[int, Meta(ge=512, le=1024 * 1024)] = 1024 * 1024
     standby_after_seconds: Annotated[float, Meta(ge=0)] = 900.0
     template_secret_wait_seconds: Annotated[float, Meta(gt=0, le=86400)] = 600.0
     limit_devboxes_per_user: Annotated[int, Meta(ge=0)] = 10

@@ -134,6 +134,7 @@ class MemoryBackend(VMBackend):
         self._snapshots: dict[str, _Snapshot] = {}  # user snapshots; the boot one is apart
         self._image: ImageInfo | None = None
         self._boot: _Snapshot | None = None
+        self._sized_boots: dict[MachineSpec, _Snapshot] = {}  # image_snapshot's other sizes
         self._locks: dict[str, asyncio.Lock] = {}
         self._ports: set[int] = set()
         self._layer_ids = itertools.count(1)
@@ -188,6 +189,8 @@ class MemoryBackend(VMBackend):
             used.update(snap.chain)
         if self._boot is not None:
             used.update(self._boot.chain)
+        for sized in self._sized_boots.values():
+            used.update(sized.chain)
         return used
 
     # lifecycle -------------------------------------------------------------------------------
@@ -258,6 +261,28 @@ class MemoryBackend(VMBackend):
     async def list_images(self) -> list[ImageInfo]:
         self._enter("list_images")
         return [] if self._image is None else [self._image]
+
+    async def image_snapshot(self, image_id: str, spec: MachineSpec) -> SnapshotInfo:
+        self._enter("image_snapshot", image_id)
+        if self._image is None or self._boot is None or image_id != self._image.id:
+            raise NotFound(f"no image {image_id!r}", image_id=image_id)
+        if spec.disk_mb < self.spec.disk_mb:
+            raise BackendError("a disk smaller than the image", disk_mb=spec.disk_mb)
+        if spec == self.spec:
+            return self._boot.info()
+        if spec not in self._sized_boots:
+            sid = f"{self._boot.id}-{spec.vcpus}c-{spec.memory_mb}m-{spec.disk_mb}d"
+            self._sized_boots[spec] = _Snapshot(
+                id=sid,
+                image_id=image_id,
+                parent_snapshot_id=None,
+                spec=spec,
+                chain=(self._new_layer(), *self._boot.chain[1:]),
+                size_bytes=_size(spec),
+                created_at=time.time(),
+                boot=True,
+            )
+        return self._sized_boots[spec].info()
 
     # snapshots -------------------------------------------------------------------------------
 
@@ -430,6 +455,19 @@ class MemoryBackend(VMBackend):
         async with self._lock(instance_id):
             self._instance(instance_id).forwards.pop(guest_port, None)
 
+    async def grow_disk(self, instance_id: str, disk_mb: int) -> InstanceInfo:
+        self._enter("grow_disk", instance_id)
+        async with self._lock(instance_id):
+            rec = self._instance(instance_id)
+            if disk_mb > rec.spec.disk_mb:
+                if rec.state is not InstanceState.RUNNING:
+                    raise InvalidState("only a running instance's disk can grow", state=rec.state)
+                self._live(rec)
+                rec.spec = MachineSpec(
+                    vcpus=rec.spec.vcpus, memory_mb=rec.spec.memory_mb, disk_mb=disk_mb
+                )
+            return rec.info(self.ssh_key_path)
+
     async def stats(self, instance_id: str) -> InstanceStats:
         """Made-up usage of a live VM (RSS = its memory size); zeros if it has no process."""
         self._enter("stats", instance_id)
@@ -505,6 +543,8 @@ class MemoryBackend(VMBackend):
         snap = self._snapshots.get(snapshot_id)
         if snap is None and self._boot is not None and self._boot.id == snapshot_id:
             snap = self._boot
+        if snap is None:
+            snap = next((b for b in self._sized_boots.values() if b.id == snapshot_id), None)
         if snap is None:
             raise NotFound(f"no snapshot {snapshot_id!r}", snapshot_id=snapshot_id)
         return snap

@@ -191,6 +191,12 @@ class VMBackend(abc.ABC):
     @abc.abstractmethod
     async def list_images(self) -> list[ImageInfo]: ...
 
+    @abc.abstractmethod
+    async def image_snapshot(self, image_id: str, spec: MachineSpec) -> SnapshotInfo:
+        """The image booted in `spec`, as a snapshot instances restore: made once per size
+        (a cold boot, the disk grown to `spec.disk_mb`) and cached like the default one.
+        The image must be ensured; `spec.disk_mb` is at least the image's own size."""
+
     # snapshots
     @abc.abstractmethod
     async def save(self, instance_id: str, snapshot_id: str) -> SnapshotInfo:
@@ -251,6 +257,11 @@ class VMBackend(abc.ABC):
     @abc.abstractmethod
     async def unexpose_port(self, instance_id: str, guest_port: int) -> None:
         """Remove a forward `expose_port` added (nothing if there is none; SSH stays)."""
+
+    @abc.abstractmethod
+    async def grow_disk(self, instance_id: str, disk_mb: int) -> InstanceInfo:
+        """Grow a running instance's disk and its root filesystem to `disk_mb`, online.
+        A size at or below the current one changes nothing (disks never shrink)."""
 
     @abc.abstractmethod
     async def stats(self, instance_id: str) -> InstanceStats: ...

@@ -54,7 +54,8 @@ async def recover(core: DevboxCore) -> None:
         if (
             instance is None
             and record.status is DevboxStatus.PROVISIONING
-            and record.base_snapshot_id in known_snapshots
+            and record.base_snapshot_id is not None
+            and await _bootable(backend, record.base_snapshot_id, known_snapshots)
         ):
             # accepted (answered 200) but the restore never finished: finish it now
             unfinished.setdefault(record.base_snapshot_id, []).append(record.id)
@@ -96,6 +97,17 @@ async def recover(core: DevboxCore) -> None:
     for devbox_id, work in redo:
         log.info("finishing interrupted work", extra={"devbox_id": devbox_id})
         core.run_in_background([devbox_id], work)
+
+
+async def _bootable(backend: backend_api.VMBackend, snapshot_id: str, known: set[str]) -> bool:
+    """Known to the backend: its snapshots, images, and image boot snapshots of any size."""
+    if snapshot_id in known:
+        return True
+    try:
+        await backend.get_snapshot(snapshot_id)
+    except backend_api.BackendError:
+        return False
+    return True
 
 
 class Periodic:

@@ -22,7 +22,13 @@ from devbox_service.devboxes.models import (
 from devbox_service.devboxes.quotas import Admission
 from devbox_service.devboxes.schemas import DevboxResponse, ImageResponse, SnapshotResponse
 from devbox_service.devboxes.views import DevboxViews, snapshot_response
-from devbox_service.errors import Conflict, NotFound, PermissionDenied, Unavailable
+from devbox_service.errors import (
+    Conflict,
+    InvalidSpec,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from devbox_service.ids import new_id
 
 
@@ -161,6 +167,29 @@ class CheckpointService:
                 )
             snapshot_id = snapshot.id
         return await backend.get_snapshot(snapshot_id)
+
+    async def in_size(
+        self, snapshot: backend_api.SnapshotInfo, spec: MachineSpec
+    ) -> backend_api.SnapshotInfo:
+        """What to boot for `snapshot` in `spec`. An image boots in any size (its boot
+        snapshot for that size, made once). A saved snapshot resumes with the CPUs and memory
+        it was saved with, so only its disk may grow (after the boot). Raises InvalidSpec."""
+        if spec == snapshot.spec:
+            return snapshot
+        images = await self._core.backend.list_images()
+        if any(i.boot_snapshot_id == snapshot.id for i in images):
+            return await self._core.backend.image_snapshot(snapshot.image_id, spec)
+        for field, asked, saved in (
+            ("vcpus", spec.vcpus, snapshot.spec.vcpus),
+            ("memory", spec.memory_mb, snapshot.spec.memory_mb),
+        ):
+            if asked != saved:
+                raise InvalidSpec(
+                    f"{field} must be {saved} or left out: a snapshot resumes with the CPUs "
+                    "and memory it was saved with (boot an image for another size)",
+                    loc=["body", field],
+                )
+        return snapshot
 
     # listing
 

@@ -367,7 +367,7 @@ class DevboxCore:
                         )
                     return
                 for devbox_id in devbox_ids:
-                    await self.store.update(devbox_id, status=DevboxStatus.READY)
+                    await self._grow_as_recorded(devbox_id)
             for devbox_id in devbox_ids if after_ready is not None else ():
                 try:
                     await after_ready(devbox_id)  # type: ignore[misc]
@@ -375,6 +375,21 @@ class DevboxCore:
                     log.exception("setting up a new devbox failed", extra={"devbox": devbox_id})
 
         self.run_in_background(devbox_ids, boot_all())
+
+    async def _grow_as_recorded(self, devbox_id: str) -> None:
+        """`ready`, once the disk is as large as recorded (a boot may ask for a larger disk
+        than its snapshot's); `error` with the reason, and no VM, if it cannot grow."""
+        record = await self.record(devbox_id)
+        try:
+            await self.backend.grow_disk(devbox_id, record.disk_mb)
+        except backend_api.BackendError as exc:
+            with contextlib.suppress(backend_api.BackendError):
+                await self.backend.delete(devbox_id)
+            await self.store.update(
+                devbox_id, status=DevboxStatus.ERROR, error=f"the disk did not grow: {exc}"
+            )
+            return
+        await self.store.update(devbox_id, status=DevboxStatus.READY)
 
     # removal
 

@@ -85,6 +85,7 @@ class EventType(enum.StrEnum):
     REBOOT = "reboot"
     SAVE = "save"
     BRANCH = "branch"
+    DISK_RESIZE = "disk_resize"
 
 
 class EventRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -94,3 +95,26 @@ class EventRecord(msgspec.Struct, frozen=True, kw_only=True):
     snapshot_id: str | None
     detail: dict[str, Any]
     created_at: float
+
+
+class DiskResizeStatus(enum.StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class DiskResizeRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One request to grow a devbox's disk (sizes in MB); `capacity_generation` counts the
+    devbox's grown disks, this one included once it succeeded."""
+
+    id: str
+    devbox_id: str
+    idempotency_key: str
+    previous_mb: int
+    requested_mb: int
+    status: DiskResizeStatus
+    capacity_generation: int
+    created_at: float
+    updated_at: float
+    error: str | None = None
+    completed_at: float | None = None

@@ -117,17 +117,22 @@ class Admission:
         self, principal: Principal, count: int, spec: MachineSpec, backend: VMBackend
     ) -> None:
         """`count` more devboxes of `spec` for this caller. Raises LimitReached."""
-        await self._check_counts(principal, count, spec)
+        await self._check_counts(principal, count, count * spec.disk_mb)
         await self.check_memory(backend, count, spec.memory_mb)
 
-    async def _check_counts(self, principal: Principal, count: int, spec: MachineSpec) -> None:
+    async def check_disk_growth(self, principal: Principal, extra_mb: int) -> None:
+        """`extra_mb` more disk for one of the caller's devboxes. Raises LimitReached."""
+        await self._check_counts(principal, 0, extra_mb)
+
+    async def _check_counts(self, principal: Principal, count: int, disk_mb: int) -> None:
+        """`count` more devboxes holding `disk_mb` more disk in all."""
         live = [r for r in await self._devboxes.all() if r.status is not DevboxStatus.DELETING]
         for scope, subject, mine in (
             (Scope.USER, principal.user_id, [r for r in live if r.user_id == principal.user_id]),
             (Scope.ORG, principal.org_id, [r for r in live if r.org_id == principal.org_id]),
         ):
             limits = await self.limits_for(scope, subject)
-            if len(mine) + count > limits.devboxes:
+            if count and len(mine) + count > limits.devboxes:
                 raise LimitReached(
                     f"limit reached: at most {limits.devboxes} devboxes per {scope.value}; "
                     f"you have {len(mine)} and asked for {count} more: delete devboxes you no "
@@ -135,10 +140,10 @@ class Admission:
                     limit=f"devboxes_per_{scope.value}",
                 )
             disk = sum(r.disk_mb for r in mine)
-            if disk + count * spec.disk_mb > limits.disk_mb:
+            if disk + disk_mb > limits.disk_mb:
                 raise LimitReached(
                     f"limit reached: at most {limits.disk_mb} MB of devbox disk per "
-                    f"{scope.value}; {disk} MB are in use and {count * spec.disk_mb} MB more "
+                    f"{scope.value}; {disk} MB are in use and {disk_mb} MB more "
                     "were asked for: delete devboxes you no longer need, or ask an admin",
                     limit=f"disk_mb_per_{scope.value}",
                 )

@@ -11,6 +11,8 @@ import json
 import time
 from typing import Any
 
+import msgspec
+
 from devbox_service.auth.models import Principal
 from devbox_service.backends import base as backend_api
 from devbox_service.backends.base import SnapshotInfo
@@ -76,18 +78,23 @@ class DevboxService:
         name: str | None,
         metadata: dict[str, Any] | None,
         after_ready: ReadyHook | None = None,
+        disk_mb: int | None = None,
     ) -> DevboxResponse:
         """A new devbox restored from a backend snapshot the caller was already allowed
-        (templates boot their step snapshots this way); answers at once as provisioning.
-        Raises LimitReached before anything is recorded."""
+        (templates boot their step snapshots this way), its disk grown to `disk_mb` if that
+        is larger; answers at once as provisioning. Raises LimitReached before anything is
+        recorded."""
+        spec = snapshot.spec
+        if disk_mb is not None and disk_mb > spec.disk_mb:
+            spec = msgspec.structs.replace(spec, disk_mb=disk_mb)
         admission = self._core.admission
         async with admission.guard():
-            await admission.check_devboxes(principal, 1, snapshot.spec, self._core.backend)
+            await admission.check_devboxes(principal, 1, spec, self._core.backend)
             record = await self._core.insert(
                 principal,
                 snapshot_id=snapshot.id,
                 image_id=snapshot.image_id,
-                spec=snapshot.spec,
+                spec=spec,
                 name=name or "",
                 metadata=metadata or {},
                 parent_id=None,

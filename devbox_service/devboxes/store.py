@@ -128,7 +128,9 @@ class DevboxStore:
             await EVENTS.insert(tx, event)
 
     async def delete(self, devbox_id: str) -> None:
-        await self.database.execute("DELETE FROM devboxes WHERE id = ?", (devbox_id,))
+        async with self.database.transaction() as tx:
+            await tx.execute("DELETE FROM disk_resizes WHERE devbox_id = ?", (devbox_id,))
+            await tx.execute("DELETE FROM devboxes WHERE id = ?", (devbox_id,))
         self.changes.bump()
 
     async def events_for(self, devbox_ids: Sequence[str]) -> dict[str, list[EventRecord]]:

@@ -13,10 +13,12 @@ from litestar.types import ASGIApp
 from sse_starlette import EventSourceResponse
 
 from devbox_service.auth.guards import USER, CurrentPrincipal, allow
-from devbox_service.errors import InvalidInput, NotSupported
+from devbox_service.errors import InvalidInput
 from devbox_service.instances.schemas import (
     BootSnapshotRequest,
     CreateSnapshotRequest,
+    DiskResizeOperation,
+    DiskResizeRequest,
     ExecRequest,
     ExecResponse,
     ExposeRequest,
@@ -41,11 +43,6 @@ from devbox_service.request_bodies import optional_body
 from devbox_service.services import AppServices
 
 KEEPALIVE_SECONDS = 15
-DISK_RESIZE_MISSING = (
-    "resizing a disk is not supported yet: the embedded QEMU backend would have to grow the "
-    "guest's qcow2 layer and its filesystem while the VM runs; start a devbox of the size you "
-    "need instead"
-)
 
 
 def _filter(request: Request[Any, Any, Any]) -> dict[str, str]:
@@ -240,10 +237,15 @@ class InstanceController(Controller):
         "/{devbox_id:str}/disk-resize", guards=[allow(USER)], status_code=200, summary="Disk Resize"
     )
     async def disk_resize(
-        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
-    ) -> None:
-        await services.instances.get(principal, devbox_id)
-        raise NotSupported(DISK_RESIZE_MISSING)
+        self,
+        services: AppServices,
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
+        data: JSONBody[DiskResizeRequest],
+        request: Request[Any, Any, Any],
+    ) -> DiskResizeOperation:
+        key = request.headers.get("idempotency-key")
+        return await services.instances.resize_disk(principal, devbox_id, data.disk_size, key)
 
     @get(
         "/{devbox_id:str}/disk-resize/{operation_id:str}",
@@ -256,9 +258,8 @@ class InstanceController(Controller):
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         operation_id: FromPath[str],
-    ) -> None:
-        await services.instances.get(principal, devbox_id)
-        raise NotSupported(DISK_RESIZE_MISSING)
+    ) -> DiskResizeOperation:
+        return await services.instances.disk_resize(principal, devbox_id, operation_id)
 
     @post("/{devbox_id:str}/ttl", guards=[allow(USER)], status_code=200, summary="Set TTL")
     async def set_ttl(

@@ -185,3 +185,33 @@ class InstanceSshKey(msgspec.Struct, frozen=True, kw_only=True):
     public_key: str
     password: str
     access_token: str
+
+
+class DiskResizeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    disk_size: Annotated[int, Meta(ge=256, le=1048576)]  # MiB
+
+
+class DiskResizeError(msgspec.Struct, frozen=True, kw_only=True):
+    code: str
+    message: str
+    retryable: bool
+
+
+class DiskResizeOperation(msgspec.Struct, frozen=True, kw_only=True):
+    """Answered by `POST /instance/{id}/disk-resize` and its status route. The disk grows
+    online (`capacity_mode` "online"): the block device, then the root filesystem."""
+
+    id: str
+    instance_id: str
+    previous_disk_size: int
+    requested_disk_size: int
+    capacity_mode: str
+    status: Literal["pending", "running", "succeeded", "failed", "recovery_required"]
+    phase: Literal["accepted", "geometry_ready", "budget_applied", "complete"]
+    capacity_generation: int
+    created_at: str
+    updated_at: str
+    completed_at: str | None = None
+    error: DiskResizeError | None = None
+    retry_after_seconds: float = 1.0
+    object: str = "instance_disk_resize"

@@ -5,26 +5,39 @@ Every rule (visibility, the state machine, limits) stays in the devbox services 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import math
+import re
 import shlex
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import msgspec
 
 from devbox_service.auth.models import Principal
-from devbox_service.backends.base import MachineSpec, SSHEndpoint
+from devbox_service.backends.base import SSHEndpoint
 from devbox_service.devboxes.checkpoints import CheckpointService
-from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, SnapshotRecord
+from devbox_service.devboxes.disk_resizes import DiskResizes
+from devbox_service.devboxes.models import (
+    DevboxRecord,
+    DevboxStatus,
+    DiskResizeRecord,
+    DiskResizeStatus,
+    SnapshotRecord,
+)
 from devbox_service.devboxes.schemas import DevboxResponse, WakeOn
 from devbox_service.devboxes.service import DevboxService
+from devbox_service.devboxes.sizes import SizeLimits, requested_spec
 from devbox_service.devboxes.views import GUEST_IP, DevboxViews, ttl_of
-from devbox_service.errors import InvalidInput, InvalidSpec, NotFound, PayloadTooLarge
+from devbox_service.errors import InvalidInput, NotFound, PayloadTooLarge
 from devbox_service.instances.schemas import (
     MAX_COMMAND_BYTES,
     BootSnapshotRequest,
     CreateSnapshotRequest,
+    DiskResizeError,
+    DiskResizeOperation,
     ExecResponse,
     ExposeRequest,
     Instance,
@@ -84,20 +97,34 @@ class GuestEndpoints(Protocol):
 
 
 BOOT_TIMEOUT = 300.0
+MORPH_DEFAULT_IMAGE = "morphvm-minimal"  # what Morph's SDK and docs name; here the default image
 
 
-def _same_spec(spec: MachineSpec, vcpus: int | None, memory: int | None, disk: int | None) -> None:
-    """This service boots images only in the size they were built for: say so."""
-    for field, asked, actual in (
-        ("vcpus", vcpus, spec.vcpus),
-        ("memory", memory, spec.memory_mb),
-        ("disk_size", disk, spec.disk_mb),
-    ):
-        if asked is not None and asked != actual:
-            raise InvalidSpec(
-                f"{field} must be {actual} here (the size the image boots in) or left out",
-                loc=["body", field],
-            )
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat()
+
+
+def disk_resize_view(operation: DiskResizeRecord) -> DiskResizeOperation:
+    done = operation.status is not DiskResizeStatus.RUNNING
+    return DiskResizeOperation(
+        id=operation.id,
+        instance_id=operation.devbox_id,
+        previous_disk_size=operation.previous_mb,
+        requested_disk_size=operation.requested_mb,
+        capacity_mode="online",
+        status=operation.status.value,
+        phase="complete" if operation.status is DiskResizeStatus.SUCCEEDED else "accepted",
+        capacity_generation=operation.capacity_generation,
+        created_at=_iso(operation.created_at),
+        updated_at=_iso(operation.updated_at),
+        completed_at=_iso(operation.completed_at) if done and operation.completed_at else None,
+        error=None
+        if operation.error is None
+        else DiskResizeError(code="disk_resize_failed", message=operation.error, retryable=True),
+    )
 
 
 def shell_command(argv: list[str]) -> str:
@@ -160,7 +187,11 @@ class InstanceService:
         previews: HttpServiceRegistry,
         guests: GuestEndpoints,
         commands: GuestCommands,
+        sizes: SizeLimits,
+        disk_resizes: DiskResizes,
     ) -> None:
+        self._sizes = sizes
+        self._disk_resizes = disk_resizes
         self._devboxes = devboxes
         self._checkpoints = checkpoints
         self._previews = previews
@@ -208,16 +239,25 @@ class InstanceService:
     ) -> Instance:
         """`POST /snapshot/{id}/boot`: an instance from a snapshot, in its own spec."""
         snapshot = await self._checkpoints.bootable(principal, snapshot_id)
-        _same_spec(snapshot.spec, request.vcpus, request.memory, request.disk_size)
-        return await self.start(
-            principal,
-            snapshot_id,
-            StartInstanceRequest(
-                metadata=request.metadata,
-                ttl_seconds=request.ttl_seconds,
-                ttl_action=request.ttl_action,
-            ),
+        spec = requested_spec(
+            snapshot.spec,
+            self._sizes,
+            vcpus=request.vcpus,
+            memory=request.memory,
+            disk_size=request.disk_size,
         )
+        started = await self._devboxes.start_from(
+            principal,
+            await self._checkpoints.in_size(snapshot, spec),
+            name=None,
+            metadata=dict(request.metadata or {}),
+            disk_mb=spec.disk_mb,
+        )
+        if request.ttl_seconds is not None:
+            await self._devboxes.set_ttl(
+                principal, started.id, request.ttl_seconds, request.ttl_action
+            )
+        return await self.get(principal, started.id)
 
     # snapshots
 
@@ -308,9 +348,23 @@ class InstanceService:
         if known := await self._by_digest(principal, request.digest):
             return known
         image = request.image_id or default_image
+        if image == MORPH_DEFAULT_IMAGE:
+            image = default_image
         boot = await self._checkpoints.bootable(principal, image)
-        _same_spec(boot.spec, request.vcpus, request.memory, request.disk_size)
-        started = await self._devboxes.create(principal, image, name="snapshot", metadata={})
+        spec = requested_spec(
+            boot.spec,
+            self._sizes,
+            vcpus=request.vcpus,
+            memory=request.memory,
+            disk_size=request.disk_size,
+        )
+        started = await self._devboxes.start_from(
+            principal,
+            await self._checkpoints.in_size(boot, spec),
+            name="snapshot",
+            metadata={},
+            disk_mb=spec.disk_mb,
+        )
         try:
             await self._devboxes.wait_ready(started.id, timeout=BOOT_TIMEOUT)
             saved = await self._checkpoints.save(principal, started.id, request.digest or image)
@@ -334,6 +388,23 @@ class InstanceService:
             snapshot=await self.snapshot(principal, snapshot_id),
             instances=[await self.get(principal, child.id) for child in children],
         )
+
+    # disk
+
+    async def resize_disk(
+        self, principal: Principal, instance_id: str, disk_size: int, key: str | None
+    ) -> DiskResizeOperation:
+        if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+            raise InvalidInput("Idempotency-Key must be 1 to 128 visible ASCII characters")
+        operation = await self._disk_resizes.request(
+            principal, instance_id, disk_size, key or uuid.uuid4().hex
+        )
+        return disk_resize_view(operation)
+
+    async def disk_resize(
+        self, principal: Principal, instance_id: str, operation_id: str
+    ) -> DiskResizeOperation:
+        return disk_resize_view(await self._disk_resizes.get(principal, instance_id, operation_id))
 
     # exposed services
 

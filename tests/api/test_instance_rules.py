@@ -181,19 +181,104 @@ async def test_snapshots_with_digests_metadata_pages_boot_branch_and_delete(fake
     assert gone.status_code == 404
 
 
-async def test_disk_resize_says_it_is_not_supported_and_why(fake_api: Api) -> None:
+async def test_disks_grow_once_per_key_never_shrink_and_count_against_the_quota(
+    fake_api: Api,
+) -> None:
     auth = fake_api.auth(fake_api.admin_key)
     instance = await start(fake_api, fake_api.admin_key)
+    path = f"/api/instance/{instance['id']}/disk-resize"
     resized = await fake_api.client.post(
-        f"/api/instance/{instance['id']}/disk-resize",
-        json={"disk_size": 4096},
-        headers={**auth, "Idempotency-Key": "k1"},
+        path, json={"disk_size": 4096}, headers={**auth, "Idempotency-Key": "k1"}
     )
-    assert resized.status_code == 501 and "qcow2" in resized.json()["detail"]
+    assert resized.status_code == 200, resized.text
+    operation = resized.json()
+    assert operation["object"] == "instance_disk_resize"
+    assert operation["instance_id"] == instance["id"] and operation["requested_disk_size"] == 4096
+    assert operation["previous_disk_size"] == instance["spec"]["disk_size"]
+    assert operation["status"] == "succeeded" and operation["phase"] == "complete"
+    assert operation["capacity_generation"] == 1 and operation["completed_at"]
+    grown = await fake_api.client.get(f"/api/instance/{instance['id']}", headers=auth)
+    assert grown.json()["spec"]["disk_size"] == 4096
+
+    replay = await fake_api.client.post(
+        path, json={"disk_size": 4096}, headers={**auth, "Idempotency-Key": "k1"}
+    )
+    assert replay.json()["id"] == operation["id"]  # the same key answers the same operation
+    reused = await fake_api.client.post(
+        path, json={"disk_size": 8192}, headers={**auth, "Idempotency-Key": "k1"}
+    )
+    assert reused.status_code == 409 and "k1" in reused.json()["detail"]
+    status = await fake_api.client.get(f"{path}/{operation['id']}", headers=auth)
+    assert status.json() == operation
+    assert (await fake_api.client.get(f"{path}/diskresize_nope", headers=auth)).status_code == 404
+
+    smaller = await fake_api.client.post(path, json={"disk_size": 3000}, headers=auth)
+    assert smaller.status_code == 422 and smaller.json()["detail"][0]["loc"] == [
+        "body",
+        "disk_size",
+    ]
+    same = await fake_api.client.post(path, json={"disk_size": 4096}, headers=auth)
+    assert same.json()["status"] == "succeeded" and same.json()["capacity_generation"] == 1
+    out_of_range = await fake_api.client.post(path, json={"disk_size": 100}, headers=auth)
+    assert out_of_range.status_code == 422
+    bad_key = await fake_api.client.post(
+        path, json={"disk_size": 5000}, headers={**auth, "Idempotency-Key": "a b"}
+    )
+    assert bad_key.status_code == 400 and "Idempotency-Key" in bad_key.json()["detail"]
+    over_quota = await fake_api.client.post(path, json={"disk_size": 1000000}, headers=auth)
+    assert over_quota.status_code == 429
+    assert over_quota.headers["x-devbox-limit"] == "disk_mb_per_user"
+
+    await fake_api.client.post(f"/api/instance/{instance['id']}/pause", headers=auth)
+    await wait_status(fake_api, fake_api.admin_key, instance["id"], "paused")
+    paused = await fake_api.client.post(path, json={"disk_size": 6000}, headers=auth)
+    assert paused.status_code == 409 and "resume it first" in paused.json()["detail"]
+
+    outsider = fake_api.auth(await fake_api.new_user("resize-outsider"))
+    theirs = await fake_api.client.post(path, json={"disk_size": 6000}, headers=outsider)
+    assert theirs.status_code == 404
     unknown = await fake_api.client.post(
         "/api/instance/devbox_nope/disk-resize", json={"disk_size": 4096}, headers=auth
     )
     assert unknown.status_code == 404
+
+
+async def test_images_boot_in_any_size_and_snapshots_keep_their_memory(fake_api: Api) -> None:
+    auth = fake_api.auth(fake_api.admin_key)
+    sized = await fake_api.client.post(
+        "/api/snapshot",
+        json={"image_id": "morphvm-minimal", "vcpus": 2, "memory": 1024, "disk_size": 10000},
+        headers=auth,
+    )
+    assert sized.status_code == 200, sized.text
+    assert sized.json()["spec"] == {"vcpus": 2, "memory": 1024, "disk_size": 10000}
+    small = await fake_api.client.post(
+        "/api/snapshot", json={"vcpus": 1, "memory": 128, "disk_size": 700}, headers=auth
+    )
+    image_disk = fake_api.services.settings.vm_disk_mb
+    assert small.json()["spec"] == {"vcpus": 1, "memory": 128, "disk_size": image_disk}
+
+    snapshot_id = sized.json()["id"]
+    other_memory = await fake_api.client.post(
+        f"/api/snapshot/{snapshot_id}/boot", json={"memory": 512}, headers=auth
+    )
+    assert other_memory.status_code == 422
+    assert other_memory.json()["detail"][0]["loc"] == ["body", "memory"]
+    assert "saved with" in other_memory.json()["detail"][0]["msg"]
+    larger = await fake_api.client.post(
+        f"/api/snapshot/{snapshot_id}/boot", json={"disk_size": 12000}, headers=auth
+    )
+    assert larger.status_code == 200, larger.text
+    booted = await wait_status(fake_api, fake_api.admin_key, larger.json()["id"])
+    assert booted["spec"]["disk_size"] == 12000 and booted["spec"]["memory"] == 1024
+    backend_spec = (await fake_api.services.devbox_core.backend.get_instance(booted["id"])).spec
+    assert backend_spec.disk_mb == 12000  # the VM's disk really grew, not only the record
+
+    too_many = await fake_api.client.post("/api/snapshot", json={"vcpus": 65}, headers=auth)
+    assert too_many.status_code == 422 and too_many.json()["detail"][0]["loc"] == [
+        "body",
+        "vcpus",
+    ]
 
 
 async def test_wake_on_is_set_shown_and_honoured(fake_api: Api) -> None:

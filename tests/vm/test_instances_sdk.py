@@ -148,6 +148,42 @@ def test_the_sdk_caches_by_digest_snapshots_branches_exposes_and_deletes(
     assert gone.value.status_code == 404
 
 
+def test_the_sdk_sizes_an_image_and_grows_a_running_disk(live: LiveService) -> None:
+    morph = client(live)
+    sized = morph.snapshots.create(vcpus=2, memory=1024, disk_size=10000, digest="sdk-sized")
+    assert (sized.spec.vcpus, sized.spec.memory, sized.spec.disk_size) == (2, 1024, 10000)
+    instance = morph.instances.start(sized.id)
+    instance.wait_until_ready(timeout=300)
+    measure = (
+        "nproc; awk '/MemTotal/{print int($2/1024)}' /proc/meminfo; df -m / | awk 'NR==2{print $2}'"
+    )
+    cpus, memory_mb, disk_mb = (int(n) for n in instance.exec(measure).stdout.split())
+    assert cpus == 2 and 900 < memory_mb <= 1024 and 9000 < disk_mb <= 10000
+
+    instance.exec("echo kept > /root/before-growth; sync")
+    operation = morph.instances.resize_disk(instance.id, disk_size=12000, idempotency_key="g1")
+    assert operation.status == "succeeded" and operation.capacity_generation == 1
+    again = morph.instances.resize_disk(instance.id, disk_size=12000, idempotency_key="g1")
+    assert again.id == operation.id
+    after = instance.exec("df -m / | awk 'NR==2{print $2}'; cat /root/before-growth").stdout
+    grown_mb, kept = after.split()
+    assert 11000 < int(grown_mb) <= 12000 and kept == "kept"  # online: files and processes stay
+    assert morph.instances.get(instance.id).spec.disk_size == 12000
+
+    saved = instance.snapshot(digest="sdk-grown")
+    assert saved.spec.disk_size == 12000
+    clone = morph.instances.boot(saved.id, disk_size=14000)  # and grows again as it boots
+    clone.wait_until_ready(timeout=300)
+    clone_disk, clone_kept = clone.exec(
+        "df -m / | awk 'NR==2{print $2}'; cat /root/before-growth"
+    ).stdout.split()
+    assert 13000 < int(clone_disk) <= 14000 and clone_kept == "kept"
+    for done in (clone, instance):
+        morph.instances.stop(done.id)
+    saved.delete()
+    sized.delete()
+
+
 def _login_with_key(live: LiveService, username: str, private_key: str) -> str:
     key = paramiko.Ed25519Key.from_private_key(io.StringIO(private_key))
     ssh = paramiko.SSHClient()

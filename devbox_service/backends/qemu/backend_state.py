@@ -139,11 +139,13 @@ class BackendState:
 
     # disk pool ------------------------------------------------------------------------------
 
-    async def _create_overlay(self, path: Path, backing: str) -> None:
+    async def _create_overlay(self, path: Path, backing: str, size_mb: int | None = None) -> None:
+        """A new top layer over `backing`; as large as it, or `size_mb` (a grown disk)."""
+        size = [] if size_mb is None else [f"{size_mb}M"]
         await run(
             [
                 self.config.qemu_img, "create", "-q", "-f", "qcow2",
-                "-b", backing, "-F", "qcow2", str(path),
+                "-b", backing, "-F", "qcow2", str(path), *size,
             ],
             timeout=30,
         )  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import time
@@ -17,13 +18,20 @@ from pathlib import Path
 
 import msgspec
 
-from devbox_service.backends.base import BackendError, ImageInfo, ProgressCallback
+from devbox_service.backends.base import (
+    BackendError,
+    ImageInfo,
+    MachineSpec,
+    NotFound,
+    ProgressCallback,
+    SnapshotInfo,
+)
 from devbox_service.backends.qemu import image as images
 from devbox_service.backends.qemu.argv import launch_key
 from devbox_service.backends.qemu.backend_state import BackendState
 from devbox_service.backends.qemu.config import QemuConfig
 from devbox_service.backends.qemu.machine import Machine
-from devbox_service.backends.qemu.session import wait_ssh_banner
+from devbox_service.backends.qemu.session import grow_root_filesystem, wait_ssh_banner
 from devbox_service.backends.qemu.store import SnapshotRecord
 from devbox_service.backends.qemu.util import (
     file_size,
@@ -32,11 +40,20 @@ from devbox_service.backends.qemu.util import (
     write_json_atomic,
 )
 
+log = logging.getLogger(__name__)
 
-def boot_snapshot_key(config: QemuConfig, img: images.ImageFiles, accel: str) -> tuple[str, Path]:
-    """The boot snapshot's id and directory: a new key for anything a restore depends on."""
-    spec = config.spec
+
+def boot_snapshot_key(
+    config: QemuConfig, img: images.ImageFiles, accel: str, spec: MachineSpec | None = None
+) -> tuple[str, Path]:
+    """The boot snapshot's id and directory: a new key for anything a restore depends on.
+
+    The disk size is in the key only when it differs from the image's own, so the default
+    size keeps the key it always had (instances' disk chains name its files)."""
+    spec = spec or config.spec
     key = f"{config.machine}-{accel}-{spec.vcpus}c-{spec.memory_mb}m-{launch_key()}"
+    if spec.disk_mb != config.spec.disk_mb:
+        key += f"-{spec.disk_mb}d"
     return f"boot-{img.recipe_hash[:12]}-{key}", Path(img.dir) / "boot" / key
 
 
@@ -47,9 +64,24 @@ class BootSnapshots(BackendState):
         say = progress or (lambda _line: None)
         img = await images.ensure_image(self.config, say)
         accel = await self._resolve_accel(img, say)
-        boot = await self._ensure_boot_snapshot(img, accel, say)
+        boot = await self._ensure_boot_snapshot(img, accel, say, self.config.spec)
         self._image, self._boot = img, boot
         return self._image_info(img, boot)
+
+    async def image_snapshot(self, image_id: str, spec: MachineSpec) -> SnapshotInfo:
+        img, accel = self._image, self._cached_accel()
+        if img is None or accel is None or img.id != image_id:
+            raise NotFound(f"no image {image_id!r}", image_id=image_id)
+        if spec.disk_mb < self.config.spec.disk_mb:
+            raise BackendError(
+                f"a disk of {spec.disk_mb} MB is smaller than the image "
+                f"({self.config.spec.disk_mb} MB)",
+                disk_mb=spec.disk_mb,
+            )
+        if spec == self.config.spec and self._boot is not None:
+            return self._boot.info()
+        boot = await self._ensure_boot_snapshot(img, accel, log.info, spec)
+        return boot.info()
 
     async def list_images(self) -> list[ImageInfo]:
         if self._image is None or self._boot is None:
@@ -124,19 +156,27 @@ class BootSnapshots(BackendState):
 
     @contextlib.asynccontextmanager
     async def _cold_machine(
-        self, name: str, work: Path, img: images.ImageFiles, accel: str
+        self,
+        name: str,
+        work: Path,
+        img: images.ImageFiles,
+        accel: str,
+        spec: MachineSpec | None = None,
     ) -> AsyncIterator[Machine]:
-        """A not yet launched machine on a fresh overlay of the image in `work`.
+        """A not yet launched machine on a fresh overlay of the image in `work`, its disk
+        `spec.disk_mb` large (the filesystem is grown once the guest is up).
 
         Afterwards the process is killed and `work` removed, whatever happened.
         """
+        spec = spec or self.config.spec
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         machine: Machine | None = None
         try:
             disk = work / "disk.qcow2"
-            await self._create_overlay(disk, img.disk)
+            await self._create_overlay(disk, img.disk, size_mb=spec.disk_mb)
             ls = self._launch_spec(name, work, accel, img.kernel, img.initrd, str(disk))
+            ls = msgspec.structs.replace(ls, spec=spec)
             machine = Machine(self.config.qemu_binary, ls)
             yield machine
         finally:
@@ -144,24 +184,26 @@ class BootSnapshots(BackendState):
                 await machine.shutdown(graceful=False)
             shutil.rmtree(work, ignore_errors=True)
 
-    def _load_boot(self, img: images.ImageFiles, accel: str) -> SnapshotRecord | None:
-        _, d = boot_snapshot_key(self.config, img, accel)
+    def _load_boot(
+        self, img: images.ImageFiles, accel: str, spec: MachineSpec | None = None
+    ) -> SnapshotRecord | None:
+        _, d = boot_snapshot_key(self.config, img, accel, spec)
         manifest = d / "manifest.json"
         if not manifest.exists():
             return None
         return msgspec.json.decode(manifest.read_bytes(), type=SnapshotRecord)
 
     async def _ensure_boot_snapshot(
-        self, img: images.ImageFiles, accel: str, say: ProgressCallback
+        self, img: images.ImageFiles, accel: str, say: ProgressCallback, spec: MachineSpec
     ) -> SnapshotRecord:
         """Cold boot once, wait for sshd, save memory + disk: every instance restores this."""
-        sid, final = boot_snapshot_key(self.config, img, accel)
+        sid, final = boot_snapshot_key(self.config, img, accel, spec)
         async with images.file_lock(final.parent / ".lock", self.config.build_timeout):
-            found = self._load_boot(img, accel)
+            found = self._load_boot(img, accel, spec)
             if found is not None:
                 return found
             work = final.with_name(final.name + ".tmp")
-            async with self._cold_machine(sid, work, img, accel) as machine:
+            async with self._cold_machine(sid, work, img, accel, spec) as machine:
                 disk = Path(machine.launch_spec.disk)
                 say(f"boot snapshot {sid}: cold boot ({accel}) ...")
                 t0 = time.monotonic()
@@ -170,6 +212,10 @@ class BootSnapshots(BackendState):
                     machine.launch_spec.ssh_port, self.config.boot_timeout, machine
                 )
                 await machine.agent("ping", timeout=30)
+                if spec.disk_mb > self.config.spec.disk_mb:
+                    await grow_root_filesystem(
+                        machine.launch_spec.ssh_port, self._key_path, self.config.boot_timeout
+                    )
                 say(f"boot snapshot {sid}: sshd up after {time.monotonic() - t0:.1f} s; saving")
                 await machine.qmp("stop")
                 await machine.migrate_to(work / "state", timeout=120)

@@ -31,7 +31,7 @@ from devbox_service.backends.base import (
 from devbox_service.backends.qemu.argv import socket_dir
 from devbox_service.backends.qemu.backend_state import LIVE, BackendState
 from devbox_service.backends.qemu.machine import LaunchFailed, Machine
-from devbox_service.backends.qemu.session import wait_ssh_banner
+from devbox_service.backends.qemu.session import grow_root_filesystem, wait_ssh_banner
 from devbox_service.backends.qemu.store import InstanceRecord
 from devbox_service.backends.qemu.util import (
     check_id,
@@ -194,6 +194,21 @@ class Instances(BackendState):
                     f"{instance_id} did not come back after reboot",
                     console_tail=machine.console_tail(),
                 ) from None
+            return rec.info(self._key_path)
+
+    async def grow_disk(self, instance_id: str, disk_mb: int) -> InstanceInfo:
+        async with self._locked(instance_id) as rec:
+            if disk_mb <= rec.launch.spec.disk_mb:
+                return rec.info(self._key_path)
+            if rec.state is not InstanceState.RUNNING:
+                raise InvalidState("only a running instance's disk can grow", state=rec.state)
+            machine = self._live_machine(rec)
+            await machine.settle_flattening(wait=10.0)  # a stream job holds the disk's size
+            await machine.qmp("block_resize", {"device": "d0", "size": disk_mb * 1024 * 1024})
+            spec = msgspec.structs.replace(rec.launch.spec, disk_mb=disk_mb)
+            rec.launch = msgspec.structs.replace(rec.launch, spec=spec)
+            self._write_instance(rec)  # the block device is larger from here on
+            await grow_root_filesystem(rec.launch.ssh_port, self._key_path, timeout=120.0)
             return rec.info(self._key_path)
 
     async def stop(self, instance_id: str) -> InstanceInfo:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 from qemu.qmp.qmp_client import ExecuteError
@@ -25,6 +26,7 @@ from qemu.qmp.qmp_client import ExecuteError
 from devbox_service.backends.base import (
     BackendError,
     BackendTimeout,
+    CommandFailed,
     GuestUnreachable,
     QMPFailed,
 )
@@ -328,3 +330,31 @@ async def wait_ssh_banner(
             f"no SSH banner on port {port} in {timeout} s",
             console_tail=console.console_tail() if console else "",
         ) from None
+
+
+async def grow_root_filesystem(port: int, key_path: str, timeout: float) -> None:
+    """Grow the guest's root ext4 to its (already larger) disk, online, over SSH as root."""
+    try:
+        async with asyncio.timeout(timeout):
+            async with asyncssh.connect(
+                "127.0.0.1",
+                port,
+                username="root",
+                client_keys=[key_path],
+                known_hosts=None,
+                config=(),
+            ) as conn:
+                result = await conn.run("resize2fs /dev/vda", check=False)
+    except TimeoutError:
+        raise BackendTimeout(f"resize2fs did not finish in {timeout} s") from None
+    except (OSError, asyncssh.Error) as exc:
+        raise GuestUnreachable(
+            f"cannot reach the guest to grow its disk: {exc}", console_tail=""
+        ) from exc
+    if result.exit_status != 0:
+        raise CommandFailed(
+            "resize2fs failed in the guest",
+            command=["resize2fs", "/dev/vda"],
+            exit_code=result.exit_status or -1,
+            output=str(result.stderr)[-2000:],
+        )
