@@ -455,6 +455,21 @@ class MemoryBackend(VMBackend):
         async with self._lock(instance_id):
             self._instance(instance_id).forwards.pop(guest_port, None)
 
+    async def reboot_into(self, instance_id: str, spec: MachineSpec) -> InstanceInfo:
+        self._enter("reboot_into", instance_id)
+        async with self._lock(instance_id):
+            rec = self._instance(instance_id)
+            if rec.state in _LIVE:
+                self._live(rec)
+            rec.spec = MachineSpec(
+                vcpus=spec.vcpus,
+                memory_mb=spec.memory_mb,
+                disk_mb=max(spec.disk_mb, rec.spec.disk_mb),
+            )
+            rec.state, rec.started_at = InstanceState.RUNNING, time.time()
+            rec.connected, rec.dead = True, False
+            return rec.info(self.ssh_key_path)
+
     async def grow_disk(self, instance_id: str, disk_mb: int) -> InstanceInfo:
         self._enter("grow_disk", instance_id)
         async with self._lock(instance_id):

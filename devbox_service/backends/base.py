@@ -259,6 +259,11 @@ class VMBackend(abc.ABC):
         """Remove a forward `expose_port` added (nothing if there is none; SSH stays)."""
 
     @abc.abstractmethod
+    async def reboot_into(self, instance_id: str, spec: MachineSpec) -> InstanceInfo:
+        """Power off and boot again from the disk with `spec`'s CPUs and memory, the disk
+        grown to `spec.disk_mb` (never shrunk). Memory is not kept: a cold reboot."""
+
+    @abc.abstractmethod
     async def grow_disk(self, instance_id: str, disk_mb: int) -> InstanceInfo:
         """Grow a running instance's disk and its root filesystem to `disk_mb`, online.
         A size at or below the current one changes nothing (disks never shrink)."""

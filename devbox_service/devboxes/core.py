@@ -253,7 +253,11 @@ class DevboxCore:
         process died boots again from its disk); then `ready`, or `error` saying why."""
         async with self.locks[devbox_id]:
             try:
-                if await self.vm_alive(devbox_id):
+                record = await self.record(devbox_id)
+                instance = await self.backend.get_instance(devbox_id)
+                if instance.spec != record.spec:  # a reboot into a new size
+                    await self.backend.reboot_into(devbox_id, record.spec)
+                elif await self.vm_alive(devbox_id):
                     await self.backend.reboot(devbox_id)
                 else:
                     await self.wake(devbox_id, memory_mb)

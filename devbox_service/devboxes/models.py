@@ -7,6 +7,8 @@ from typing import Any
 
 import msgspec
 
+from devbox_service.backends.base import MachineSpec
+
 
 class DevboxStatus(enum.StrEnum):
     PROVISIONING = "provisioning"
@@ -55,6 +57,10 @@ class DevboxRecord(msgspec.Struct, frozen=True, kw_only=True):
     ttl_seconds: int | None = None
     ttl_action: str | None = None  # "pause" or "stop"
     ttl_expire_at: float | None = None
+
+    @property
+    def spec(self) -> MachineSpec:
+        return MachineSpec(vcpus=self.vcpus, memory_mb=self.memory_mb, disk_mb=self.disk_mb)
 
 
 class SnapshotRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -165,10 +165,13 @@ class Admission:
 
     async def check_memory(self, backend: VMBackend, count: int, memory_mb: int) -> None:
         """Room on the host for `count` more VMs of `memory_mb` (plus each one's overhead)?"""
+        await self.check_memory_growth(backend, count * (memory_mb + self._overhead))
+
+    async def check_memory_growth(self, backend: VMBackend, wanted: int) -> None:
+        """Room on the host for `wanted` MB more of guest memory? Raises LimitReached."""
         in_memory = [i for i in await backend.list_instances() if i.state in IN_MEMORY]
         used = sum(i.spec.memory_mb + self._overhead for i in in_memory)
         budget = self._host_memory() - self._reserve
-        wanted = count * (memory_mb + self._overhead)
         if used + wanted > budget:
             raise LimitReached(
                 f"limit reached: the host has no memory for {wanted} MB more of guests "

@@ -15,7 +15,7 @@ import msgspec
 
 from devbox_service.auth.models import Principal
 from devbox_service.backends import base as backend_api
-from devbox_service.backends.base import SnapshotInfo
+from devbox_service.backends.base import MachineSpec, SnapshotInfo
 from devbox_service.devboxes.checkpoints import CheckpointService
 from devbox_service.devboxes.core import DestroyListener, DevboxCore, ReadyHook, new_event
 from devbox_service.devboxes.lifecycle import TRANSITIONS, Action, require
@@ -25,6 +25,7 @@ from devbox_service.devboxes.views import DevboxViews
 from devbox_service.errors import (
     Conflict,
     Failed,
+    InvalidSpec,
     PayloadTooLarge,
     PermissionDenied,
 )
@@ -192,21 +193,51 @@ class DevboxService:
                 acted.append(record.id)
         return acted
 
-    async def reboot(self, principal: Principal, devbox_id: str) -> DevboxResponse:
-        """Answers at once as `rebooting`; the guest comes back in the background."""
+    async def reboot(
+        self, principal: Principal, devbox_id: str, spec: MachineSpec | None = None
+    ) -> DevboxResponse:
+        """Answers at once as `rebooting`; the guest comes back in the background. With a
+        new `spec` it is a cold reboot into it (the disk kept, grown if asked). Raises
+        NotFound, Conflict, InvalidSpec (a smaller disk), LimitReached."""
         async with self._core.locked(principal, devbox_id) as record:
             require(record, Action.REBOOT)
             await self._has_vm(record)
-            await self._core.store.update(
-                devbox_id,
-                status=DevboxStatus.REBOOTING,
-                event=new_event(devbox_id, EventType.REBOOT),
-            )
+            admission = self._core.admission
+            async with admission.guard():
+                resized = await self._admit_resize(principal, record, spec)
+                await self._core.store.update(
+                    devbox_id,
+                    status=DevboxStatus.REBOOTING,
+                    event=new_event(devbox_id, EventType.REBOOT),
+                    **resized,
+                )
 
         self._core.run_in_background(
             [devbox_id], self._core.complete_reboot(devbox_id, record.memory_mb)
         )
         return await self._views.get(principal, devbox_id)
+
+    async def _admit_resize(
+        self, principal: Principal, record: DevboxRecord, spec: MachineSpec | None
+    ) -> dict[str, int]:
+        """The record's new size columns for a reboot into `spec` (none if it is the same),
+        once the host has the memory and the caller the disk quota for it."""
+        if spec is None or spec == record.spec:
+            return {}
+        if spec.disk_mb < record.disk_mb:
+            raise InvalidSpec(
+                f"disk_size must be at least {record.disk_mb} (the disk's size now): "
+                "disks only grow",
+                loc=["body", "disk_size"],
+            )
+        admission = self._core.admission
+        if spec.memory_mb > record.memory_mb:
+            await admission.check_memory_growth(
+                self._core.backend, spec.memory_mb - record.memory_mb
+            )
+        if spec.disk_mb > record.disk_mb:
+            await admission.check_disk_growth(principal, spec.disk_mb - record.disk_mb)
+        return {"vcpus": spec.vcpus, "memory_mb": spec.memory_mb, "disk_mb": spec.disk_mb}
 
     async def _has_vm(self, record: DevboxRecord) -> None:
         """A devbox in error whose boot failed has no VM to bring back: say what to do."""

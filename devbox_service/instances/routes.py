@@ -13,7 +13,6 @@ from litestar.types import ASGIApp
 from sse_starlette import EventSourceResponse
 
 from devbox_service.auth.guards import USER, CurrentPrincipal, allow
-from devbox_service.errors import InvalidInput
 from devbox_service.instances.schemas import (
     BootSnapshotRequest,
     CreateSnapshotRequest,
@@ -138,12 +137,8 @@ class InstanceController(Controller):
         devbox_id: FromPath[str],
         request: Request[Any, Any, Any],
     ) -> Instance:
-        if (await request.body()).strip() not in (b"", b"{}"):
-            raise InvalidInput(
-                "a reboot into a new spec is not supported yet: reboot without a body"
-            )
-        await services.devboxes.reboot(principal, devbox_id)
-        return await services.instances.get(principal, devbox_id)
+        body = await optional_body(request, BootSnapshotRequest)
+        return await services.instances.reboot(principal, devbox_id, body)
 
     @post("/{devbox_id:str}/metadata", guards=[allow(USER)], status_code=200, summary="Metadata")
     async def set_metadata(

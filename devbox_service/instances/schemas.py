@@ -160,6 +160,8 @@ class InstanceSnapshotRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class BootSnapshotRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`POST /snapshot/{id}/boot`, and a reboot into a new spec (`POST /instance/{id}/reboot`)."""
+
     vcpus: Annotated[int, Meta(ge=1)] | None = None
     memory: Annotated[int, Meta(ge=1)] | None = None
     disk_size: Annotated[int, Meta(ge=1)] | None = None

@@ -234,6 +234,27 @@ class InstanceService:
             )
         return await self.get(principal, started.id)
 
+    async def reboot(
+        self, principal: Principal, instance_id: str, request: BootSnapshotRequest
+    ) -> Instance:
+        """A reboot; with a size in the body a cold one into it, the disk kept."""
+        record = await self._devboxes.visible(principal, instance_id)
+        spec = requested_spec(
+            record.spec,
+            self._sizes,
+            vcpus=request.vcpus,
+            memory=request.memory,
+            disk_size=request.disk_size,
+        )
+        if request.metadata is not None:
+            await self._devboxes.update_metadata(principal, instance_id, request.metadata)
+        if request.ttl_seconds is not None:
+            await self._devboxes.set_ttl(
+                principal, instance_id, request.ttl_seconds, request.ttl_action
+            )
+        await self._devboxes.reboot(principal, instance_id, spec)
+        return await self.get(principal, instance_id)
+
     async def boot(
         self, principal: Principal, snapshot_id: str, request: BootSnapshotRequest
     ) -> Instance:

@@ -98,10 +98,33 @@ async def test_what_is_not_supported_yet_or_not_allowed_is_refused_clearly(fake_
         f"/api/instance/{instance['id']}/exec", json={"command": []}, headers=auth
     )
     assert empty.status_code == 422
-    rebooted = await fake_api.client.post(
-        f"/api/instance/{instance['id']}/reboot", json={"vcpus": 2}, headers=auth
+    too_big = await fake_api.client.post(
+        f"/api/instance/{instance['id']}/reboot", json={"memory": 99999}, headers=auth
     )
-    assert rebooted.status_code == 400 and "without a body" in rebooted.json()["detail"]
+    assert too_big.status_code == 422 and too_big.json()["detail"][0]["loc"] == ["body", "memory"]
+
+
+async def test_a_reboot_with_a_spec_is_a_cold_reboot_into_it(fake_api: Api) -> None:
+    auth = fake_api.auth(fake_api.admin_key)
+    instance = await start(fake_api, fake_api.admin_key)
+    rebooted = await fake_api.client.post(
+        f"/api/instance/{instance['id']}/reboot",
+        json={"vcpus": 2, "memory": 512, "disk_size": 4096, "metadata": {"size": "m"}},
+        headers=auth,
+    )
+    assert rebooted.status_code == 200, rebooted.text
+    ready = await wait_status(fake_api, fake_api.admin_key, instance["id"])
+    assert ready["spec"] == {"vcpus": 2, "memory": 512, "disk_size": 4096}
+    assert ready["metadata"]["size"] == "m"
+    vm = await fake_api.services.devbox_core.backend.get_instance(instance["id"])
+    assert (vm.spec.vcpus, vm.spec.memory_mb, vm.spec.disk_mb) == (2, 512, 4096)
+    fake_api.services.admission._host_memory = lambda: 2048  # type: ignore[attr-defined]
+    no_room = await fake_api.client.post(
+        f"/api/instance/{instance['id']}/reboot", json={"memory": 8192}, headers=auth
+    )
+    assert no_room.status_code == 429 and no_room.headers["x-devbox-limit"] == "host_memory"
+    unchanged = await fake_api.client.get(f"/api/instance/{instance['id']}", headers=auth)
+    assert unchanged.json()["spec"]["memory"] == 512 and unchanged.json()["status"] == "ready"
 
 
 async def test_snapshots_with_digests_metadata_pages_boot_branch_and_delete(fake_api: Api) -> None:

@@ -178,6 +178,13 @@ def test_the_sdk_sizes_an_image_and_grows_a_running_disk(live: LiveService) -> N
         "df -m / | awk 'NR==2{print $2}'; cat /root/before-growth"
     ).stdout.split()
     assert 13000 < int(clone_disk) <= 14000 and clone_kept == "kept"
+
+    clone.reboot(vcpus=1, memory=512, disk_size=13000)  # cold, into a new size, disk kept
+    clone.wait_until_ready(timeout=300)
+    resized = clone.exec(f"{measure}; cat /root/before-growth").stdout.split()
+    cpus, memory_mb, disk_mb = (int(n) for n in resized[:3])
+    assert cpus == 1 and 400 < memory_mb <= 512 and 13000 < disk_mb <= 14000  # never shrinks
+    assert resized[3] == "kept"
     for done in (clone, instance):
         morph.instances.stop(done.id)
     saved.delete()

@@ -27,6 +27,7 @@ from devbox_service.backends.base import (
     InstanceState,
     InstanceStats,
     InvalidState,
+    MachineSpec,
 )
 from devbox_service.backends.qemu.argv import socket_dir
 from devbox_service.backends.qemu.backend_state import LIVE, BackendState
@@ -40,6 +41,7 @@ from devbox_service.backends.qemu.util import (
     kill_strays,
     pid_alive,
     proc_usage,
+    run,
     tail,
 )
 
@@ -194,6 +196,22 @@ class Instances(BackendState):
                     f"{instance_id} did not come back after reboot",
                     console_tail=machine.console_tail(),
                 ) from None
+            return rec.info(self._key_path)
+
+    async def reboot_into(self, instance_id: str, spec: MachineSpec) -> InstanceInfo:
+        await self.stop(instance_id)
+        async with self._locked(instance_id) as rec:
+            grows = spec.disk_mb > rec.launch.spec.disk_mb
+            if grows:
+                await run(
+                    [self.config.qemu_img, "resize", rec.chain[0], f"{spec.disk_mb}M"], timeout=30
+                )
+            kept = msgspec.structs.replace(spec, disk_mb=max(spec.disk_mb, rec.launch.spec.disk_mb))
+            rec.launch = msgspec.structs.replace(rec.launch, spec=kept)
+            self._write_instance(rec)
+            await self._cold_boot(rec)
+            if grows:
+                await grow_root_filesystem(rec.launch.ssh_port, self._key_path, timeout=120.0)
             return rec.info(self._key_path)
 
     async def grow_disk(self, instance_id: str, disk_mb: int) -> InstanceInfo:
