@@ -118,7 +118,7 @@ async def test_a_reboot_with_a_spec_is_a_cold_reboot_into_it(fake_api: Api) -> N
     assert ready["metadata"]["size"] == "m"
     vm = await fake_api.services.devbox_core.backend.get_instance(instance["id"])
     assert (vm.spec.vcpus, vm.spec.memory_mb, vm.spec.disk_mb) == (2, 512, 4096)
-    fake_api.services.admission._host_memory = lambda: 2048  # type: ignore[attr-defined]
+    fake_api.services.admission._host_memory = lambda: 2048
     no_room = await fake_api.client.post(
         f"/api/instance/{instance['id']}/reboot", json={"memory": 8192}, headers=auth
     )
