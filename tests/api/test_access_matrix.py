@@ -16,6 +16,8 @@ from support import Api, app_routes, background_settled, insert_devbox, mint_age
 from devbox_service.auth import scopes
 from devbox_service.auth.guards import AccessGuard
 from devbox_service.auth.models import Role
+from devbox_service.devboxes.disk_resizes import DISK_RESIZES
+from devbox_service.devboxes.models import DiskResizeRecord, DiskResizeStatus
 
 SINGLE_SCOPES = sorted(scopes.ALL_SCOPES)
 CALLERS = [
@@ -63,6 +65,7 @@ async def test_every_route_answers_every_caller_as_its_rule_says(
     for method, template, rule in routes:
         for caller in CALLERS:
             devbox_id = await insert_devbox(api, admin.user_id, admin.org_id)
+            await insert_disk_resize(api, devbox_id)
             headers: dict[str, str] = {}
             if caller == "owner":
                 headers = api.auth(api.admin_key)
@@ -88,7 +91,9 @@ async def test_every_route_answers_every_caller_as_its_rule_says(
 
             def fill(match: re.Match[str], devbox_id: str = devbox_id) -> str:
                 name = match.group(1)
-                return devbox_id if name == "devbox_id" else PLACEHOLDER_VALUES.get(name, "x")
+                if name in ("devbox_id", "operation_id"):
+                    return devbox_id if name == "devbox_id" else f"op_{devbox_id}"
+                return PLACEHOLDER_VALUES.get(name, "x")
 
             path = re.sub(r"\{(\w+)(?::\w+)?\}", fill, template)
             body = next((b for suffix, b in BODIES.items() if template.endswith(suffix)), None)
@@ -109,6 +114,25 @@ async def test_every_route_answers_every_caller_as_its_rule_says(
                     f"{caller:32} {method:6} {template}: {status} {response.text[:120]}"
                 )
     assert not failures, "\n".join(failures)
+
+
+async def insert_disk_resize(api: Api, devbox_id: str) -> None:
+    """A finished disk resize of the devbox, so its status route has something to show."""
+    async with api.services.database.transaction() as tx:
+        await DISK_RESIZES.insert(
+            tx,
+            DiskResizeRecord(
+                id=f"op_{devbox_id}",
+                devbox_id=devbox_id,
+                idempotency_key="matrix",
+                previous_mb=2048,
+                requested_mb=2048,
+                status=DiskResizeStatus.SUCCEEDED,
+                capacity_generation=0,
+                created_at=0.0,
+                updated_at=0.0,
+            ),
+        )
 
 
 def expectation(caller: str, rule: AccessGuard, template: str) -> Any:
