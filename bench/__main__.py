@@ -17,6 +17,7 @@ BENCHMARKS = (
     "bench.bench_load",
     "bench.bench_chains",
     "bench.bench_prims",
+    "bench.bench_density",
 )
 
 

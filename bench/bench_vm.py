@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -70,9 +71,16 @@ async def qmp_raw(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter
     return reader, writer
 
 
-async def qmp_cmd(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], cmd: str) -> dict:  # type: ignore[type-arg]
+async def qmp_cmd(
+    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    cmd: str,
+    arguments: Mapping[str, object] | None = None,
+) -> dict:  # type: ignore[type-arg]
     reader, writer = conn
-    writer.write(json.dumps({"execute": cmd}).encode() + b"\n")
+    message: dict[str, object] = {"execute": cmd}
+    if arguments is not None:
+        message["arguments"] = arguments
+    writer.write(json.dumps(message).encode() + b"\n")
     while True:
         msg = json.loads(await reader.readline())
         if "event" not in msg:
@@ -94,7 +102,8 @@ async def bare_restore(backend: QemuBackend, boot_id: str, work: Path) -> float:
         ssh_port=free_port(), tsc_khz=backend._launch_spec("x", d, snap.accel, "", "", "",
                                                            snap.machine).tsc_khz,
     )  # fmt: skip
-    argv = command_line("qemu-system-x86_64", ls, f"exec:cat {snap.state_file}")
+    incoming = f"exec:cat {snap.state_file}"
+    argv = command_line("qemu-system-x86_64", ls, incoming, snap.ram)
     t0 = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
@@ -103,6 +112,10 @@ async def bare_restore(backend: QemuBackend, boot_id: str, work: Path) -> float:
         while not (d / "qmp.sock").exists():
             await asyncio.sleep(0.005)
         conn = await qmp_raw(str(d / "qmp.sock"))
+        if snap.ram is not None:  # a memory template: the state is read once the capability is on
+            caps = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
+            await qmp_cmd(conn, "migrate-set-capabilities", caps)
+            await qmp_cmd(conn, "migrate-incoming", {"uri": incoming})
         while (await qmp_cmd(conn, "query-status"))["return"]["status"] == "inmigrate":
             await asyncio.sleep(0.005)
         await qmp_cmd(conn, "cont")

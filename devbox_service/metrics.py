@@ -69,6 +69,7 @@ class Gauges:
         devboxes_by_status: Mapping[str, float],
         vms_by_state: Mapping[str, float],
         vm_memory_mb: float,
+        warm_pool_mb: float,
         snapshots: float,
         snapshot_bytes: float,
         ssh_sessions: float,
@@ -78,7 +79,16 @@ class Gauges:
         self.blocks = [
             gauge("devbox_devboxes", "Devboxes by status.", devboxes_by_status, "status"),
             gauge("devbox_vm_processes", "VMs by backend state.", vms_by_state, "state"),
-            gauge("devbox_vm_memory_mb", "Resident memory of the VM processes.", vm_memory_mb),
+            gauge(
+                "devbox_vm_memory_mb",
+                "Memory the VM processes hold (PSS: shared pages counted once in all).",
+                vm_memory_mb,
+            ),
+            gauge(
+                "devbox_vm_warm_pool_mb",
+                "Memory of the QEMU processes waiting in the warm pool (PSS).",
+                warm_pool_mb,
+            ),
             gauge("devbox_snapshots", "Snapshots users saved.", snapshots),
             gauge("devbox_snapshot_bytes", "Disk the backend's snapshots use.", snapshot_bytes),
             gauge("devbox_ssh_sessions", "Users connected to the SSH gateway.", ssh_sessions),

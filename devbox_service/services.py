@@ -90,6 +90,7 @@ def build_backend(settings: Settings) -> VMBackend | None:
         spec=MachineSpec(
             vcpus=settings.vm_vcpus, memory_mb=settings.vm_memory_mb, disk_mb=settings.vm_disk_mb
         ),
+        warm_pool=settings.vm_warm_pool,
     )
     return QemuBackend(config)
 
@@ -300,18 +301,20 @@ class Services:
         """Prometheus text: the request histograms and the state of devboxes and VMs."""
         statuses = Counter(r.status.value for r in await self.devbox_core.store.all())
         vms: Counter[str] = Counter()
-        memory = snapshot_bytes = 0.0
+        memory = snapshot_bytes = warm_pool = 0.0
         if self.backend is not None:
+            warm_pool = await self.backend.held_memory_mb()
             for instance in await self.backend.list_instances():
                 vms[instance.state.value] += 1
                 if instance.state in (InstanceState.RUNNING, InstanceState.PAUSED):
                     with contextlib.suppress(BackendError):
-                        memory += (await self.backend.stats(instance.id)).rss_mb
+                        memory += (await self.backend.stats(instance.id)).pss_mb
             snapshot_bytes = sum(s.size_bytes for s in await self.backend.list_snapshots())
         gauges = Gauges(
             devboxes_by_status=statuses,
             vms_by_state=vms,
             vm_memory_mb=round(memory, 1),
+            warm_pool_mb=round(warm_pool, 1),
             snapshots=len(await self.devbox_core.snapshots.all()),
             snapshot_bytes=snapshot_bytes,
             ssh_sessions=self.gateway.session_count if self.gateway else 0,

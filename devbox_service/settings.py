@@ -59,6 +59,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     vm_max_vcpus: Annotated[int, Meta(ge=1, le=64)] = 8
     vm_max_memory_mb: Annotated[int, Meta(ge=128, le=1024 * 1024)] = 16384
     vm_max_disk_mb: Annotated[int, Meta(ge=512, le=1024 * 1024)] = 1024 * 1024
+    # QEMU processes started ahead, waiting for the default image's state (faster creates)
+    vm_warm_pool: Annotated[int, Meta(ge=0, le=16)] = 2
     standby_after_seconds: Annotated[float, Meta(ge=0)] = 900.0
     template_secret_wait_seconds: Annotated[float, Meta(gt=0, le=86400)] = 600.0
     limit_devboxes_per_user: Annotated[int, Meta(ge=0)] = 10

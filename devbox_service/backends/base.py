@@ -153,6 +153,7 @@ class InstanceStats(msgspec.Struct, frozen=True, kw_only=True):
     rss_mb: float
     cpu_seconds: float
     uptime_seconds: float
+    pss_mb: float = 0.0  # what the VM really costs: pages shared with others count in part
 
 
 ProgressCallback = Callable[[str], None]
@@ -270,3 +271,7 @@ class VMBackend(abc.ABC):
 
     @abc.abstractmethod
     async def stats(self, instance_id: str) -> InstanceStats: ...
+
+    async def held_memory_mb(self) -> float:
+        """Host memory the backend holds besides its instances (a warm pool's processes)."""
+        return 0.0

@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 
 from devbox_service.auth.models import Principal
-from devbox_service.backends.base import InstanceState, MachineSpec, VMBackend
+from devbox_service.backends.base import BackendError, InstanceState, MachineSpec, VMBackend
 from devbox_service.db import Database
 from devbox_service.db.records import Table
 from devbox_service.devboxes.models import DevboxStatus
@@ -163,14 +163,26 @@ class Admission:
                     limit=f"snapshots_per_{scope.value}",
                 )
 
+    async def memory_in_use(self, backend: VMBackend) -> float:
+        """What VMs hold, in MB. Each counts its guest memory in full plus the per-VM
+        overhead (a guest may touch all its memory, undoing any sharing), or what it was
+        measured to hold if that is more; the backend's warm pool counts as measured."""
+        used = await backend.held_memory_mb()
+        for vm in await backend.list_instances():
+            if vm.state in IN_MEMORY:
+                cost = float(vm.spec.memory_mb + self._overhead)
+                with contextlib.suppress(BackendError):
+                    cost = max(cost, (await backend.stats(vm.id)).pss_mb)
+                used += cost
+        return used
+
     async def check_memory(self, backend: VMBackend, count: int, memory_mb: int) -> None:
         """Room on the host for `count` more VMs of `memory_mb` (plus each one's overhead)?"""
         await self.check_memory_growth(backend, count * (memory_mb + self._overhead))
 
     async def check_memory_growth(self, backend: VMBackend, wanted: int) -> None:
         """Room on the host for `wanted` MB more of guest memory? Raises LimitReached."""
-        in_memory = [i for i in await backend.list_instances() if i.state in IN_MEMORY]
-        used = sum(i.spec.memory_mb + self._overhead for i in in_memory)
+        used = round(await self.memory_in_use(backend))
         budget = self._host_memory() - self._reserve
         if used + wanted > budget:
             raise LimitReached(

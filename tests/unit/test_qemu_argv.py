@@ -14,6 +14,7 @@ import pytest
 from devbox_service.backends.base import MachineSpec
 from devbox_service.backends.qemu.argv import (
     KERNEL_APPEND,
+    GuestRam,
     LaunchSpec,
     command_line,
     launch_key,
@@ -106,7 +107,22 @@ def test_forwards_follow_ssh_in_guest_port_order() -> None:
 def test_kernel_line_and_launch_key_are_what_boot_snapshots_were_saved_with() -> None:
     # Changing either silently orphans every cached boot snapshot: bump LAUNCH_VERSION instead.
     assert KERNEL_APPEND == APPEND
-    assert launch_key() == "a1c3ac37"
+    assert launch_key() == "4444807d"
+
+
+def test_a_memory_template_is_written_shared_and_cloned_private_with_a_deferred_restore() -> None:
+    made = command_line("qemu", launch(), ram=GuestRam(path="/c/boot/ram", shared=True))
+    assert made[made.index("-machine") + 1].endswith(",memory-backend=microvm.ram")
+    assert made[-2:] == [
+        "-object",
+        "memory-backend-file,id=microvm.ram,size=512M,mem-path=/c/boot/ram,share=on",
+    ]
+    clone = command_line("qemu", launch(), "fd:7", ram=GuestRam(path="/c/boot/ram"))
+    assert "memory-backend-file,id=microvm.ram,size=512M,mem-path=/c/boot/ram,share=off" in clone
+    # x-ignore-shared is set over QMP before the state is read, so QEMU must wait for it
+    assert clone[-3:] == ["-S", "-incoming", "defer"]
+    plain = command_line("qemu", launch(), "fd:7")
+    assert plain[-3:] == ["-S", "-incoming", "fd:7"] and "-object" not in plain
 
 
 def test_an_isolated_guest_reaches_only_its_forwarded_service_addresses() -> None:

@@ -43,10 +43,13 @@ def test_boot_snapshot_key_names_everything_a_restore_depends_on() -> None:
         state_dir="/state", cache_dir="/cache", spec=MachineSpec(vcpus=2, memory_mb=512)
     )
     sid, directory = boot_snapshot_key(config, IMAGE, "tcg")
-    assert sid == "boot-0123456789ab-microvm-tcg-2c-512m-a1c3ac37"
-    assert directory == Path("/cache/images/0123456789abcdef/boot/microvm-tcg-2c-512m-a1c3ac37")
+    assert sid == "boot-0123456789ab-microvm-tcg-2c-512m-4444807d"
+    assert directory == Path("/cache/images/0123456789abcdef/boot/microvm-tcg-2c-512m-4444807d")
     other, _ = boot_snapshot_key(config, IMAGE, "kvm")
-    assert other == "boot-0123456789ab-microvm-kvm-2c-512m-a1c3ac37"
+    assert other == "boot-0123456789ab-microvm-kvm-2c-512m-4444807d"
+    # another size has its own; the disk is named only when it is not the image's own
+    bigger, _ = boot_snapshot_key(config, IMAGE, "tcg", MachineSpec(memory_mb=1024, disk_mb=4096))
+    assert bigger == "boot-0123456789ab-microvm-tcg-1c-1024m-4444807d-4096d"
 
 
 def test_snapshot_record_keeps_the_launch_it_restores_into() -> None:

@@ -99,8 +99,9 @@ def test_kill_strays_ends_only_processes_naming_the_marker() -> None:
 
 
 def test_proc_usage_reads_this_process() -> None:
-    rss_kb, cpu_seconds = proc_usage(os.getpid())
+    rss_kb, pss_kb, cpu_seconds = proc_usage(os.getpid())
     assert rss_kb > 1000
+    assert 0 < pss_kb <= rss_kb  # shared pages (libraries) count in part
     assert cpu_seconds > 0
 
 

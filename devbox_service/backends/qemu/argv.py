@@ -18,7 +18,9 @@ from devbox_service.backends.base import MachineSpec
 from devbox_service.backends.qemu.guest_files import SERVICE_ADDRESS
 
 # Bump when the QEMU command line changes in a way saved guests depend on (devices, ids).
-LAUNCH_VERSION = 2  # 2: isolated guest network with forwarded service addresses
+# 2: isolated guest network with forwarded service addresses
+# 3: boot snapshots keep guest memory in a file (a template clones map instead of loading)
+LAUNCH_VERSION = 3
 
 # The guest kernel's command line. reboot=t: microvm has no reset register or keyboard
 # controller, so a triple fault is the one reboot that reaches QEMU. tsc=reliable: under TCG
@@ -47,6 +49,33 @@ class LaunchSpec(msgspec.Struct, frozen=True, kw_only=True):
     tsc_khz: int = 0
     isolated: bool = False  # restrict=on: no route to the host or out, only explicit forwards
     guest_services: dict[int, str] = {}  # port on SERVICE_ADDRESS -> host Unix socket
+    launched_in: str = ""  # the directory QEMU started in, if it moved since (a pooled one)
+
+    @property
+    def process_marker(self) -> str:
+        """A string in this QEMU's command line (its QMP socket path at launch): tells our
+        process from an unrelated one that got the same pid."""
+        return str(socket_dir(Path(self.launched_in or self.dir)) / "qmp.sock")
+
+
+class GuestRam(msgspec.Struct, frozen=True, kw_only=True):
+    """Guest memory backed by a file instead of anonymous memory.
+
+    `shared`: the guest writes into the file (making a memory template: a boot snapshot whose
+    state file then holds the devices only). Otherwise the file is mapped privately: a clone
+    starts on the template's pages, which every clone shares through the page cache until it
+    writes one (then that page is its own). Both sides run with the migration capability
+    `x-ignore-shared`, so the state carries no memory and a restore copies none.
+    """
+
+    path: str
+    shared: bool = False
+
+
+def ram_backend_id(machine: str) -> str:
+    """The id QEMU gives a machine's default RAM: a file-backed RAM must use it, so a state
+    saved by a clone restores into plain (anonymous) RAM like any other."""
+    return f"{machine}.ram"
 
 
 def launch_key() -> str:
@@ -67,8 +96,11 @@ def socket_dir(instance_dir: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"devbox-vm-{os.getuid()}" / digest
 
 
-def command_line(binary: str, ls: LaunchSpec, incoming: str | None = None) -> list[str]:
-    """The argv that runs `ls`; with `incoming`, QEMU waits for that state and a `cont`."""
+def command_line(
+    binary: str, ls: LaunchSpec, incoming: str | None = None, ram: GuestRam | None = None
+) -> list[str]:
+    """The argv that runs `ls`; with `incoming`, QEMU waits for that state and a `cont`;
+    with `ram`, guest memory is that file (see `GuestRam`)."""
     d = Path(ls.dir)
     sockets = socket_dir(d)
     append = KERNEL_APPEND
@@ -114,6 +146,19 @@ def command_line(binary: str, ls: LaunchSpec, incoming: str | None = None) -> li
         "-display", "none",
         "-qmp", f"unix:{sockets / 'qmp.sock'},server=on,wait=off",
     ]  # fmt: skip
+    if ram is not None:
+        backend = ram_backend_id(ls.machine)
+        share = "on" if ram.shared else "off"
+        argv[argv.index("-machine") + 1] += f",memory-backend={backend}"
+        argv += [
+            "-object",
+            f"memory-backend-file,id={backend},size={ls.spec.memory_mb}M,"
+            f"mem-path={ram.path},share={share}",
+        ]
+        if incoming is not None:
+            # x-ignore-shared must be on before the state is read, and QEMU 7.2 sets it
+            # only over QMP: the machine starts the restore itself (`Machine.launch`).
+            incoming = "defer"
     if incoming is not None:
         # -S: the guest runs only on our `cont`, after the agent channel is connected, so the
         # agent never sees the host "disconnected" and its first request is answered at once.

@@ -31,6 +31,14 @@ from devbox_service.backends.qemu.util import free_port, host_tsc_khz, run, writ
 LIVE = (InstanceState.RUNNING, InstanceState.PAUSED)  # states with a QEMU process
 
 
+class Pooled(msgspec.Struct, kw_only=True):
+    """A QEMU process of the warm pool, waiting for a snapshot's state (`warm_pool`)."""
+
+    machine: Machine
+    snapshot_id: str
+    top: str  # its writable disk layer (pending in the disk pool until taken)
+
+
 class BackendState:
     """The backend's in-memory view of its state dir, and the helpers all parts use on it."""
 
@@ -50,6 +58,8 @@ class BackendState:
         self._image: images.ImageFiles | None = None
         self._console_watch: asyncio.Task[None] | None = None
         self._boot: SnapshotRecord | None = None
+        self._pool: list[Pooled] = []
+        self._pool_filler: asyncio.Task[None] | None = None
         self.last_save_pause: float = 0.0  # seconds the guest stood still in the last save
 
     # records --------------------------------------------------------------------------------
@@ -113,6 +123,11 @@ class BackendState:
     @property
     def _key_path(self) -> str:
         return str(images.ssh_key_path(self.config))
+
+    def _take_pooled(self, snap: SnapshotRecord, instance_dir: Path) -> Pooled | None:
+        """A process already waiting for `snap`'s state, moved to `instance_dir` (the warm
+        pool's part provides them; without one there are none)."""
+        return None
 
     # launching ------------------------------------------------------------------------------
 

@@ -27,16 +27,22 @@ from devbox_service.backends.base import (
     SnapshotInfo,
 )
 from devbox_service.backends.qemu import image as images
-from devbox_service.backends.qemu.argv import launch_key
+from devbox_service.backends.qemu.argv import GuestRam, launch_key
 from devbox_service.backends.qemu.backend_state import BackendState
 from devbox_service.backends.qemu.config import QemuConfig
 from devbox_service.backends.qemu.machine import Machine
-from devbox_service.backends.qemu.session import grow_root_filesystem, wait_ssh_banner
+from devbox_service.backends.qemu.session import (
+    SETTLE_MEMORY,
+    grow_root_filesystem,
+    guest_shell,
+    wait_ssh_banner,
+)
 from devbox_service.backends.qemu.store import SnapshotRecord
 from devbox_service.backends.qemu.util import (
     file_size,
     fsync_path,
     read_json,
+    run,
     write_json_atomic,
 )
 
@@ -196,7 +202,11 @@ class BootSnapshots(BackendState):
     async def _ensure_boot_snapshot(
         self, img: images.ImageFiles, accel: str, say: ProgressCallback, spec: MachineSpec
     ) -> SnapshotRecord:
-        """Cold boot once, wait for sshd, save memory + disk: every instance restores this."""
+        """Cold boot once, wait for sshd, save memory + disk: every instance restores this.
+
+        Guest memory is written to a file (`ram`), settled first (caches dropped, free memory
+        zeroed and stored as holes), and the state holds the devices only: a restore maps
+        the file instead of loading memory, and all instances share its unwritten pages."""
         sid, final = boot_snapshot_key(self.config, img, accel, spec)
         async with images.file_lock(final.parent / ".lock", self.config.build_timeout):
             found = self._load_boot(img, accel, spec)
@@ -207,7 +217,8 @@ class BootSnapshots(BackendState):
                 disk = Path(machine.launch_spec.disk)
                 say(f"boot snapshot {sid}: cold boot ({accel}) ...")
                 t0 = time.monotonic()
-                await machine.launch(timeout=30)
+                ram = work / "ram"
+                await machine.launch(ram=GuestRam(path=str(ram), shared=True), timeout=30)
                 await wait_ssh_banner(
                     machine.launch_spec.ssh_port, self.config.boot_timeout, machine
                 )
@@ -217,11 +228,15 @@ class BootSnapshots(BackendState):
                         machine.launch_spec.ssh_port, self._key_path, self.config.boot_timeout
                     )
                 say(f"boot snapshot {sid}: sshd up after {time.monotonic() - t0:.1f} s; saving")
+                port = machine.launch_spec.ssh_port
+                await guest_shell(port, self._key_path, SETTLE_MEMORY, self.config.boot_timeout)
                 await machine.qmp("stop")
-                await machine.migrate_to(work / "state", timeout=120)
+                await machine.migrate_to(work / "state", timeout=120, memory_in_file=True)
                 await machine.shutdown(graceful=True)
-                os.chmod(disk, 0o444)
-                for f in (disk, work / "state"):
+                await run(["fallocate", "--dig-holes", str(ram)], timeout=120)
+                for f in (disk, ram):
+                    os.chmod(f, 0o444)
+                for f in (disk, ram, work / "state"):
                     fsync_path(f)
                 for extra in ("qemu.log",):
                     with contextlib.suppress(FileNotFoundError):
@@ -233,8 +248,9 @@ class BootSnapshots(BackendState):
                     parent_snapshot_id=None,
                     chain=[str(final / "disk.qcow2"), img.disk],
                     dir=str(final),
-                    size_bytes=file_size(work / "state") + file_size(disk),
+                    size_bytes=sum(file_size(f) for f in (work / "state", disk, ram)),
                     boot=True,
+                    memory_file=str(final / "ram"),
                 )
                 write_json_atomic(work / "manifest.json", msgspec.to_builtins(rec))
                 os.replace(work, final)

@@ -34,6 +34,7 @@ class QemuConfig(msgspec.Struct, frozen=True, kw_only=True):
     boot_timeout: float = 180.0  # cold boot to SSH under TCG (image build, reboot)
     restore_timeout: float = 60.0  # restore to SSH ready
     build_timeout: float = 1800.0  # debootstrap and friends
+    warm_pool: int = 0  # QEMU processes kept waiting for the default boot snapshot's state
     isolated: bool = True  # guests reach nothing on the host or beyond but `guest_services`
     guest_services: dict[int, str] = msgspec.field(default_factory=dict)
     """Port on the guests' service address (10.0.2.100) -> the host Unix socket it reaches."""

@@ -20,7 +20,13 @@ from pathlib import Path
 
 import msgspec
 
-from devbox_service.backends.base import BackendError, InstanceState, VMBackend
+from devbox_service.backends.base import (
+    BackendError,
+    ImageInfo,
+    InstanceState,
+    ProgressCallback,
+    VMBackend,
+)
 from devbox_service.backends.qemu import console
 from devbox_service.backends.qemu.argv import socket_dir
 from devbox_service.backends.qemu.backend_state import LIVE
@@ -33,11 +39,12 @@ from devbox_service.backends.qemu.session import live_chain
 from devbox_service.backends.qemu.snapshots import Snapshots
 from devbox_service.backends.qemu.store import InstanceRecord, SnapshotRecord
 from devbox_service.backends.qemu.util import kill_strays
+from devbox_service.backends.qemu.warm_pool import WarmPool
 
 log = logging.getLogger(__name__)
 
 
-class QemuBackend(Instances, Snapshots, BootSnapshots, Garbage, VMBackend):
+class QemuBackend(Instances, Snapshots, BootSnapshots, WarmPool, Garbage, VMBackend):
     """VMs as local QEMU processes; see the package docstrings for the file layout."""
 
     name = "qemu"
@@ -46,6 +53,7 @@ class QemuBackend(Instances, Snapshots, BootSnapshots, Garbage, VMBackend):
         for d in (self.disks, self.instances_dir, self.snapshots_dir):
             d.mkdir(parents=True, exist_ok=True)
         await self.close()
+        self._clear_stale_pool()
         self._instances.clear()
         self._snapshots.clear()
         self._load_snapshots()
@@ -110,7 +118,13 @@ class QemuBackend(Instances, Snapshots, BootSnapshots, Garbage, VMBackend):
             log.warning("instance %s could not be continued: %s", instance_id, exc.message)
         return await machine.status()
 
+    async def ensure_image(self, progress: ProgressCallback | None = None) -> ImageInfo:
+        image = await BootSnapshots.ensure_image(self, progress)
+        self._fill_pool()
+        return image
+
     async def close(self) -> None:
+        await self._drain_pool()
         for task in list(self._flattening.values()):  # QEMU finishes a stream by itself
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -29,7 +29,7 @@ from devbox_service.backends.base import (
     InvalidState,
     MachineSpec,
 )
-from devbox_service.backends.qemu.argv import socket_dir
+from devbox_service.backends.qemu.argv import GuestRam
 from devbox_service.backends.qemu.backend_state import LIVE, BackendState
 from devbox_service.backends.qemu.machine import LaunchFailed, Machine
 from devbox_service.backends.qemu.session import grow_root_filesystem, wait_ssh_banner
@@ -58,16 +58,22 @@ class Instances(BackendState):
             if instance_id in self._instances or (self.instances_dir / instance_id).exists():
                 raise AlreadyExists(f"instance {instance_id!r} already exists", id=instance_id)
             d = self.instances_dir / instance_id
-            d.mkdir(parents=True)
-            top = self.disks / f"{uuid.uuid4().hex}.qcow2"
-            self._pending_disks.add(str(top))
+            pooled = self._take_pooled(snap, d)
+            if pooled is None:
+                d.mkdir(parents=True)
+                top = self.disks / f"{uuid.uuid4().hex}.qcow2"
+                self._pending_disks.add(str(top))
+            else:
+                top = Path(pooled.top)  # stays pending until the record holds it
             try:
-                await self._create_overlay(top, snap.chain[0])
-                ls = self._launch_spec(
-                    instance_id, d, snap.accel, snap.kernel, snap.initrd, str(top), snap.machine
-                )
-                ls = msgspec.structs.replace(ls, spec=snap.spec)
-                now = time.time()
+                if pooled is None:
+                    await self._create_overlay(top, snap.chain[0])
+                    ls = self._launch_spec(
+                        instance_id, d, snap.accel, snap.kernel, snap.initrd, str(top), snap.machine
+                    )
+                    ls = msgspec.structs.replace(ls, spec=snap.spec)
+                else:
+                    ls = pooled.machine.launch_spec
                 rec = InstanceRecord(
                     id=instance_id,
                     snapshot_id=snapshot_id,
@@ -76,9 +82,12 @@ class Instances(BackendState):
                     state=InstanceState.RUNNING,
                     launch=ls,
                     chain=[str(top), *snap.chain],
-                    created_at=now,
+                    created_at=time.time(),
                 )
-                await self._restore(rec, snap.state_file)
+                if pooled is None:
+                    await self._restore(rec, snap.state_file, snap.ram)
+                else:
+                    await self._restore(rec, snap.state_file, waiting=pooled.machine)
                 self._instances[instance_id] = rec
                 self._write_instance(rec)  # the instance exists from here on
                 return rec.info(self._key_path)
@@ -86,6 +95,8 @@ class Instances(BackendState):
                 machine = self._machines.pop(instance_id, None)
                 if machine is not None:
                     await machine.shutdown(graceful=False)
+                elif pooled is not None:  # a failed restore: the process is never reused
+                    await pooled.machine.shutdown(graceful=False)
                 shutil.rmtree(d, ignore_errors=True)
                 with contextlib.suppress(FileNotFoundError):
                     top.unlink()
@@ -93,11 +104,23 @@ class Instances(BackendState):
             finally:
                 self._pending_disks.discard(str(top))
 
-    async def _restore(self, rec: InstanceRecord, state_file: str) -> None:
-        """Start QEMU on `rec.launch` from a state file; ready = sshd banner + guest synced."""
+    async def _restore(
+        self,
+        rec: InstanceRecord,
+        state_file: str,
+        ram: GuestRam | None = None,
+        waiting: Machine | None = None,
+    ) -> None:
+        """Start QEMU on `rec.launch` from a state file (its memory in `ram`, a template, if
+        the state has none), or hand the state to a `waiting` one (the warm pool's); ready =
+        sshd banner + guest synced."""
         try:
             async with asyncio.timeout(self.config.restore_timeout):
-                machine = await self._launch(rec, Path(state_file))
+                if waiting is None:
+                    machine = await self._launch(rec, Path(state_file), ram)
+                else:
+                    machine = waiting
+                    await machine.restore(Path(state_file))
                 self._machines[rec.id] = machine
                 rec.pid = machine.pid
                 await machine.wait_incoming(self.config.restore_timeout)
@@ -120,12 +143,16 @@ class Instances(BackendState):
                 ) from None
             raise
 
-    async def _launch(self, rec: InstanceRecord, state_file: Path | None) -> Machine:
+    async def _launch(
+        self, rec: InstanceRecord, state_file: Path | None, ram: GuestRam | None = None
+    ) -> Machine:
         """Launch with the recorded ports; new ones only if another process took them."""
+        if rec.launch.launched_in:  # a new process of a once pooled instance starts here
+            rec.launch = msgspec.structs.replace(rec.launch, launched_in="")
         for attempt in range(3):
             machine = Machine(self.config.qemu_binary, rec.launch)
             try:
-                await machine.launch(state_file=state_file)
+                await machine.launch(state_file=state_file, ram=ram)
                 return machine
             except LaunchFailed as exc:
                 if "forward" not in exc.output or attempt == 2:
@@ -256,10 +283,8 @@ class Instances(BackendState):
             try:
                 if machine is not None:
                     await machine.shutdown(graceful=False)
-                elif rec.pid is not None:
-                    qmp_path = str(socket_dir(self._dir(rec)) / "qmp.sock")
-                    if pid_alive(rec.pid, qmp_path):
-                        kill_strays(qmp_path)
+                elif rec.pid is not None and pid_alive(rec.pid, rec.launch.process_marker):
+                    kill_strays(rec.launch.process_marker)
             finally:
                 del self._instances[instance_id]
                 shutil.rmtree(self._dir(rec), ignore_errors=True)
@@ -361,11 +386,12 @@ class Instances(BackendState):
         if rec.state not in LIVE or rec.pid is None:
             return InstanceStats(rss_mb=0.0, cpu_seconds=0.0, uptime_seconds=0.0)
         try:
-            rss_kb, cpu = proc_usage(rec.pid)
-        except (FileNotFoundError, StopIteration, IndexError) as exc:
+            rss_kb, pss_kb, cpu = proc_usage(rec.pid)
+        except (FileNotFoundError, ProcessLookupError, IndexError) as exc:
             raise InvalidState("the VM process is gone", state="stopped") from exc
         return InstanceStats(
             rss_mb=round(rss_kb / 1024, 1),
+            pss_mb=round(pss_kb / 1024, 1),
             cpu_seconds=cpu,
             uptime_seconds=max(0.0, time.time() - rec.started_at),
         )

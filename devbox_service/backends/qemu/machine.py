@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from devbox_service.backends.base import BackendError, CommandFailed
-from devbox_service.backends.qemu.argv import LaunchSpec, command_line
+from devbox_service.backends.qemu.argv import GuestRam, LaunchSpec, command_line
 from devbox_service.backends.qemu.session import MachineSession, MachineState
 from devbox_service.backends.qemu.util import pid_alive, tail
 
@@ -41,31 +41,71 @@ class Machine(MachineSession):
         self.binary = binary
         self.pid: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
+        self._ram: GuestRam | None = None
 
     def alive(self) -> bool:
         if self.pid is None:
             return False
         if self._proc is not None and self._proc.returncode is not None:
             return False
-        return pid_alive(self.pid, str(self.qmp_path))
+        return pid_alive(self.pid, self.launch_spec.process_marker)
 
     # launch / adopt -------------------------------------------------------------------------
 
-    async def launch(self, *, state_file: Path | None = None, timeout: float = 30.0) -> None:
+    async def launch(
+        self,
+        *,
+        state_file: Path | None = None,
+        ram: GuestRam | None = None,
+        wait_for_state: bool = False,
+        timeout: float = 30.0,
+    ) -> None:
         """Start QEMU in its own session and connect QMP; raise `LaunchFailed` if it dies.
 
         With `state_file`, QEMU restores it (`-incoming fd:N` on the open file: no shell and
-        no cat in between) and runs the guest as soon as it is loaded.
+        no cat in between) and runs the guest as soon as it is loaded. With `ram`, guest
+        memory is that file (a memory template, or a clone of one). With `wait_for_state`,
+        QEMU starts and waits for `restore` (a warm pool's process).
         """
+        self._ram = ram
         if self.state is not MachineState.NEW:
             raise BackendError("machine already launched", state=self.state.value)
         state_fd = os.open(state_file, os.O_RDONLY) if state_file is not None else None
         incoming = f"fd:{state_fd}" if state_fd is not None else None
         try:
-            await self._spawn_and_connect(incoming, state_fd, timeout)
+            await self._spawn_and_connect(
+                "defer" if wait_for_state else incoming, state_fd, timeout
+            )
+            if ram is not None and incoming is not None:
+                await self._set_ignore_shared(True)
+                await self.qmp("migrate-incoming", {"uri": incoming})
         finally:
             if state_fd is not None:
                 os.close(state_fd)
+
+    async def restore(self, state_file: Path) -> None:
+        """Load a state into a machine launched with `wait_for_state` (handed over QMP)."""
+        fd = os.open(state_file, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._connected_qmp().send_fd_scm(fd)
+            await self.qmp("getfd", {"fdname": "devbox-incoming"})
+        finally:
+            os.close(fd)
+        if self._ram is not None:
+            await self._set_ignore_shared(True)
+        await self.qmp("migrate-incoming", {"uri": "fd:devbox-incoming"})
+
+    async def _set_ignore_shared(self, on: bool) -> None:
+        await self.qmp(
+            "migrate-set-capabilities",
+            {"capabilities": [{"capability": "x-ignore-shared", "state": on}]},
+        )
+
+    def move(self, launch: LaunchSpec) -> None:
+        """The machine's directory was renamed to `launch.dir` (a pooled process became an
+        instance): QEMU keeps its open files; later socket lookups use the new place."""
+        self.launch_spec = launch
+        self.dir = Path(launch.dir)
 
     async def _spawn_and_connect(
         self, incoming: str | None, state_fd: int | None, timeout: float
@@ -74,7 +114,7 @@ class Machine(MachineSession):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
         self.qmp_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        argv = command_line(self.binary, self.launch_spec, incoming)
+        argv = command_line(self.binary, self.launch_spec, incoming, self._ram)
         log_path = self.dir / "qemu.log"
         with _open_log(log_path) as out:
             self._proc = await asyncio.create_subprocess_exec(

@@ -212,8 +212,12 @@ class MachineSession(abc.ABC):
                     await self.qmp("cont")
             return time.perf_counter() - t0
 
-    async def migrate_to(self, state_file: Path, timeout: float) -> None:
-        """Write the guest state to a file.
+    async def migrate_to(
+        self, state_file: Path, timeout: float, *, memory_in_file: bool = False
+    ) -> None:
+        """Write the guest state to a file; with `memory_in_file`, without the guest memory
+        (a memory template's RAM is its file). Otherwise memory is always in the state, also
+        for a clone of a template, so any state restores into plain RAM.
 
         QEMU 7.2 has no file: URI. Instead of `exec:cat > FILE` (a shell, a cat and a pipe in
         between) we hand QEMU the open file over QMP (SCM_RIGHTS + getfd) and migrate to
@@ -221,6 +225,10 @@ class MachineSession(abc.ABC):
         """
         qmp = self._connected_qmp()
         await self.qmp("migrate-set-parameters", {"max-bandwidth": 64 << 30})
+        await self.qmp(
+            "migrate-set-capabilities",
+            {"capabilities": [{"capability": "x-ignore-shared", "state": memory_in_file}]},
+        )  # always said: a clone of a template restored with it on, and must save without
         fd = os.open(state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             qmp.send_fd_scm(fd)
@@ -332,8 +340,9 @@ async def wait_ssh_banner(
         ) from None
 
 
-async def grow_root_filesystem(port: int, key_path: str, timeout: float) -> None:
-    """Grow the guest's root ext4 to its (already larger) disk, online, over SSH as root."""
+async def guest_shell(port: int, key_path: str, command: str, timeout: float) -> str:
+    """Run a command as root in the guest over SSH (the backend's own key); its stdout.
+    Raises CommandFailed, GuestUnreachable, BackendTimeout."""
     try:
         async with asyncio.timeout(timeout):
             async with asyncssh.connect(
@@ -344,17 +353,31 @@ async def grow_root_filesystem(port: int, key_path: str, timeout: float) -> None
                 known_hosts=None,
                 config=(),
             ) as conn:
-                result = await conn.run("resize2fs /dev/vda", check=False)
+                result = await conn.run(command, check=False)
     except TimeoutError:
-        raise BackendTimeout(f"resize2fs did not finish in {timeout} s") from None
+        raise BackendTimeout(f"{command!r} did not finish in the guest in {timeout} s") from None
     except (OSError, asyncssh.Error) as exc:
-        raise GuestUnreachable(
-            f"cannot reach the guest to grow its disk: {exc}", console_tail=""
-        ) from exc
+        raise GuestUnreachable(f"cannot reach the guest: {exc}", console_tail="") from exc
     if result.exit_status != 0:
         raise CommandFailed(
-            "resize2fs failed in the guest",
-            command=["resize2fs", "/dev/vda"],
+            "a command failed in the guest",
+            command=[command],
             exit_code=result.exit_status or -1,
             output=str(result.stderr)[-2000:],
         )
+    return str(result.stdout)
+
+
+async def grow_root_filesystem(port: int, key_path: str, timeout: float) -> None:
+    """Grow the guest's root ext4 to its (already larger) disk, online."""
+    await guest_shell(port, key_path, "resize2fs /dev/vda", timeout)
+
+
+# Run in a guest about to become a memory template: what it holds in memory beyond the
+# running system is left as zeros, which the template file stores as holes.
+SETTLE_MEMORY = (
+    "sync; echo 3 > /proc/sys/vm/drop_caches; echo 1 > /proc/sys/vm/compact_memory; "
+    "free_kb=$(awk '/MemFree/{print $2}' /proc/meminfo); "
+    "dd if=/dev/zero of=/dev/null bs=$((free_kb * 9 / 10 / 1024))M count=1 2>/dev/null; "
+    "echo 3 > /proc/sys/vm/drop_caches"
+)

@@ -29,7 +29,7 @@ from devbox_service.backends.base import (
     SnapshotInfo,
     SSHEndpoint,
 )
-from devbox_service.backends.qemu.argv import LaunchSpec
+from devbox_service.backends.qemu.argv import GuestRam, LaunchSpec
 
 
 class SnapshotRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -46,11 +46,13 @@ class SnapshotRecord(msgspec.Struct, frozen=True, kw_only=True):
     size_bytes: int
     created_at: float
     boot: bool = False
+    memory_file: str | None = None  # guest memory as a template file (boot snapshots)
 
     @classmethod
     def of_launch(
         cls, launch: LaunchSpec, *, id: str, image_id: str, parent_snapshot_id: str | None,
         chain: list[str], dir: str, size_bytes: int, boot: bool = False,
+        memory_file: str | None = None,
     ) -> SnapshotRecord:  # fmt: skip
         """A new snapshot of a guest run by `launch`: it restores only into the same machine."""
         return cls(
@@ -67,11 +69,17 @@ class SnapshotRecord(msgspec.Struct, frozen=True, kw_only=True):
             size_bytes=size_bytes,
             created_at=time.time(),
             boot=boot,
+            memory_file=memory_file,
         )
 
     @property
     def state_file(self) -> str:
         return self.dir + "/state"
+
+    @property
+    def ram(self) -> GuestRam | None:
+        """How a restore maps guest memory: privately from the template file, if any."""
+        return None if self.memory_file is None else GuestRam(path=self.memory_file)
 
     def info(self) -> SnapshotInfo:
         return SnapshotInfo(

@@ -114,13 +114,18 @@ def kill_strays(marker: str) -> None:
                 os.kill(int(entry.name), 9)
 
 
-def proc_usage(pid: int) -> tuple[int, float]:
-    """RSS in kB and CPU seconds (user + system) of a process, from /proc."""
-    with open(f"/proc/{pid}/status") as f:
-        rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+def proc_usage(pid: int) -> tuple[int, int, float]:
+    """RSS and PSS in kB and CPU seconds (user + system) of a process, from /proc."""
+    rss_kb = pss_kb = 0
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Rss:"):
+                rss_kb = int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss_kb = int(line.split()[1])
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return rss_kb, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return rss_kb, pss_kb, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def host_tsc_khz() -> int:
@@ -140,9 +145,11 @@ def free_port() -> int:
 
 
 def file_size(path: Path) -> int:
-    """Size in bytes, 0 for a file that is not there (a snapshot's size is best effort)."""
+    """Bytes on disk (holes not counted), 0 for a file that is not there (a snapshot's size
+    is best effort)."""
     try:
-        return path.stat().st_size
+        found = path.stat()
+        return min(found.st_size, found.st_blocks * 512)
     except FileNotFoundError:
         return 0
 
