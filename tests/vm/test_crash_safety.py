@@ -7,6 +7,7 @@ boots into a working devbox."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import threading
@@ -30,13 +31,23 @@ SETTLED = {"ready", "paused", "error"}
 
 
 def qemu_processes(data_dir: Path) -> Counter[str]:
-    """Running QEMU processes of this data directory, by the instance id they run."""
+    """Running QEMU processes of this data directory, by the instance id they run: the pid
+    an instance's manifest records, else the `-name` it was launched with. A process of the
+    warm pool counts as "pool" (one taken by a boot is named for the pool, not the devbox)."""
+    by_pid: dict[int, str] = {}
+    for manifest in (data_dir / "vms" / "instances").glob("*/manifest.json"):
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads(manifest.read_text())
+            if record.get("pid"):
+                by_pid[int(record["pid"])] = str(record["id"])
     found: Counter[str] = Counter()
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         with contextlib.suppress(OSError):
             args = cmdline.read_bytes().decode(errors="replace").split("\0")
             if args[0].endswith("qemu-system-x86_64") and any(str(data_dir) in a for a in args):
-                found[args[args.index("-name") + 1]] += 1
+                pid = int(cmdline.parent.name)
+                name = args[args.index("-name") + 1]
+                found[by_pid.get(pid, "pool" if name.startswith("pool-") else name)] += 1
     return found
 
 
@@ -141,6 +152,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path_factory: pytest.TempPa
         snapshots = service.http.get("/api/snapshots", headers=service.headers()).json()["data"]
         assert [s["id"] for s in snapshots if s["status"] != "ready"] == []
         processes = qemu_processes(data_dir)
+        assert processes.pop("pool", 0) <= 2, "more pooled processes than the pool holds"
         running = {i for i, d in found.items() if d["status"] == "ready"}
         assert {i for i, n in processes.items() if n > 1} == set(), "a devbox with two VMs"
         assert running <= set(processes), "a ready devbox without a VM"

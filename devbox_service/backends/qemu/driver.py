@@ -39,7 +39,7 @@ from devbox_service.backends.qemu.session import live_chain
 from devbox_service.backends.qemu.snapshots import Snapshots
 from devbox_service.backends.qemu.store import InstanceRecord, SnapshotRecord
 from devbox_service.backends.qemu.util import kill_strays
-from devbox_service.backends.qemu.warm_pool import WarmPool
+from devbox_service.backends.qemu.warm_pool import LAUNCHED_IN, WarmPool
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,9 @@ class QemuBackend(Instances, Snapshots, BootSnapshots, WarmPool, Garbage, VMBack
             if not manifest.exists():
                 # A boot that never finished: its QEMU (if any) and files go.
                 kill_strays(str(socket_dir(d) / "qmp.sock"))
+                with contextlib.suppress(FileNotFoundError):  # a process from the pool
+                    pooled_in = Path((d / LAUNCHED_IN).read_text())
+                    kill_strays(str(socket_dir(pooled_in) / "qmp.sock"))
                 shutil.rmtree(d, ignore_errors=True)
                 continue
             rec = msgspec.json.decode(manifest.read_bytes(), type=InstanceRecord)

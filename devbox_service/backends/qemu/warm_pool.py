@@ -28,6 +28,8 @@ from devbox_service.backends.qemu.util import kill_strays, proc_usage
 
 log = logging.getLogger(__name__)
 
+LAUNCHED_IN = "launched_in"  # in an instance directory taken from the pool: where QEMU started
+
 
 class WarmPool(BackendState):
     """The pool's part of the backend: fill, take, drain."""
@@ -88,6 +90,8 @@ class WarmPool(BackendState):
                 continue
             old = pooled.machine.dir
             os.rename(old, instance_dir)
+            # until the instance's manifest exists, a restart finds its process by this
+            (instance_dir / LAUNCHED_IN).write_text(str(old))
             if socket_dir(old) != old:  # sockets kept apart (long paths) follow too
                 os.rename(socket_dir(old), socket_dir(instance_dir))
             launch: LaunchSpec = msgspec.structs.replace(
