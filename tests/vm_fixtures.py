@@ -6,7 +6,10 @@ boot snapshot are cached in ~/.cache/devbox-service across runs; instances live 
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from support import guest_connections
@@ -31,6 +34,22 @@ async def sh(vm: InstanceInfo, command: str, timeout: float = 60.0) -> str:
     result = await guest_connections.run(vm.ssh, command, timeout=timeout, check=False)
     assert result.exit_status == 0, f"{command!r} -> {result.exit_status}: {result.stderr!r}"
     return str(result.stdout)
+
+
+def qemu_pid(data_dir: Path, devbox_id: str) -> int | None:
+    """The pid of a devbox's QEMU process while it runs, from its manifest (a process taken
+    from the warm pool has the pool's name on its command line, not the devbox's)."""
+    manifest = data_dir / "vms" / "instances" / devbox_id / "manifest.json"
+    with contextlib.suppress(FileNotFoundError):
+        pid = json.loads(manifest.read_text()).get("pid")
+        if pid is not None and Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"qemu"):
+            return int(pid)
+    return None
+
+
+def is_pooled(cmdline: bytes) -> bool:
+    """A QEMU process of a warm pool (started ahead, waiting for a state)."""
+    return b"-name\0pool-" in cmdline
 
 
 @pytest.fixture(scope="session")

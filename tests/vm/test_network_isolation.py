@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import re
 import secrets
 import subprocess
@@ -97,14 +98,16 @@ def curl(live: LiveService, devbox_id: str, url: str, *options: str) -> str:
     return body if code == "0" else f"refused {code}: {body}"
 
 
-def forwarded_ports(devbox_id: str) -> list[int]:
-    """The host loopback ports QEMU forwards into a devbox (read from its command line)."""
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError):
-            args = cmdline.read_bytes().split(b"\0")
-            if args[0].endswith(b"qemu-system-x86_64") and devbox_id.encode() in args:
-                text = b" ".join(args).decode()
-                return [int(p) for p in re.findall(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-", text)]
+def forwarded_ports(live: LiveService, devbox_id: str) -> list[int]:
+    """The host loopback ports QEMU forwards into a devbox (read from the command line of the
+    process its manifest names: one from the warm pool is named for the pool)."""
+    manifest = live.data_dir / "vms" / "instances" / devbox_id / "manifest.json"
+    pid = json.loads(manifest.read_text())["pid"]
+    with contextlib.suppress(OSError):
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if args[0].endswith(b"qemu-system-x86_64"):
+            text = b" ".join(args).decode()
+            return [int(p) for p in re.findall(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-", text)]
     raise AssertionError(f"no QEMU process for {devbox_id}")
 
 
@@ -126,7 +129,7 @@ def test_a_guest_reaches_the_api_and_the_outside_but_nothing_on_the_host(
                 f"http://{OUTSIDE_NET}.1:{own}/",  # an address of the host itself
                 f"http://10.0.2.2:{live.port}/health",  # the API, but not at its address
             ]
-            refused += [f"http://10.0.2.2:{p}/" for p in forwarded_ports(second["id"])]
+            refused += [f"http://10.0.2.2:{p}/" for p in forwarded_ports(live, second["id"])]
             for url in refused:
                 for how in ("", "--noproxy '*'"):
                     answer = curl(live, guest_id, url, how)

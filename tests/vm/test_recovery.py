@@ -8,11 +8,11 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 from live import live_service
+from vm_fixtures import qemu_pid
 
 pytestmark = pytest.mark.vm
 
@@ -38,22 +38,15 @@ def test_a_create_answered_just_before_a_crash_is_finished(
         assert service.run_in(devbox["id"], "echo alive") == "alive\n"
 
 
-def _qemu_pid(devbox_id: str) -> int:
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError):
-            args = cmdline.read_bytes().split(b"\0")
-            if args[0].endswith(b"qemu-system-x86_64") and devbox_id.encode() in args:
-                return int(cmdline.parent.name)
-    raise AssertionError(f"no QEMU process for {devbox_id}")
-
-
 def test_a_killed_vm_turns_error_and_resume_boots_it_again(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     with live_service(tmp_path_factory.mktemp("killed")) as service:
         devbox_id = service.create_devbox()["id"]
         service.run_in(devbox_id, "echo kept > /root/on-disk; sync")
-        os.kill(_qemu_pid(devbox_id), signal.SIGKILL)
+        pid = qemu_pid(service.data_dir, devbox_id)
+        assert pid is not None, f"no QEMU process for {devbox_id}"
+        os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 60
         while True:
             shown = service.http.get(f"/api/devboxes/{devbox_id}", headers=service.headers())

@@ -9,21 +9,11 @@ from pathlib import Path
 
 import pytest
 from support import Api, create_devbox, guest, vm_service, vm_settings
+from vm_fixtures import qemu_pid
 
 from devbox_service.backends.base import InstanceState
 
 pytestmark = pytest.mark.vm
-
-
-def qemu_running_for(devbox_id: str) -> bool:
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes()
-        except OSError:
-            continue
-        if b"qemu-system" in args and devbox_id.encode() + b"\0" in args:
-            return True
-    return False
 
 
 async def wait_standby(api: Api, devbox_id: str) -> None:
@@ -48,10 +38,13 @@ async def test_paused_devbox_goes_to_standby_and_comes_back_whole(tmp_path: Path
             "tmux new-session -d -s keep 'sh -c \"while :; do sleep 1; done\"'",
         )
         try:
-            assert qemu_running_for(devbox_id)
+            data_dir = Path(api.services.settings.data_dir)
+            pid = qemu_pid(data_dir, devbox_id)
+            assert pid is not None
             await client.post(f"/api/devboxes/{devbox_id}/pause", headers=auth)
             await wait_standby(api, devbox_id)
-            assert not qemu_running_for(devbox_id)
+            assert qemu_pid(data_dir, devbox_id) is None
+            assert not Path(f"/proc/{pid}").exists(), "the VM process still runs in standby"
             record = (await client.get(f"/api/devboxes/{devbox_id}", headers=auth)).json()
             assert record["status"] == "paused"
 
