@@ -1,8 +1,9 @@
 """Density: what idle devboxes cost this host, against `devbox-service serve` in its own process.
 
-- `vm.idle_cpu_pct`: four devboxes from the default image idle for 30 s. Host CPU (every
-  process, from /proc/stat) minus the same service idle for 30 s without them, per devbox, in
-  percent of one core.
+- `vm.idle_cpu_pct`: four devboxes from the default image idle for 30 s. The CPU their QEMU
+  processes and the service used, less what the service used idle for 30 s without them, per
+  devbox, in percent of one core. (Process accounting, not /proc/stat: on a virtual
+  development host the whole-host figure carries steal time and other tenants' noise.)
 - `vm.clone_pss_mb`: the mean proportional memory (PSS) of those four QEMU processes at the
   end: pages the devboxes share (the image's memory template) count in part.
 - `vm.clone_pss_mb.branch`: the same for four branches of one running devbox (a saved
@@ -30,18 +31,29 @@ IDLE_SECONDS = 30.0
 CLONES = 4
 
 
-def busy_seconds() -> float:
-    """CPU seconds the whole host spent busy since boot (all cores)."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields) - idle) / 100.0  # USER_HZ
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process used since it started."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100.0  # USER_HZ
 
 
-def host_busy_over(seconds: float) -> float:
-    start = busy_seconds()
+def service_pid(service: Served) -> int:
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                environ = (proc / "environ").read_bytes()
+            except OSError:
+                continue
+            if f"DEVBOX_DATA_DIR={service.data_dir}".encode() in environ.split(b"\0"):
+                return int(proc.name)
+    raise RuntimeError("no service process")
+
+
+def used_over(pids: list[int], seconds: float) -> float:
+    """CPU seconds the processes used together over `seconds`."""
+    start = sum(cpu_seconds(pid) for pid in pids)
     time.sleep(seconds)
-    return busy_seconds() - start
+    return sum(cpu_seconds(pid) for pid in pids) - start
 
 
 def qemu_pid(service: Served, devbox_id: str) -> int:
@@ -67,16 +79,17 @@ def main() -> dict[str, float]:
     figures: dict[str, float] = {}
     settings = load_settings()
     with served() as service:
-        time.sleep(5)  # the warm pool fills; then the baseline
-        baseline = host_busy_over(IDLE_SECONDS)
+        time.sleep(5)  # the warm pool fills; then the service's own idle cost
+        server = service_pid(service)
+        baseline = used_over([server], IDLE_SECONDS)
         clones = [service.start_devbox(f"idle-{n}") for n in range(CLONES)]
         time.sleep(5)
-        busy = host_busy_over(IDLE_SECONDS)
+        busy = used_over([server, *(qemu_pid(service, d) for d in clones)], IDLE_SECONDS)
         per_devbox = max(0.0, busy - baseline) / IDLE_SECONDS / CLONES * 100
         figures["vm.idle_cpu_pct"] = per_devbox
         figures["vm.clone_pss_mb"] = statistics.mean(pss_mb(qemu_pid(service, d)) for d in clones)
         print(
-            f"idle CPU: {busy:.2f} s busy with {CLONES} devboxes, {baseline:.2f} s without, "
+            f"idle CPU: {busy:.2f} s used with {CLONES} devboxes, {baseline:.2f} s without, "
             f"over {IDLE_SECONDS:.0f} s: {per_devbox:.2f}% of a core each"
         )
 

@@ -87,20 +87,19 @@ def backend_state(service: Served, instance_id: str) -> str:
     return str(json.loads(manifest.read_text())["state"])
 
 
-def qemu_running_for(instance_id: str) -> bool:
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes()
-        except OSError:
-            continue
-        if b"qemu-system" in args and instance_id.encode() + b"\0" in args:
-            return True
-    return False
+def qemu_running_for(service: Served, instance_id: str) -> bool:
+    """Whether the QEMU process the instance's manifest names runs (a process taken from the
+    warm pool has the pool's name on its command line, not the instance's)."""
+    manifest = service.data_dir / "vms" / "instances" / instance_id / "manifest.json"
+    pid = json.loads(manifest.read_text()).get("pid")
+    return pid is not None and Path(f"/proc/{pid}").exists()
 
 
 def wait_standby(service: Served, instance_id: str) -> None:
     deadline = time.monotonic() + 120
-    while backend_state(service, instance_id) != "standby" or qemu_running_for(instance_id):
+    while backend_state(service, instance_id) != "standby" or qemu_running_for(
+        service, instance_id
+    ):
         assert time.monotonic() < deadline, f"{instance_id} never went to standby"
         time.sleep(0.05)
     assert status(service, instance_id) == "paused"
@@ -143,7 +142,7 @@ def wakes(service: Served, instance_id: str, *, standby: bool) -> list[dict[str,
             wait_standby(service, instance_id)
         else:
             assert backend_state(service, instance_id) == "paused"
-            assert qemu_running_for(instance_id)
+            assert qemu_running_for(service, instance_id)
         samples.append(asyncio.run(first_output(service, instance_id)))
         assert status(service, instance_id) == "ready"
     return samples

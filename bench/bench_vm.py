@@ -148,7 +148,10 @@ async def cold_boot(backend: QemuBackend, work: Path) -> float:
 
 async def main() -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="bench-vm-"))
-    backend = QemuBackend(QemuConfig(state_dir=str(work / "state"), cache_dir=CACHE_DIR))
+    # as the service runs it: with its default warm pool
+    pool = load_settings().vm_warm_pool
+    config = QemuConfig(state_dir=str(work / "state"), cache_dir=CACHE_DIR, warm_pool=pool)
+    backend = QemuBackend(config)
     await backend.start()
     figures: dict[str, float] = {}
     try:

@@ -95,7 +95,10 @@ class WarmPool(BackendState):
             if socket_dir(old) != old:  # sockets kept apart (long paths) follow too
                 os.rename(socket_dir(old), socket_dir(instance_dir))
             launch: LaunchSpec = msgspec.structs.replace(
-                pooled.machine.launch_spec, dir=str(instance_dir), launched_in=str(old)
+                pooled.machine.launch_spec,
+                name=instance_dir.name,  # what later launches (a wake, a reboot) are named
+                dir=str(instance_dir),
+                launched_in=str(old),
             )
             pooled.machine.move(launch)
             self._fill_pool()
