@@ -12,12 +12,12 @@ import shlex
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 
 from devbox_service.auth.models import Principal
-from devbox_service.backends.base import SSHEndpoint
+from devbox_service.backends.base import MachineSpec, SSHEndpoint
 from devbox_service.devboxes.checkpoints import CheckpointService
 from devbox_service.devboxes.disk_resizes import DiskResizes
 from devbox_service.devboxes.models import (
@@ -88,6 +88,26 @@ class GuestCommands(Protocol):
         command: str,
         on_output: Callable[[str, str], Awaitable[None]],
     ) -> int: ...
+
+
+class SizeRequest(Protocol):
+    """A request body that may ask for a machine size (create, boot, reboot)."""
+
+    @property
+    def vcpus(self) -> int | None: ...
+    @property
+    def memory(self) -> int | None: ...
+    @property
+    def disk_size(self) -> int | None: ...
+
+
+class TtlRequestFields(Protocol):
+    """A request body that may set an instance TTL (start, boot, reboot)."""
+
+    @property
+    def ttl_seconds(self) -> int | None: ...
+    @property
+    def ttl_action(self) -> Literal["stop", "pause"] | None: ...
 
 
 class GuestEndpoints(Protocol):
@@ -222,16 +242,30 @@ class InstanceService:
         items, counts = paginate(found, page, size)
         return InstancePage(instances=items, **counts)
 
+    def _asked_size(self, base: MachineSpec, request: SizeRequest) -> MachineSpec:
+        return requested_spec(
+            base,
+            self._sizes,
+            vcpus=request.vcpus,
+            memory=request.memory,
+            disk_size=request.disk_size,
+        )
+
+    async def _set_ttl_asked(
+        self, principal: Principal, instance_id: str, request: TtlRequestFields
+    ) -> None:
+        if request.ttl_seconds is not None:
+            await self._devboxes.set_ttl(
+                principal, instance_id, request.ttl_seconds, request.ttl_action
+            )
+
     async def start(
         self, principal: Principal, snapshot_id: str, request: StartInstanceRequest
     ) -> Instance:
         started = await self._devboxes.create(
             principal, snapshot_id, name=None, metadata=dict(request.metadata or {})
         )
-        if request.ttl_seconds is not None:
-            await self._devboxes.set_ttl(
-                principal, started.id, request.ttl_seconds, request.ttl_action
-            )
+        await self._set_ttl_asked(principal, started.id, request)
         return await self.get(principal, started.id)
 
     async def reboot(
@@ -239,19 +273,10 @@ class InstanceService:
     ) -> Instance:
         """A reboot; with a size in the body a cold one into it, the disk kept."""
         record = await self._devboxes.visible(principal, instance_id)
-        spec = requested_spec(
-            record.spec,
-            self._sizes,
-            vcpus=request.vcpus,
-            memory=request.memory,
-            disk_size=request.disk_size,
-        )
+        spec = self._asked_size(record.spec, request)
         if request.metadata is not None:
             await self._devboxes.update_metadata(principal, instance_id, request.metadata)
-        if request.ttl_seconds is not None:
-            await self._devboxes.set_ttl(
-                principal, instance_id, request.ttl_seconds, request.ttl_action
-            )
+        await self._set_ttl_asked(principal, instance_id, request)
         await self._devboxes.reboot(principal, instance_id, spec)
         return await self.get(principal, instance_id)
 
@@ -260,13 +285,7 @@ class InstanceService:
     ) -> Instance:
         """`POST /snapshot/{id}/boot`: an instance from a snapshot, in its own spec."""
         snapshot = await self._checkpoints.bootable(principal, snapshot_id)
-        spec = requested_spec(
-            snapshot.spec,
-            self._sizes,
-            vcpus=request.vcpus,
-            memory=request.memory,
-            disk_size=request.disk_size,
-        )
+        spec = self._asked_size(snapshot.spec, request)
         started = await self._devboxes.start_from(
             principal,
             await self._checkpoints.in_size(snapshot, spec),
@@ -274,10 +293,7 @@ class InstanceService:
             metadata=dict(request.metadata or {}),
             disk_mb=spec.disk_mb,
         )
-        if request.ttl_seconds is not None:
-            await self._devboxes.set_ttl(
-                principal, started.id, request.ttl_seconds, request.ttl_action
-            )
+        await self._set_ttl_asked(principal, started.id, request)
         return await self.get(principal, started.id)
 
     # snapshots
@@ -372,13 +388,7 @@ class InstanceService:
         if image == MORPH_DEFAULT_IMAGE:
             image = default_image
         boot = await self._checkpoints.bootable(principal, image)
-        spec = requested_spec(
-            boot.spec,
-            self._sizes,
-            vcpus=request.vcpus,
-            memory=request.memory,
-            disk_size=request.disk_size,
-        )
+        spec = self._asked_size(boot.spec, request)
         started = await self._devboxes.start_from(
             principal,
             await self._checkpoints.in_size(boot, spec),

@@ -60,6 +60,7 @@ class BackendState:
         self._boot: SnapshotRecord | None = None
         self._pool: list[Pooled] = []
         self._pool_filler: asyncio.Task[None] | None = None
+        self._pool_endings: set[asyncio.Task[None]] = set()  # unused pooled processes ending
         self.last_save_pause: float = 0.0  # seconds the guest stood still in the last save
 
     # records --------------------------------------------------------------------------------

@@ -86,14 +86,19 @@ class WarmPool(BackendState):
         while self._pool:
             pooled = self._pool.pop(0)
             if pooled.snapshot_id != snap.id or not pooled.machine.alive():
-                asyncio.get_running_loop().create_task(self._end_pooled(pooled))
+                self._end_later(pooled)
                 continue
             old = pooled.machine.dir
-            os.rename(old, instance_dir)
-            # until the instance's manifest exists, a restart finds its process by this
-            (instance_dir / LAUNCHED_IN).write_text(str(old))
-            if socket_dir(old) != old:  # sockets kept apart (long paths) follow too
-                os.rename(socket_dir(old), socket_dir(instance_dir))
+            try:
+                os.rename(old, instance_dir)
+                # until the instance's manifest exists, a restart finds its process by this
+                (instance_dir / LAUNCHED_IN).write_text(str(old))
+                if socket_dir(old) != old:  # sockets kept apart (long paths) follow too
+                    os.rename(socket_dir(old), socket_dir(instance_dir))
+            except OSError as exc:
+                log.warning("could not take a pooled QEMU: %s", exc)
+                self._end_later(pooled)
+                continue
             launch: LaunchSpec = msgspec.structs.replace(
                 pooled.machine.launch_spec,
                 name=instance_dir.name,  # what later launches (a wake, a reboot) are named
@@ -105,6 +110,11 @@ class WarmPool(BackendState):
             return pooled
         self._fill_pool()
         return None
+
+    def _end_later(self, pooled: Pooled) -> None:
+        task = asyncio.get_running_loop().create_task(self._end_pooled(pooled))
+        self._pool_endings.add(task)
+        task.add_done_callback(self._pool_endings.discard)
 
     async def _end_pooled(self, pooled: Pooled) -> None:
         """End a pooled process that is not used (the files go with it)."""
