@@ -169,16 +169,19 @@ class CheckpointService:
         return await backend.get_snapshot(snapshot_id)
 
     async def in_size(
-        self, snapshot: backend_api.SnapshotInfo, spec: MachineSpec
+        self, principal: Principal, snapshot: backend_api.SnapshotInfo, spec: MachineSpec
     ) -> backend_api.SnapshotInfo:
         """What to boot for `snapshot` in `spec`. An image boots in any size (its boot
-        snapshot for that size, made once). A saved snapshot resumes with the CPUs and memory
-        it was saved with, so only its disk may grow (after the boot). Raises InvalidSpec."""
+        snapshot for that size, made once: admitted first, as the devbox will be). A saved
+        snapshot resumes with the CPUs and memory it was saved with, so only its disk may
+        grow (after the boot). Raises InvalidSpec, LimitReached."""
         if spec == snapshot.spec:
             return snapshot
-        images = await self._core.backend.list_images()
+        backend = self._core.backend
+        images = await backend.list_images()
         if any(i.boot_snapshot_id == snapshot.id for i in images):
-            return await self._core.backend.image_snapshot(snapshot.image_id, spec)
+            await self._core.admission.check_devboxes(principal, 1, spec, backend)
+            return await backend.image_snapshot(snapshot.image_id, spec)
         for field, asked, saved in (
             ("vcpus", spec.vcpus, snapshot.spec.vcpus),
             ("memory", spec.memory_mb, snapshot.spec.memory_mb),

@@ -288,7 +288,7 @@ class InstanceService:
         spec = self._asked_size(snapshot.spec, request)
         started = await self._devboxes.start_from(
             principal,
-            await self._checkpoints.in_size(snapshot, spec),
+            await self._checkpoints.in_size(principal, snapshot, spec),
             name=None,
             metadata=dict(request.metadata or {}),
             disk_mb=spec.disk_mb,
@@ -391,7 +391,7 @@ class InstanceService:
         spec = self._asked_size(boot.spec, request)
         started = await self._devboxes.start_from(
             principal,
-            await self._checkpoints.in_size(boot, spec),
+            await self._checkpoints.in_size(principal, boot, spec),
             name="snapshot",
             metadata={},
             disk_mb=spec.disk_mb,

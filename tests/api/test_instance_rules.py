@@ -297,6 +297,14 @@ async def test_images_boot_in_any_size_and_snapshots_keep_their_memory(fake_api:
     backend_spec = (await fake_api.services.devbox_core.backend.get_instance(booted["id"])).spec
     assert backend_spec.disk_mb == 12000  # the VM's disk really grew, not only the record
 
+    backend = fake_api.services.devbox_core.backend
+    made = [call for call in backend.calls if call[0] == "image_snapshot"]  # type: ignore[attr-defined]
+    fake_api.services.admission._host_memory = lambda: 4096
+    no_room = await fake_api.client.post("/api/snapshot", json={"memory": 8192}, headers=auth)
+    assert no_room.status_code == 429 and no_room.headers["x-devbox-limit"] == "host_memory"
+    # refused before the image was booted in that size (no VM of it ever ran)
+    assert [c for c in backend.calls if c[0] == "image_snapshot"] == made  # type: ignore[attr-defined]
+
     too_many = await fake_api.client.post("/api/snapshot", json={"vcpus": 65}, headers=auth)
     assert too_many.status_code == 422 and too_many.json()["detail"][0]["loc"] == [
         "body",
