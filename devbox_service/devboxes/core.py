@@ -37,7 +37,13 @@ from devbox_service.devboxes.models import (
 from devbox_service.devboxes.quotas import Admission
 from devbox_service.devboxes.snapshot_store import SnapshotStore
 from devbox_service.devboxes.store import DevboxStore
-from devbox_service.errors import DevboxServiceError, Failed, NotFound, Unavailable
+from devbox_service.errors import (
+    DevboxServiceError,
+    Failed,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from devbox_service.ids import new_id
 from devbox_service.secrets.box import SecretBox
 
@@ -64,6 +70,12 @@ def new_credentials() -> dict[str, str]:
         .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         .decode(),
     }
+
+
+def require_owner_or_admin(principal: Principal, record: DevboxRecord, action: str) -> None:
+    """What costs the owner (deleting, resizing) is the owner's or an org admin's to do."""
+    if record.user_id != principal.user_id and not principal.role.manages_org:
+        raise PermissionDenied(f"only the devbox's owner or an org admin may {action}")
 
 
 def new_event(

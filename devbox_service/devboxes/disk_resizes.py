@@ -12,7 +12,7 @@ from devbox_service.auth.models import Principal
 from devbox_service.backends import base as backend_api
 from devbox_service.db import Database
 from devbox_service.db.records import Table
-from devbox_service.devboxes.core import DevboxCore, new_event
+from devbox_service.devboxes.core import DevboxCore, new_event, require_owner_or_admin
 from devbox_service.devboxes.models import (
     DevboxRecord,
     DevboxStatus,
@@ -91,9 +91,11 @@ class DiskResizes:
         self, principal: Principal, devbox_id: str, disk_mb: int, key: str
     ) -> DiskResizeRecord:
         """Grow to `disk_mb`; the same key again answers the first request's operation.
-        Raises NotFound, InvalidSpec (smaller, too large), Conflict (not running, key reused
-        for another size), LimitReached (disk quota)."""
+        Only the owner or an org admin (the owner's quota pays). Raises NotFound,
+        PermissionDenied, InvalidSpec (smaller, too large), Conflict (not running, key
+        reused for another size), LimitReached (disk quota)."""
         async with self._core.locked(principal, devbox_id) as record:
+            require_owner_or_admin(principal, record, "grow its disk")
             known = await self._store.by_key(devbox_id, key)
             if known is not None:
                 if known.requested_mb != disk_mb:
@@ -114,7 +116,9 @@ class DiskResizes:
             admission = self._core.admission
             async with admission.guard():
                 if grows:
-                    await admission.check_disk_growth(principal, disk_mb - record.disk_mb)
+                    await admission.check_disk_growth(
+                        record.user_id, record.org_id, disk_mb - record.disk_mb
+                    )
                 operation = await self._begin(record, disk_mb, key)
             if not grows:  # already this large: nothing to do, answered as done
                 return await self._store.finish(operation, DiskResizeStatus.SUCCEEDED)

@@ -117,19 +117,20 @@ class Admission:
         self, principal: Principal, count: int, spec: MachineSpec, backend: VMBackend
     ) -> None:
         """`count` more devboxes of `spec` for this caller. Raises LimitReached."""
-        await self._check_counts(principal, count, count * spec.disk_mb)
+        await self._check_counts(principal.user_id, principal.org_id, count, count * spec.disk_mb)
         await self.check_memory(backend, count, spec.memory_mb)
 
-    async def check_disk_growth(self, principal: Principal, extra_mb: int) -> None:
-        """`extra_mb` more disk for one of the caller's devboxes. Raises LimitReached."""
-        await self._check_counts(principal, 0, extra_mb)
+    async def check_disk_growth(self, owner_id: str, org_id: str, extra_mb: int) -> None:
+        """`extra_mb` more disk for a devbox of `owner_id` (counted against the owner, who
+        may not be the caller). Raises LimitReached."""
+        await self._check_counts(owner_id, org_id, 0, extra_mb)
 
-    async def _check_counts(self, principal: Principal, count: int, disk_mb: int) -> None:
+    async def _check_counts(self, user_id: str, org_id: str, count: int, disk_mb: int) -> None:
         """`count` more devboxes holding `disk_mb` more disk in all."""
         live = [r for r in await self._devboxes.all() if r.status is not DevboxStatus.DELETING]
         for scope, subject, mine in (
-            (Scope.USER, principal.user_id, [r for r in live if r.user_id == principal.user_id]),
-            (Scope.ORG, principal.org_id, [r for r in live if r.org_id == principal.org_id]),
+            (Scope.USER, user_id, [r for r in live if r.user_id == user_id]),
+            (Scope.ORG, org_id, [r for r in live if r.org_id == org_id]),
         ):
             limits = await self.limits_for(scope, subject)
             if count and len(mine) + count > limits.devboxes:

@@ -17,7 +17,13 @@ from devbox_service.auth.models import Principal
 from devbox_service.backends import base as backend_api
 from devbox_service.backends.base import MachineSpec, SnapshotInfo
 from devbox_service.devboxes.checkpoints import CheckpointService
-from devbox_service.devboxes.core import DestroyListener, DevboxCore, ReadyHook, new_event
+from devbox_service.devboxes.core import (
+    DestroyListener,
+    DevboxCore,
+    ReadyHook,
+    new_event,
+    require_owner_or_admin,
+)
 from devbox_service.devboxes.lifecycle import TRANSITIONS, Action, require
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventType
 from devbox_service.devboxes.schemas import DevboxResponse
@@ -27,7 +33,6 @@ from devbox_service.errors import (
     Failed,
     InvalidSpec,
     PayloadTooLarge,
-    PermissionDenied,
 )
 
 METADATA_MAX_BYTES = 64 * 1024
@@ -224,6 +229,7 @@ class DevboxService:
         once the host has the memory and the caller the disk quota for it."""
         if spec is None or spec == record.spec:
             return {}
+        require_owner_or_admin(principal, record, "change its size")
         if spec.disk_mb < record.disk_mb:
             raise InvalidSpec(
                 f"disk_size must be at least {record.disk_mb} (the disk's size now): "
@@ -236,7 +242,9 @@ class DevboxService:
                 self._core.backend, spec.memory_mb - record.memory_mb
             )
         if spec.disk_mb > record.disk_mb:
-            await admission.check_disk_growth(principal, spec.disk_mb - record.disk_mb)
+            await admission.check_disk_growth(
+                record.user_id, record.org_id, spec.disk_mb - record.disk_mb
+            )
         return {"vcpus": spec.vcpus, "memory_mb": spec.memory_mb, "disk_mb": spec.disk_mb}
 
     async def _has_vm(self, record: DevboxRecord) -> None:
@@ -254,8 +262,7 @@ class DevboxService:
     async def delete(self, principal: Principal, devbox_id: str) -> None:
         """Only the owner or an org admin. Raises NotFound, PermissionDenied."""
         record = await self._core.visible(principal, devbox_id)
-        if record.user_id != principal.user_id and not principal.role.manages_org:
-            raise PermissionDenied("only the devbox's owner or an org admin may delete it")
+        require_owner_or_admin(principal, record, "delete it")
         await self._core.cancel_background(devbox_id)
         async with self._core.locks[devbox_id]:
             await self._core.store.update(devbox_id, status=DevboxStatus.DELETING)

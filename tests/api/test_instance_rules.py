@@ -252,6 +252,13 @@ async def test_disks_grow_once_per_key_never_shrink_and_count_against_the_quota(
     assert over_quota.status_code == 429
     assert over_quota.headers["x-devbox-limit"] == "disk_mb_per_user"
 
+    member = fake_api.auth(await fake_api.new_user("resize-member", org="default"))
+    not_theirs = await fake_api.client.post(path, json={"disk_size": 6000}, headers=member)
+    assert not_theirs.status_code == 403 and "owner" in not_theirs.json()["detail"]
+    resized_by_member = await fake_api.client.post(
+        f"/api/instance/{instance['id']}/reboot", json={"memory": 512}, headers=member
+    )
+    assert resized_by_member.status_code == 403  # the size is the owner's to change
     await fake_api.client.post(f"/api/instance/{instance['id']}/pause", headers=auth)
     await wait_status(fake_api, fake_api.admin_key, instance["id"], "paused")
     paused = await fake_api.client.post(path, json={"disk_size": 6000}, headers=auth)
