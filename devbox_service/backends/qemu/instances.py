@@ -72,22 +72,18 @@ class Instances(BackendState):
                         instance_id, d, snap.accel, snap.kernel, snap.initrd, str(top), snap.machine
                     )
                     ls = msgspec.structs.replace(ls, spec=snap.spec)
-                else:
-                    ls = pooled.machine.launch_spec
                 rec = InstanceRecord(
                     id=instance_id,
                     snapshot_id=snapshot_id,
                     parent_snapshot_id=snapshot_id,
                     image_id=snap.image_id,
                     state=InstanceState.RUNNING,
-                    launch=ls,
+                    launch=ls if pooled is None else pooled.machine.launch_spec,
                     chain=[str(top), *snap.chain],
                     created_at=time.time(),
                 )
-                if pooled is None:
-                    await self._restore(rec, snap.state_file, snap.ram)
-                else:
-                    await self._restore(rec, snap.state_file, waiting=pooled.machine)
+                waiting = None if pooled is None else pooled.machine
+                await self._restore(rec, snap.state_file, snap.ram, waiting)
                 self._instances[instance_id] = rec
                 self._write_instance(rec)  # the instance exists from here on
                 return rec.info(self._key_path)
