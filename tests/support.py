@@ -44,6 +44,7 @@ class Api:
 
     async def new_user(self, name: str, *, org: str | None = None, role: Role = Role.MEMBER) -> str:
         """Create a user (in `org`, or their own) and return an API key for them."""
+        await background_settled(self)  # this writes from the test's loop: see there
         await self.services.identities.create_user(name, org=org, role=role)
         issued = await self.services.identities.issue_key(name, org=org)
         return issued.key
@@ -125,6 +126,7 @@ async def insert_devbox(api: Api, owner_id: str, org_id: str) -> str:
         ),
     )
     event = new_event(record.id, EventType.CREATE)
+    await background_settled(api)  # a write from the test's loop
     async with api.services.database.transaction() as tx:
         await api.services.devbox_core.store.insert(
             tx, record, event, ssh_token_hash=new_id("hash")
@@ -156,6 +158,7 @@ async def mint_agent_token(
         revoked_at=None,
     )
     store = api.services.identities.agent_tokens
+    await background_settled(api)  # a write from the test's loop
     await store.insert(record, tokens.hash_secret(secret))
     if revoked:
         await store.revoke(devbox_id, record.id)
