@@ -24,17 +24,12 @@ from pathlib import Path
 import msgspec
 
 from bench.common import Served, merge_results, print_table, served
+from devbox_service.backends.qemu.util import proc_pss_kb, proc_usage
 from devbox_service.settings import load_settings
 
 TARGETS = {"vm.idle_cpu_pct": 1.0, "vm.clone_pss_mb": 100.0}
 IDLE_SECONDS = 30.0
 CLONES = 4
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system, all threads) a process used since it started."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100.0  # USER_HZ
 
 
 def service_pid(service: Served) -> int:
@@ -51,9 +46,9 @@ def service_pid(service: Served) -> int:
 
 def used_over(pids: list[int], seconds: float) -> float:
     """CPU seconds the processes used together over `seconds`."""
-    start = sum(cpu_seconds(pid) for pid in pids)
+    start = sum(proc_usage(pid)[1] for pid in pids)
     time.sleep(seconds)
-    return sum(cpu_seconds(pid) for pid in pids) - start
+    return sum(proc_usage(pid)[1] for pid in pids) - start
 
 
 def qemu_pid(service: Served, devbox_id: str) -> int:
@@ -62,10 +57,7 @@ def qemu_pid(service: Served, devbox_id: str) -> int:
 
 
 def pss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no Pss for {pid}")
+    return proc_pss_kb(pid) / 1024
 
 
 def mem_total_mb() -> int:

@@ -308,7 +308,7 @@ class Services:
                 vms[instance.state.value] += 1
                 if instance.state in (InstanceState.RUNNING, InstanceState.PAUSED):
                     with contextlib.suppress(BackendError):
-                        memory += (await self.backend.stats(instance.id)).pss_mb
+                        memory += await self.backend.memory_mb(instance.id)
             snapshot_bytes = sum(s.size_bytes for s in await self.backend.list_snapshots())
         gauges = Gauges(
             devboxes_by_status=statuses,

@@ -153,7 +153,6 @@ class InstanceStats(msgspec.Struct, frozen=True, kw_only=True):
     rss_mb: float
     cpu_seconds: float
     uptime_seconds: float
-    pss_mb: float = 0.0  # what the VM really costs: pages shared with others count in part
 
 
 ProgressCallback = Callable[[str], None]
@@ -271,6 +270,11 @@ class VMBackend(abc.ABC):
 
     @abc.abstractmethod
     async def stats(self, instance_id: str) -> InstanceStats: ...
+
+    async def memory_mb(self, instance_id: str) -> float:
+        """What a live VM's process holds, pages shared with others counted in part (PSS).
+        Raises InvalidState when there is no process."""
+        return (await self.stats(instance_id)).rss_mb
 
     async def held_memory_mb(self) -> float:
         """Host memory the backend holds besides its instances (a warm pool's processes)."""

@@ -20,7 +20,7 @@ from devbox_service.devboxes.models import (
     DiskResizeStatus,
     EventType,
 )
-from devbox_service.devboxes.sizes import SizeLimits
+from devbox_service.devboxes.sizes import SizeLimits, require_growth
 from devbox_service.errors import Conflict, InvalidSpec, NotFound
 from devbox_service.ids import new_id
 
@@ -152,12 +152,7 @@ class DiskResizes:
                 )
 
     def _check_size(self, record: DevboxRecord, disk_mb: int) -> None:
-        if disk_mb < record.disk_mb:
-            raise InvalidSpec(
-                f"disk_size must be at least {record.disk_mb} (the disk's size now): "
-                "disks only grow",
-                loc=["body", "disk_size"],
-            )
+        require_growth(record.disk_mb, disk_mb)
         if disk_mb > self._sizes.max_disk_mb:
             raise InvalidSpec(
                 f"disk_size must be at most {self._sizes.max_disk_mb} on this host",

@@ -173,7 +173,7 @@ class Admission:
             if vm.state in IN_MEMORY:
                 cost = float(vm.spec.memory_mb + self._overhead)
                 with contextlib.suppress(BackendError):
-                    cost = max(cost, (await backend.stats(vm.id)).pss_mb)
+                    cost = max(cost, await backend.memory_mb(vm.id))
                 used += cost
         return used
 

@@ -27,11 +27,11 @@ from devbox_service.devboxes.core import (
 from devbox_service.devboxes.lifecycle import TRANSITIONS, Action, require
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventType
 from devbox_service.devboxes.schemas import DevboxResponse
+from devbox_service.devboxes.sizes import require_growth
 from devbox_service.devboxes.views import DevboxViews
 from devbox_service.errors import (
     Conflict,
     Failed,
-    InvalidSpec,
     PayloadTooLarge,
 )
 
@@ -230,12 +230,7 @@ class DevboxService:
         if spec is None or spec == record.spec:
             return {}
         require_owner_or_admin(principal, record, "change its size")
-        if spec.disk_mb < record.disk_mb:
-            raise InvalidSpec(
-                f"disk_size must be at least {record.disk_mb} (the disk's size now): "
-                "disks only grow",
-                loc=["body", "disk_size"],
-            )
+        require_growth(record.disk_mb, spec.disk_mb)
         admission = self._core.admission
         if spec.memory_mb > record.memory_mb:
             await admission.check_memory_growth(

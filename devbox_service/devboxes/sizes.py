@@ -18,6 +18,15 @@ class SizeLimits(msgspec.Struct, frozen=True, kw_only=True):
     max_disk_mb: int = 1024 * 1024
 
 
+def require_growth(current_mb: int, asked_mb: int) -> None:
+    """Disks only grow. Raises InvalidSpec naming `disk_size`."""
+    if asked_mb < current_mb:
+        raise InvalidSpec(
+            f"disk_size must be at least {current_mb} (the disk's size now): disks only grow",
+            loc=["body", "disk_size"],
+        )
+
+
 def requested_spec(
     base: MachineSpec,
     limits: SizeLimits,

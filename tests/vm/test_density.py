@@ -16,7 +16,7 @@ from devbox_service.backends.base import BackendError, InstanceInfo
 from devbox_service.backends.qemu.config import QemuConfig
 from devbox_service.backends.qemu.driver import QemuBackend
 from devbox_service.backends.qemu.machine import Machine
-from devbox_service.backends.qemu.util import pid_alive, proc_usage
+from devbox_service.backends.qemu.util import pid_alive, proc_pss_kb, proc_usage
 
 pytestmark = pytest.mark.vm
 
@@ -80,8 +80,8 @@ async def test_instances_share_the_template_and_still_diverge(
     for vm in (a, b):
         pid = pooled_backend._instances[vm.id].pid
         assert pid is not None
-        rss_kb, pss_kb, _ = proc_usage(pid)
-        assert pss_kb < rss_kb
+        assert proc_pss_kb(pid) < proc_usage(pid)[0]
+        assert await pooled_backend.memory_mb(vm.id) < (await pooled_backend.stats(vm.id)).rss_mb
     for vm in (a, b):
         await pooled_backend.delete(vm.id)
 
@@ -124,9 +124,9 @@ async def test_idle_guests_cost_little_cpu_and_answer_at_once(
     idle: list[InstanceInfo] = await pooled_backend.branch(boot_id, ["idle-a", "idle-b"])
     await asyncio.sleep(3)
     pids = [pooled_backend._instances[vm.id].pid for vm in idle]
-    before = [proc_usage(pid)[2] for pid in pids if pid is not None]
+    before = [proc_usage(pid)[1] for pid in pids if pid is not None]
     await asyncio.sleep(5)
-    after = [proc_usage(pid)[2] for pid in pids if pid is not None]
+    after = [proc_usage(pid)[1] for pid in pids if pid is not None]
     for start, end in zip(before, after, strict=True):
         assert end - start < 0.5, "an idle guest used over a tenth of a core"
     for vm in idle:

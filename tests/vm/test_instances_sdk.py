@@ -10,11 +10,12 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import paramiko
 import pytest
 from live import VENV_BIN, LiveService, live_service
-from morphcloud.api import ApiError, MorphCloudClient
+from morphcloud.api import ApiError, Instance, MorphCloudClient
 
 pytestmark = pytest.mark.vm
 
@@ -32,6 +33,14 @@ def client(live: LiveService) -> MorphCloudClient:
         ssh_hostname="127.0.0.1",
         ssh_port=live.ssh_port,
     )
+
+
+def ready_instance(morph: MorphCloudClient, **options: Any) -> Instance:
+    """An instance of the default image, started with `options`, once it is ready."""
+    (image,) = morph.images.list()
+    instance = morph.instances.start(image.id, **options)
+    instance.wait_until_ready(timeout=300)
+    return instance
 
 
 def morphcloud(live: LiveService, *args: str) -> subprocess.CompletedProcess[str]:
@@ -215,9 +224,7 @@ def test_an_instance_key_logs_in_as_the_instance_and_rotation_ends_the_old_one(
     live: LiveService,
 ) -> None:
     morph = client(live)
-    (image,) = morph.images.list()
-    instance = morph.instances.start(image.id)
-    instance.wait_until_ready(timeout=300)
+    instance = ready_instance(morph)
     key = instance.ssh_key()
     assert key.public_key.startswith("ssh-ed25519 ") and key.password
     assert _login_with_key(live, instance.id, key.private_key) == "with-key\n"
@@ -236,9 +243,7 @@ def test_an_idle_instance_pauses_at_its_ttl_keeping_memory_and_wakes_on_ssh(
     live: LiveService,
 ) -> None:
     morph = client(live)
-    (image,) = morph.images.list()
-    instance = morph.instances.start(image.id, ttl_seconds=4, ttl_action="pause")
-    instance.wait_until_ready(timeout=300)
+    instance = ready_instance(morph, ttl_seconds=4, ttl_action="pause")
     pid = instance.exec("nohup sleep 3600 >/dev/null 2>&1 & echo $!").stdout.strip()
     deadline = time.monotonic() + 60
     while (status := morph.instances.get(instance.id).status) != "paused":
@@ -258,9 +263,7 @@ def test_an_unused_snapshot_is_reclaimed_at_its_ttl_and_a_used_one_kept(
     live: LiveService,
 ) -> None:
     morph = client(live)
-    (image,) = morph.images.list()
-    instance = morph.instances.start(image.id)
-    instance.wait_until_ready(timeout=300)
+    instance = ready_instance(morph)
     unused = instance.snapshot(digest="ttl-unused", ttl_seconds=2)
     used = instance.snapshot(digest="ttl-used", ttl_seconds=2)
     child = morph.instances.start(used.id)

@@ -40,6 +40,7 @@ from devbox_service.backends.qemu.util import (
     fsync_path,
     kill_strays,
     pid_alive,
+    proc_pss_kb,
     proc_usage,
     run,
     tail,
@@ -377,17 +378,25 @@ class Instances(BackendState):
             rec.launch = msgspec.structs.replace(rec.launch, forwards=forwards)
             self._write_instance(rec)
 
+    async def memory_mb(self, instance_id: str) -> float:
+        rec = self._instance(instance_id)
+        if rec.state not in LIVE or rec.pid is None:
+            raise InvalidState("the VM has no process", state=rec.state)
+        try:
+            return round(proc_pss_kb(rec.pid) / 1024, 1)
+        except (FileNotFoundError, StopIteration) as exc:
+            raise InvalidState("the VM process is gone", state="stopped") from exc
+
     async def stats(self, instance_id: str) -> InstanceStats:
         rec = self._instance(instance_id)
         if rec.state not in LIVE or rec.pid is None:
             return InstanceStats(rss_mb=0.0, cpu_seconds=0.0, uptime_seconds=0.0)
         try:
-            rss_kb, pss_kb, cpu = proc_usage(rec.pid)
-        except (FileNotFoundError, ProcessLookupError, IndexError) as exc:
+            rss_kb, cpu = proc_usage(rec.pid)
+        except (FileNotFoundError, StopIteration, IndexError) as exc:
             raise InvalidState("the VM process is gone", state="stopped") from exc
         return InstanceStats(
             rss_mb=round(rss_kb / 1024, 1),
-            pss_mb=round(pss_kb / 1024, 1),
             cpu_seconds=cpu,
             uptime_seconds=max(0.0, time.time() - rec.started_at),
         )

@@ -77,7 +77,7 @@ class Machine(MachineSession):
                 "defer" if wait_for_state else incoming, state_fd, timeout
             )
             if ram is not None and incoming is not None:
-                await self._set_ignore_shared(True)
+                await self.set_ignore_shared(True)
                 await self.qmp("migrate-incoming", {"uri": incoming})
         finally:
             if state_fd is not None:
@@ -92,14 +92,8 @@ class Machine(MachineSession):
         finally:
             os.close(fd)
         if self._ram is not None:
-            await self._set_ignore_shared(True)
+            await self.set_ignore_shared(True)
         await self.qmp("migrate-incoming", {"uri": "fd:devbox-incoming"})
-
-    async def _set_ignore_shared(self, on: bool) -> None:
-        await self.qmp(
-            "migrate-set-capabilities",
-            {"capabilities": [{"capability": "x-ignore-shared", "state": on}]},
-        )
 
     def move(self, launch: LaunchSpec) -> None:
         """The machine's directory was renamed to `launch.dir` (a pooled process became an

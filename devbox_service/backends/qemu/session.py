@@ -212,6 +212,13 @@ class MachineSession(abc.ABC):
                     await self.qmp("cont")
             return time.perf_counter() - t0
 
+    async def set_ignore_shared(self, on: bool) -> None:
+        """The migration capability that leaves file-backed (template) memory out of a state."""
+        await self.qmp(
+            "migrate-set-capabilities",
+            {"capabilities": [{"capability": "x-ignore-shared", "state": on}]},
+        )
+
     async def migrate_to(
         self, state_file: Path, timeout: float, *, memory_in_file: bool = False
     ) -> None:
@@ -225,10 +232,8 @@ class MachineSession(abc.ABC):
         """
         qmp = self._connected_qmp()
         await self.qmp("migrate-set-parameters", {"max-bandwidth": 64 << 30})
-        await self.qmp(
-            "migrate-set-capabilities",
-            {"capabilities": [{"capability": "x-ignore-shared", "state": memory_in_file}]},
-        )  # always said: a clone of a template restored with it on, and must save without
+        # always said: a clone of a template restored with it on, and must save without
+        await self.set_ignore_shared(memory_in_file)
         fd = os.open(state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             qmp.send_fd_scm(fd)

@@ -114,18 +114,21 @@ def kill_strays(marker: str) -> None:
                 os.kill(int(entry.name), 9)
 
 
-def proc_usage(pid: int) -> tuple[int, int, float]:
-    """RSS and PSS in kB and CPU seconds (user + system) of a process, from /proc."""
-    rss_kb = pss_kb = 0
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Rss:"):
-                rss_kb = int(line.split()[1])
-            elif line.startswith("Pss:"):
-                pss_kb = int(line.split()[1])
+def proc_usage(pid: int) -> tuple[int, float]:
+    """RSS in kB and CPU seconds (user + system) of a process, from /proc (cheap: liveness
+    checks call it for every VM)."""
+    with open(f"/proc/{pid}/status") as f:
+        rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return rss_kb, pss_kb, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return rss_kb, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_pss_kb(pid: int) -> int:
+    """Proportional memory in kB: pages shared with other processes count in part. Walks the
+    whole address space (a few ms for a VM), so only where memory is accounted."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
 
 
 def host_tsc_khz() -> int:

@@ -24,7 +24,7 @@ from devbox_service.backends.qemu.argv import LaunchSpec, socket_dir
 from devbox_service.backends.qemu.backend_state import BackendState, Pooled
 from devbox_service.backends.qemu.machine import Machine
 from devbox_service.backends.qemu.store import SnapshotRecord
-from devbox_service.backends.qemu.util import kill_strays, proc_usage
+from devbox_service.backends.qemu.util import kill_strays, proc_pss_kb
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,8 @@ class WarmPool(BackendState):
         held = 0.0
         for pooled in self._pool:
             if pooled.machine.pid is not None:
-                with contextlib.suppress(OSError, IndexError):
-                    held += proc_usage(pooled.machine.pid)[1] / 1024
+                with contextlib.suppress(OSError, StopIteration):
+                    held += proc_pss_kb(pooled.machine.pid) / 1024
         return held
 
     def _take_pooled(self, snap: SnapshotRecord, instance_dir: Path) -> Pooled | None:
