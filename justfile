@@ -4,6 +4,9 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 venv := ".venv"
 bin := venv + "/bin"
+uv := "UV_PYTHON_DOWNLOADS=never UV_PYTHON=" + bin + "/python " + bin + "/uv"
+# prints uv's pinned requirement (version and hashes) from uv.lock, to bootstrap uv with pip
+locked_uv := "python3 -c 'import tomllib; p = next(p for p in tomllib.load(open(\"uv.lock\", \"rb\"))[\"package\"] if p[\"name\"] == \"uv\"); print(\"uv==\" + p[\"version\"], *(\"--hash=\" + w[\"hash\"] for w in p[\"wheels\"]))'"
 system_packages := "qemu-system-x86 qemu-utils debootstrap busybox-static linux-image-cloud-amd64 openssh-client openssh-server openssh-sftp-server tmux libnss-myhostname e2fsprogs cpio socat iproute2 chromium chromium-driver wrk"
 
 # list the recipes
@@ -21,6 +24,7 @@ test: setup
 
 # lint, type-check (the package, the tests and the benchmarks) and check the layer rules
 check: venv
+    {{uv}} lock --check
     {{bin}}/ruff check devbox_service tests bench
     {{bin}}/mypy
     {{bin}}/lint-imports
@@ -47,14 +51,18 @@ system-packages:
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
     fi
 
-# create the virtualenv and install the project (re-installs only when pyproject.toml changes)
+# the virtualenv, exactly as uv.lock says (uv itself comes from the lock, checked by its hashes)
 venv:
     #!/usr/bin/env bash
     set -euo pipefail
     [ -x {{bin}}/python ] || python3 -m venv {{venv}}
-    stamp="$(sha256sum pyproject.toml | cut -c1-16)"
-    if [ "$(cat {{venv}}/.setup-stamp 2>/dev/null)" != "$stamp" ]; then
-        {{bin}}/pip install -q --upgrade pip
-        {{bin}}/pip install -q -e '.[dev]'
-        echo "$stamp" > {{venv}}/.setup-stamp
+    if [ "$({{bin}}/uv --version 2>/dev/null | cut -d' ' -f2)" != "$({{locked_uv}} | cut -d= -f3 | cut -d' ' -f1)" ]; then
+        {{locked_uv}} > {{venv}}/uv-requirement.txt
+        {{bin}}/python -m pip install -q --disable-pip-version-check --no-deps --only-binary :all: \
+            --require-hashes -r {{venv}}/uv-requirement.txt
     fi
+    {{uv}} sync --locked --extra dev --quiet
+
+# update uv.lock: `just lock --upgrade` moves everything, `just lock --upgrade-package NAME` one
+lock *args: venv
+    {{uv}} lock {{args}}

@@ -22,8 +22,8 @@ from devbox_service.auth.models import Principal
 from devbox_service.auth.web_sessions import SESSION_COOKIE, SignInRequired, csrf_token
 from devbox_service.http_errors import status_for
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "templates"
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+TEMPLATE_DIR = Path(__file__).parent / "templates"  # the top-level templates/, linked in
+STATIC_DIR = Path(__file__).parent / "static"
 
 PAGE_HEADERS = [
     ResponseHeader(
