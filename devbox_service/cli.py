@@ -14,6 +14,8 @@ from pathlib import Path
 from devbox_service.auth.models import Org, Role, User
 from devbox_service.auth.service import ADMIN_KEY_FILE, IdentityService
 from devbox_service.auth.store import IdentityStore
+from devbox_service.backup import backup, restore
+from devbox_service.data_dir import held
 from devbox_service.db import Database
 from devbox_service.devboxes.quotas import LimitStore
 from devbox_service.errors import (
@@ -37,6 +39,19 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "gc", help="remove VM files nothing references (asks the running service to do it)"
     )
+    commands.add_parser(
+        "stop-vms",
+        help="end every devbox VM left running after a stop (memory saved to disk; each "
+        "wakes on resume, SSH or a preview at the next serve); the service must be stopped",
+    )
+    save = commands.add_parser(
+        "backup", help="write the service's state (database and keys) to FILE, while serving"
+    )
+    save.add_argument("file", type=Path)
+    load = commands.add_parser(
+        "restore", help="restore a backup into DEVBOX_DATA_DIR (which must hold no database)"
+    )
+    load.add_argument("file", type=Path)
 
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="issue a key (printed once)")
@@ -236,6 +251,61 @@ def _collect_garbage(settings: Settings) -> None:
     print(f"freed {report['freed_bytes'] / 2**20:.1f} MB in {len(report['removed'])} files")
 
 
+async def _stop_vms(settings: Settings) -> int:
+    """Every VM process of this data dir ends: devboxes go to standby (paused, memory on
+    disk), anything that cannot be saved is stopped (disk kept). 1 if any was stopped."""
+    from devbox_service.backends.base import InstanceState
+    from devbox_service.devboxes.background import standby
+    from devbox_service.devboxes.core import DevboxCore
+    from devbox_service.devboxes.snapshot_store import SnapshotStore
+    from devbox_service.devboxes.store import DevboxStore
+    from devbox_service.secrets.box import SecretBox
+    from devbox_service.services import admission, build_backend
+
+    data_dir = Path(settings.data_dir)
+    backend = build_backend(settings)
+    if backend is None or not settings.database_path.exists():
+        print("no VMs: nothing to stop")
+        return 0
+    with held(data_dir, "stop-vms"):
+        database = await Database.open(settings.database_path)
+        try:
+            await backend.start()  # adopts the VMs an earlier serve left running
+            devboxes, snapshots = DevboxStore(database), SnapshotStore(database)
+            core = DevboxCore(
+                devboxes,
+                snapshots,
+                backend,
+                SecretBox.open(data_dir),
+                admission(settings, devboxes, snapshots, database),
+            )
+            for record in await devboxes.all():
+                if await standby(core, record.id, pause_first=True):
+                    print(f"{record.id}  standby (paused, memory on disk)  {record.name}")
+            lost = 0
+            for instance in await backend.list_instances():
+                if instance.state in (InstanceState.RUNNING, InstanceState.PAUSED):
+                    await backend.stop(instance.id)
+                    lost += 1
+                    print(f"{instance.id}  stopped (could not be saved: its memory is lost)")
+        finally:
+            await backend.close()
+            await database.close()
+    print("no devbox VM is running now" + (f"; {lost} lost their memory" if lost else ""))
+    return 1 if lost else 0
+
+
+async def _restore(settings: Settings, source: Path) -> None:
+    data_dir = Path(settings.data_dir)
+    with held(data_dir, "restore"):
+        summary = restore(source, data_dir)
+        database = await Database.open(settings.database_path)  # migrations, as at any start
+        version = await database.schema_version()
+        await database.close()
+    print(f"restored {summary.describe()} into {data_dir} (schema now {version})")
+    print("VM files are not in a backup: devboxes without theirs show `error` at the next start")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -246,6 +316,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_build_image(settings))
         elif args.command == "gc":
             _collect_garbage(settings)
+        elif args.command == "stop-vms":
+            return asyncio.run(_stop_vms(settings))
+        elif args.command == "backup":
+            summary = backup(Path(settings.data_dir), args.file)
+            print(f"backed up {summary.describe()} to {args.file}")
+            print("it holds the key to every secret: keep it as safe as the data dir")
+        elif args.command == "restore":
+            asyncio.run(_restore(settings, args.file))
         elif args.command == "limits":
             asyncio.run(_limits(settings, args))
         else:

@@ -24,6 +24,7 @@ from devbox_service.backends.base import (
     InstanceState,
     VMBackend,
 )
+from devbox_service.data_dir import DataDirLock
 from devbox_service.db import Database
 from devbox_service.devbox_templates.events import RunEvents
 from devbox_service.devbox_templates.runs import BuildRuns
@@ -153,6 +154,7 @@ class Services:
         self.requests = RequestMetrics()
         self.guest_api: GuestApiRelay | None = None
         self.guest_proxy: EgressProxy | None = None
+        self._data_dir_lock: DataDirLock | None = None
 
     @property
     def database(self) -> Database:
@@ -163,6 +165,7 @@ class Services:
     async def start(self) -> None:
         data_dir = Path(self.settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._data_dir_lock = DataDirLock.acquire(data_dir, "serve")
         self._database = await Database.open(self.settings.database_path)
         self.identities = IdentityService(IdentityStore(self._database))
         self.web_sessions = WebSessions(self.identities, self.settings.web_session_hours * 3600)
@@ -346,6 +349,8 @@ class Services:
             await _bounded("devbox tasks", self.devbox_core.close())
             await _bounded("guest connections", self.guest_connections.close())
             await _bounded("preview proxy", self.preview_proxy.close())
+            if self.backend is not None and self._owns_backend:
+                await _bounded("the stop report", self._report_vms_kept())
         if self._image_task is not None:
             self._image_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -358,6 +363,28 @@ class Services:
         if self._database is not None:
             await self._database.close()
             self._database = None
+        if self._data_dir_lock is not None:
+            self._data_dir_lock.release()
+            self._data_dir_lock = None
+
+    async def _report_vms_kept(self) -> None:
+        """Say on stdout which devboxes keep their VMs running past this stop (by design:
+        the next start adopts them) and how to end them on purpose."""
+        assert self.backend is not None
+        live = (InstanceState.RUNNING, InstanceState.PAUSED)  # a process (standby has none)
+        with_process = {i.id for i in await self.backend.list_instances() if i.state in live}
+        kept = [r for r in await self.devbox_core.store.all() if r.id in with_process]
+        if not kept:
+            print("devbox-service stopped; no devbox VM is left running.", flush=True)
+            return
+        lines = [f"    {r.id}  {r.status:<12} {r.name}" for r in kept]
+        print(
+            f"devbox-service stopped. {len(kept)} devbox VM(s) keep running, adopted at the "
+            "next start:\n" + "\n".join(lines) + "\nTo end them too: `devbox-service "
+            "stop-vms` (memory saved to disk; each wakes on resume, SSH or a preview), or "
+            "delete the devboxes before stopping.",
+            flush=True,
+        )
 
 
 CLOSE_STEP_TIMEOUT = 5.0

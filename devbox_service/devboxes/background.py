@@ -160,27 +160,39 @@ class StandbyPolicy(Periodic):
     async def standby_idle(self) -> list[str]:
         """Put every devbox paused for longer than `after` into standby; the ids moved."""
         cutoff = time.time() - self._after
-        backend = self._core.backend
         moved = []
         for record in await self._core.store.all():
             if record.status is not DevboxStatus.PAUSED or record.updated_at > cutoff:
                 continue
-            async with self._core.locks[record.id]:
-                current = await self._core.store.get(record.id)
-                if current is None or current.status is not DevboxStatus.PAUSED:
-                    continue
-                instance = await backend.get_instance(record.id)
-                if instance.state is not InstanceState.PAUSED:
-                    continue
-                try:
-                    await backend.standby(record.id)
-                except backend_api.BackendError as exc:
-                    log.warning("standby failed", extra={"devbox": record.id, "error": str(exc)})
-                    with contextlib.suppress(backend_api.BackendError):
-                        await backend.pause(record.id)  # a failed standby resumes it
-                    continue
+            if await standby(self._core, record.id, pause_first=False):
                 moved.append(record.id)
         return moved
+
+
+async def standby(core: DevboxCore, devbox_id: str, *, pause_first: bool) -> bool:
+    """Save a paused devbox's VM (a ready one's too, paused first, if `pause_first`) to disk
+    and end its process; it stays `paused` and wakes as a paused one does. False when it was
+    in no such state; a failed standby leaves it paused, with its process."""
+    backend = core.backend
+    async with core.locks[devbox_id]:
+        current = await core.store.get(devbox_id)
+        wanted = {DevboxStatus.PAUSED} | ({DevboxStatus.READY} if pause_first else set())
+        if current is None or current.status not in wanted:
+            return False
+        instance = await backend.get_instance(devbox_id)
+        if instance.state is InstanceState.RUNNING and pause_first:
+            await backend.pause(devbox_id)
+            await core.store.update(devbox_id, status=DevboxStatus.PAUSED)
+        elif instance.state is not InstanceState.PAUSED:
+            return False
+        try:
+            await backend.standby(devbox_id)
+        except backend_api.BackendError as exc:
+            log.warning("standby failed", extra={"devbox": devbox_id, "error": str(exc)})
+            with contextlib.suppress(backend_api.BackendError):
+                await backend.pause(devbox_id)  # a failed standby resumes it
+            return False
+    return True
 
 
 class VmWatch(Periodic):

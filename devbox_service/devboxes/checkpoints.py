@@ -31,6 +31,11 @@ from devbox_service.errors import (
 )
 from devbox_service.ids import new_id
 
+DEFAULT_IMAGE = "default"
+DEFAULT_IMAGE_NAMES = (DEFAULT_IMAGE, "morphvm-minimal")
+"""What names the image marked `default` wherever an image or snapshot id is taken: the image
+list's own word, and the name Morph's SDK and docs use."""
+
 
 class CheckpointService:
     def __init__(self, core: DevboxCore, views: DevboxViews) -> None:
@@ -143,15 +148,21 @@ class CheckpointService:
         return await self._core.backend.get_snapshot(snapshot_id)
 
     async def bootable(self, principal: Principal, ref: str) -> backend_api.SnapshotInfo:
-        """What `snapshot_id=` names: an image, its boot snapshot, or a ready snapshot of the
-        caller's organization. Raises NotFound, Conflict (not ready), Unavailable."""
+        """What `snapshot_id=` names: an image (`default` or Morph's `morphvm-minimal` for the
+        one marked default), its boot snapshot, or a ready snapshot of the caller's
+        organization. Raises NotFound, Conflict (not ready), Unavailable."""
         return await self.bootable_in(principal.org_id, ref)
 
     async def bootable_in(self, org_id: str, ref: str) -> backend_api.SnapshotInfo:
         backend = self._core.backend
         images = await backend.list_images()
         snapshot_id = next(
-            (i.boot_snapshot_id for i in images if ref in (i.id, i.boot_snapshot_id)), None
+            (
+                i.boot_snapshot_id
+                for i in images
+                if ref in (i.id, i.boot_snapshot_id) or (i.default and ref in DEFAULT_IMAGE_NAMES)
+            ),
+            None,
         )
         if snapshot_id is None:
             snapshot = await self._core.snapshots.get(ref)

@@ -338,9 +338,7 @@ class SnapshotCatalogController(Controller):
         request: Request[Any, Any, Any],
     ) -> MorphSnapshot:
         body = await optional_body(request, CreateSnapshotRequest)
-        images = await services.checkpoints.images()
-        default = next((i.id for i in images if i.default), "")
-        return await services.instances.create_snapshot(principal, body, default)
+        return await services.instances.create_snapshot(principal, body)
 
     @get("/{snapshot_id:str}", guards=[allow(USER)], summary="Get Snapshot")
     async def get_snapshot(

@@ -18,7 +18,7 @@ import msgspec
 
 from devbox_service.auth.models import Principal
 from devbox_service.backends.base import MachineSpec, SSHEndpoint
-from devbox_service.devboxes.checkpoints import CheckpointService
+from devbox_service.devboxes.checkpoints import DEFAULT_IMAGE, CheckpointService
 from devbox_service.devboxes.disk_resizes import DiskResizes
 from devbox_service.devboxes.models import (
     DevboxRecord,
@@ -117,7 +117,6 @@ class GuestEndpoints(Protocol):
 
 
 BOOT_TIMEOUT = 300.0
-MORPH_DEFAULT_IMAGE = "morphvm-minimal"  # what Morph's SDK and docs name; here the default image
 
 
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
@@ -379,15 +378,12 @@ class InstanceService:
         return await self.snapshot_view(known) if known else None
 
     async def create_snapshot(
-        self, principal: Principal, request: CreateSnapshotRequest, default_image: str
+        self, principal: Principal, request: CreateSnapshotRequest
     ) -> MorphSnapshot:
         """`POST /snapshot`: an image booted and saved (the digest first looked up)."""
         if known := await self._by_digest(principal, request.digest):
             return known
-        image = request.image_id or default_image
-        if image == MORPH_DEFAULT_IMAGE:
-            image = default_image
-        boot = await self._checkpoints.bootable(principal, image)
+        boot = await self._checkpoints.bootable(principal, request.image_id or DEFAULT_IMAGE)
         spec = self._asked_size(boot.spec, request)
         started = await self._devboxes.start_from(
             principal,
@@ -398,7 +394,9 @@ class InstanceService:
         )
         try:
             await self._devboxes.wait_ready(started.id, timeout=BOOT_TIMEOUT)
-            saved = await self._checkpoints.save(principal, started.id, request.digest or image)
+            saved = await self._checkpoints.save(
+                principal, started.id, request.digest or boot.image_id
+            )
         finally:
             await self._devboxes.remove(started.id)
         await self._checkpoints.label(

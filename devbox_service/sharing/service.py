@@ -70,7 +70,11 @@ class SharingService:
             record.visibility is Visibility.PUBLIC
             or (principal is not None and record.org_id == principal.org_id)
         ):
-            raise NotFound.of("alias", alias)
+            raise NotFound(
+                f"alias {alias!r} not found among your organization's aliases and the public "
+                "ones: an alias shared with an organization is seen only by its members (ask "
+                'its owner to add you, or to share it with "visibility": "public")'
+            )
         return record
 
     async def alias(self, principal: Principal, alias: str) -> AliasResponse:

@@ -27,6 +27,7 @@ WAIT_POLL_INTERVAL = 0.05
 STREAM_FALLBACK_POLL = 1.0  # with a watcher attached
 STREAM_POLL = 0.25  # without one
 PANE_ID = re.compile(r"^%?(\d+)$")
+MAX_TARGET = 256  # characters of a tmux target (`session:window.pane`) in a route
 MATCH_TIMEOUT = 0.05
 """Seconds of CPU one match of a caller's pattern against a screen may take."""
 
@@ -69,6 +70,16 @@ class Pane:
         if match is None:
             raise NotFound.of("tmux pane", pane_id)
         return cls(guest, socket, f"%{match.group(1)}")
+
+    @classmethod
+    async def named(cls, guest: TmuxGuest, socket: str | None, name: str) -> Pane:
+        """What a pane route's `{pane_id}` names: a pane id (`%N` or `N`), or else a tmux
+        target as tmux reads one (`agent`, `agent:0`, `agent:0.1`, `agent:.1`)."""
+        if PANE_ID.match(name):
+            return cls.by_id(guest, socket, name)
+        if len(name) > MAX_TARGET or not name.isprintable():
+            raise NotFound.of("tmux pane", name[:MAX_TARGET])
+        return await cls.at(guest, socket, name)
 
     @classmethod
     async def at(cls, guest: TmuxGuest, socket: str | None, target: str) -> Pane:

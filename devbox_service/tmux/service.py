@@ -189,7 +189,7 @@ class TmuxService:
     async def _pane(
         self, principal: Principal, devbox_id: str, pane_id: str, socket: str | None
     ) -> Pane:
-        return Pane.by_id(await self._guest(principal, devbox_id), socket, pane_id)
+        return await Pane.named(await self._guest(principal, devbox_id), socket, pane_id)
 
     async def snapshot(
         self,

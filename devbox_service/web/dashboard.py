@@ -12,12 +12,15 @@ from devbox_service.auth.agent_tokens import AgentTokenInfo
 from devbox_service.auth.models import Principal
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus
 from devbox_service.devboxes.schemas import HttpService, SnapshotResponse, TimelineEvent
-from devbox_service.errors import DevboxServiceError, PermissionDenied
+from devbox_service.errors import DevboxServiceError, NotFound, PermissionDenied
 from devbox_service.services import Services
 from devbox_service.tmux.models import TmuxPaneInfo
 
 WATCH_RECHECK_SECONDS = 15.0
 """A list page re-reads at least this often, so a change made by another process shows."""
+TERMINALS_RECHECK_SECONDS = 1.0
+"""A devbox page lists its tmux panes again this often (one round trip on the guest's control
+client): tmux tells no one when a session starts."""
 
 
 class DevboxRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,13 +43,20 @@ class RowChange(msgspec.Struct, frozen=True, kw_only=True):
     row: DevboxRow | None
 
 
+class Terminals(msgspec.Struct, frozen=True, kw_only=True):
+    """A devbox page's terminals: its tmux panes, or why none are listed."""
+
+    status: DevboxStatus
+    panes: list[TmuxPaneInfo]
+    note: str | None
+
+
 class DevboxPage(msgspec.Struct, frozen=True, kw_only=True):
     row: DevboxRow
     timeline: list[TimelineEvent]
     snapshots: list[SnapshotResponse]
     agent_tokens: list[AgentTokenInfo] | None  # None: only the owner manages them
-    panes: list[TmuxPaneInfo]
-    panes_note: str | None  # why no terminals are listed
+    terminals: Terminals
     may_type: bool
     may_delete: bool
 
@@ -104,24 +114,47 @@ class Dashboard:
         agent_tokens: list[AgentTokenInfo] | None = None
         with contextlib.suppress(PermissionDenied):
             agent_tokens = await services.agent_tokens.tokens(principal, devbox_id)
-        panes: list[TmuxPaneInfo] = []
-        panes_note: str | None = None
-        if record.status is not DevboxStatus.READY:
-            panes_note = f"Terminals show while the devbox is ready (it is {record.status})."
-        else:
-            try:
-                panes = await services.tmux.panes(principal, devbox_id)
-            except DevboxServiceError as exc:
-                panes_note = f"Could not list its tmux panes: {exc.message}"
-            if not panes and panes_note is None:
-                panes_note = "No tmux sessions run in this devbox."
         return DevboxPage(
             row=row,
             timeline=view.timeline,
             snapshots=snapshots,
             agent_tokens=agent_tokens,
-            panes=panes,
-            panes_note=panes_note,
+            terminals=await self._terminals(principal, record),
             may_type=await services.guest_access.may_type(principal, devbox_id),
             may_delete=row.mine or principal.role.manages_org,
         )
+
+    async def _terminals(self, principal: Principal, record: DevboxRecord) -> Terminals:
+        panes: list[TmuxPaneInfo] = []
+        note: str | None = None
+        if record.status is not DevboxStatus.READY:
+            note = f"Terminals show while the devbox is ready (it is {record.status})."
+        else:
+            try:
+                panes = await self._services.tmux.panes(principal, record.id)
+            except DevboxServiceError as exc:
+                note = f"Could not list its tmux panes: {exc.message}"
+            if not panes and note is None:
+                note = "No tmux sessions run in this devbox."
+        return Terminals(status=record.status, panes=panes, note=note)
+
+    async def watch_terminals(
+        self, principal: Principal, devbox_id: str
+    ) -> AsyncIterator[Terminals]:
+        """A devbox page's terminals whenever they change: sessions started or ended, the
+        devbox paused or resumed (the first one may repeat what the page shows). Ends when
+        the devbox is gone or the caller no longer sees it."""
+        services = self._services
+        changes = services.devbox_core.store.changes
+        shown: Terminals | None = None
+        while True:
+            seen = changes.version
+            try:
+                record = await services.devboxes.visible(principal, devbox_id)
+            except NotFound:
+                return
+            terminals = await self._terminals(principal, record)
+            if terminals != shown:
+                shown = terminals
+                yield terminals
+            await changes.wait(seen, TERMINALS_RECHECK_SECONDS)

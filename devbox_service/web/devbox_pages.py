@@ -19,7 +19,7 @@ from devbox_service.services import AppServices
 from devbox_service.tmux.keys import key_name
 from devbox_service.tmux.models import MAX_KEYS_BYTES, TmuxSendKeysRequest
 from devbox_service.web.dashboard import Dashboard
-from devbox_service.web.render import form_text, page, render_row
+from devbox_service.web.render import form_text, page, render_row, render_terminal
 
 NOTICES = {
     "paused": "Paused.",
@@ -74,12 +74,37 @@ async def devbox_page(
 ) -> Template:
     details = await Dashboard(services).devbox(principal, devbox_id)
     first_screens = {}
-    for pane in details.panes[:4]:
+    for pane in details.terminals.panes[:4]:
         snapshot = await services.tmux.snapshot(
             principal, devbox_id, pane.id, lines=200, ansi=False, socket=None
         )
         first_screens[pane.id] = snapshot.content
     return page(request, "devbox.html", d=details, screens=first_screens, notice=_notice(request))
+
+
+@get("/devboxes/{devbox_id:str}/terminals", guards=[allow(PAGE)], include_in_schema=False)
+async def devbox_terminals(
+    request: Request[Any, Any, Any],
+    services: AppServices,
+    principal: CurrentPrincipal,
+    devbox_id: FromPath[str],
+) -> ServerSentEvent:
+    """`terminals` events: the devbox page's panes (each rendered), status and note, whenever
+    they change, so a session started after the page opened shows without a reload."""
+    dashboard = Dashboard(services)
+    await services.devboxes.visible(principal, devbox_id)  # 404 before the stream starts
+    may_type = await services.guest_access.may_type(principal, devbox_id)
+
+    async def events() -> AsyncIterator[ServerSentEventMessage]:
+        async for terminals in dashboard.watch_terminals(principal, devbox_id):
+            panes = [
+                {"id": p.id, "html": render_terminal(request, devbox_id, p, may_type=may_type)}
+                for p in terminals.panes
+            ]
+            data = {"status": terminals.status, "note": terminals.note, "panes": panes}
+            yield ServerSentEventMessage(event="terminals", data=json.dumps(data))
+
+    return ServerSentEvent(events())
 
 
 async def _act(services: AppServices, principal: Principal, devbox_id: str, action: str) -> str:

@@ -48,6 +48,7 @@ def dashboard_router() -> Router:
             devbox_pages.devbox_list,
             devbox_pages.devbox_list_events,
             devbox_pages.devbox_page,
+            devbox_pages.devbox_terminals,
             devbox_pages.devbox_action,
             devbox_pages.confirm_delete,
             devbox_pages.revoke_agent_token,

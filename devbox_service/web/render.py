@@ -115,6 +115,22 @@ def render_row(request: Request[Any, Any, Any], principal: Principal, row: Any) 
     return html
 
 
+def render_terminal(
+    request: Request[Any, Any, Any], devbox_id: str, pane: Any, *, may_type: bool
+) -> str:
+    """One pane's terminal view as HTML (the devbox page and its live updates share it)."""
+    engine = request.app.template_engine
+    assert engine is not None
+    html: str = engine.get_template("_terminal.html").render(
+        pane=pane,
+        devbox_id=devbox_id,
+        may_type=may_type,
+        screens={},
+        csrf_token=session_form_token(request),
+    )
+    return html
+
+
 def _error_page(request: Request[Any, Any, Any], status: int, message: str) -> Response[Any]:
     if "text/html" not in request.headers.get("accept", "text/html"):
         return Response({"detail": message}, status_code=status, media_type=MediaType.JSON)

@@ -14,8 +14,9 @@ from litestar.response import Redirect, ServerSentEvent, ServerSentEventMessage,
 
 from devbox_service.auth.guards import PAGE, PUBLIC, CurrentPrincipal, allow, signed_in
 from devbox_service.auth.models import Principal
+from devbox_service.auth.web_sessions import SignInRequired
 from devbox_service.devbox_templates.schemas import InstantDevboxRequest, TemplateCacheRequest
-from devbox_service.errors import NotAuthenticated
+from devbox_service.errors import NotAuthenticated, NotFound
 from devbox_service.services import AppServices
 from devbox_service.sharing.service import SHARE_PREFIX
 from devbox_service.web.render import form_text, page
@@ -185,9 +186,18 @@ async def share_page(
     request: Request[Any, Any, Any], services: AppServices, alias: FromPath[str]
 ) -> Template:
     """What a short link opens: the template, and (signed in) a button to start from it. A
-    public share shows to anyone; an org share only to the org's signed-in members."""
+    public share shows to anyone; an org share only to the org's signed-in members. A visitor
+    not signed in is sent to sign in and back here (for any alias not public, so the answer
+    says nothing of which org aliases exist)."""
     principal = await _maybe_signed_in(request)
-    record = await services.sharing.visible(principal, alias)
+    try:
+        record = await services.sharing.visible(principal, alias)
+    except NotFound:
+        if principal is None:
+            raise SignInRequired(
+                "sign in to open this share link: it is shared with its organization"
+            ) from None
+        raise
     template = await services.templates.detail_by_id(record.template_id)
     return page(
         request,

@@ -352,3 +352,28 @@ async def test_a_delete_whose_token_revocation_fails_says_so_and_can_be_retried(
     ).status_code == 200
     refused = await fake_api.client.get(f"/api/devboxes/{devbox_id}", headers=fake_api.auth(agent))
     assert refused.status_code == 401
+
+
+@pytest.mark.parametrize("name", ["default", "morphvm-minimal"])
+async def test_the_default_image_answers_to_its_names_wherever_an_id_is_taken(
+    fake_api: Api, name: str
+) -> None:
+    image = await default_image(fake_api)
+    devbox = await create_devbox(fake_api, name)
+    assert devbox["refs"]["image_id"] == image
+    template = await fake_api.client.post(
+        "/api/templates",
+        json={
+            "name": "on-default",
+            "yaml": "name: d\nsteps:\n  - run: echo\n",
+            "baseSnapshotOption": name,
+        },
+        headers=fake_api.auth(fake_api.admin_key),
+    )
+    assert template.status_code == 201, template.text
+    other = await fake_api.client.post(
+        "/api/devboxes",
+        params={"snapshot_id": "defaults"},
+        headers=fake_api.auth(fake_api.admin_key),
+    )
+    assert other.status_code == 404 and "defaults" in other.text  # only the exact names

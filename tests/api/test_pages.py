@@ -552,15 +552,27 @@ async def test_an_org_share_opens_for_signed_in_members_only(fake_api: Api) -> N
     assert "install nginx" in shown.text
     assert 'action="/s/team-web/start"' in shown.text and "Start a devbox" in shown.text
 
+    # A teammate who follows the link before signing in is sent to sign in, then back.
     fake_api.client.cookies.clear()
     anonymous = await get(fake_api, "/s/team-web")
-    assert anonymous.status_code == 404 and "install nginx" not in anonymous.text
+    assert is_sign_in_redirect(anonymous) and "install nginx" not in anonymous.text
+    assert parse_qs(urlsplit(anonymous.headers["location"]).query)["next"] == ["/s/team-web"]
+    signed_in = await submit_sign_in(fake_api, member, next_path="/s/team-web")
+    assert signed_in.status_code == 303 and signed_in.headers["location"] == "/s/team-web"
+    back = await get(fake_api, "/s/team-web")
+    assert back.status_code == 200 and "install nginx" in back.text
+    # An alias that does not exist answers a visitor the same way: no list of org aliases.
+    fake_api.client.cookies.clear()
+    assert is_sign_in_redirect(await get(fake_api, "/s/no-such-alias"))
 
     await sign_in(fake_api, outsider)
     assert signed_in_as(await get(fake_api, "/templates"), "share-outsider")
     hidden = await get(fake_api, "/s/team-web")
     assert hidden.status_code == 404
     assert "install nginx" not in hidden.text
+    assert "seen only by its members" in hidden.text  # what to do about it, in words
+    via_api = await fake_api.client.get("/api/aliases/team-web", headers=fake_api.auth(outsider))
+    assert via_api.status_code == 404 and "visibility" in via_api.json()["detail"]
 
 
 async def test_a_public_share_shows_to_anyone_and_asks_to_sign_in_to_start(fake_api: Api) -> None:
@@ -605,3 +617,36 @@ async def test_the_vendored_terminal_script_and_its_license_are_served(fake_api:
     assert "javascript" in script.headers["content-type"]
     license_file = await fake_api.client.get("/static/vendor/xterm/LICENSE")
     assert license_file.status_code == 200 and "xterm.js authors" in license_file.text
+
+
+async def test_the_devbox_page_follows_its_terminals_without_a_reload(fake_api: Api) -> None:
+    devbox_id = await new_devbox(fake_api, "terminals-box")
+    admin = fake_api.auth(fake_api.admin_key)
+    await sign_in(fake_api, fake_api.admin_key)
+    shown = await get(fake_api, f"/devboxes/{devbox_id}")
+    assert f'data-events="/devboxes/{devbox_id}/terminals"' in shown.text
+    principal = await fake_api.services.identities.authenticate(fake_api.admin_key)
+    changes = Dashboard(fake_api.services).watch_terminals(principal, devbox_id)
+    try:
+        first = await asyncio.wait_for(anext(changes), HANG_GUARD)
+        assert first.status == "ready"
+        paused = await fake_api.client.post(f"/api/devboxes/{devbox_id}/pause", headers=admin)
+        assert paused.status_code == 200, paused.text
+        now = await asyncio.wait_for(anext(changes), HANG_GUARD)
+        assert (now.status, now.panes) == ("paused", [])
+        assert now.note and "while the devbox is ready" in now.note
+        deleted = await fake_api.client.delete(f"/api/devboxes/{devbox_id}", headers=admin)
+        assert deleted.status_code == 200, deleted.text
+        with pytest.raises(StopAsyncIteration):  # the devbox is gone: so is the stream
+            await asyncio.wait_for(anext(changes), HANG_GUARD)
+    finally:
+        await changes.aclose()
+
+
+async def test_the_terminals_stream_is_for_those_who_see_the_devbox(fake_api: Api) -> None:
+    devbox_id = await new_devbox(fake_api, "private-terminals")
+    await sign_in(fake_api, await fake_api.new_user("terminals-outsider"))
+    hidden = await get(fake_api, f"/devboxes/{devbox_id}/terminals")
+    assert hidden.status_code == 404
+    fake_api.client.cookies.clear()
+    assert is_sign_in_redirect(await get(fake_api, f"/devboxes/{devbox_id}/terminals"))

@@ -194,9 +194,21 @@ async def test_send_keys_reports_an_enter_that_never_lands(
     assert response.ok is False and response.resolved_pane_id == "%1"
 
 
+async def test_pane_routes_take_a_pane_id_or_a_tmux_target(
+    tmux: TmuxService, opener: Opener
+) -> None:
+    opener.pane.screen = ["$ echo hi", "hi", "$ "]
+    for name in ("%1", "1", "main"):
+        shown = await tmux.snapshot(PRINCIPAL, "dbx_1", name, lines=0, ansi=False, socket=None)
+        assert (shown.pane_id, shown.content) == ("%1", "$ echo hi\nhi\n$ "), name
+
+
 async def test_unknown_panes_and_targets_are_not_found(tmux: TmuxService) -> None:
-    with pytest.raises(NotFound, match="tmux pane 'abc'"):
+    with pytest.raises(NotFound, match="can't find .abc"):
         await tmux.snapshot(PRINCIPAL, "dbx_1", "abc", lines=0, ansi=False, socket=None)
+    for unreadable in ("x" * 300, "bad\ntarget"):
+        with pytest.raises(NotFound, match="tmux pane"):
+            await tmux.snapshot(PRINCIPAL, "dbx_1", unreadable, lines=0, ansi=False, socket=None)
     ghost = TmuxSendKeysRequest(target=TmuxTarget(session="ghost"), keys="x")
     with pytest.raises(NotFound, match="ghost"):
         await tmux.send_keys(PRINCIPAL, "dbx_1", ghost)

@@ -97,6 +97,59 @@ def test_text_sent_through_the_api_appears_in_the_terminal_view_and_the_owner_ca
     screenshot(browser, "devbox-terminal")
 
 
+def terminal_of(driver: WebDriver, pane_id: str) -> str:
+    """What the terminal view of one pane shows ('' while it has none)."""
+    key = pane_id.removeprefix("%")
+    rows = driver.find_elements(By.CSS_SELECTOR, f"#terminal-{key} .xterm-rows")
+    return rows[0].text if rows else ""
+
+
+def test_a_session_started_after_the_page_opened_shows_without_a_reload(
+    live: LiveService, devbox: dict[str, Any], browser: WebDriver
+) -> None:
+    devbox_id = devbox["id"]
+    sign_in(browser, live.base_url, live.key, next_path=f"/devboxes/{devbox_id}")
+    browser.execute_script("window.notReloaded = true")
+    created = live.http.post(
+        f"/api/devboxes/{devbox_id}/tmux/sessions", json={"name": "late"}, headers=live.headers()
+    )
+    assert created.status_code == 200, created.text
+    # The pane routes take a tmux target, as tmux does: the session's name names its pane.
+    pane = live.http.get(
+        f"/api/devboxes/{devbox_id}/tmux/panes/late/snapshot", headers=live.headers()
+    )
+    assert pane.status_code == 200, pane.text
+    pane_id = pane.json()["pane_id"]
+    sent = live.http.post(
+        f"/api/devboxes/{devbox_id}/tmux/send-keys",
+        json={"pane_id": pane_id, "keys": "echo late-$((3*3))", "enter": True},
+        headers=live.headers(),
+    )
+    assert sent.status_code == 200, sent.text
+
+    eventually(lambda: "late-9" in terminal_of(browser, pane_id), "the new session's terminal")
+    assert browser.execute_script("return window.notReloaded") is True
+    for target in ("late:0", "late:0.0", "late:.0", pane_id.removeprefix("%")):
+        same = live.http.get(
+            f"/api/devboxes/{devbox_id}/tmux/panes/{target}/snapshot", headers=live.headers()
+        )
+        assert same.status_code == 200 and same.json()["pane_id"] == pane_id, (target, same.text)
+    missing = live.http.get(
+        f"/api/devboxes/{devbox_id}/tmux/panes/no-such-session/snapshot", headers=live.headers()
+    )
+    assert missing.status_code == 404, missing.text
+
+    killed = live.http.delete(
+        f"/api/devboxes/{devbox_id}/tmux/sessions/late", headers=live.headers()
+    )
+    assert killed.status_code == 200, killed.text
+    eventually(
+        lambda: not browser.find_elements(By.ID, f"terminal-{pane_id.removeprefix('%')}"),
+        "the ended session's terminal to go",
+    )
+    screenshot(browser, "devbox-terminal-added-live")
+
+
 def test_a_member_sees_the_terminal_read_only(
     live: LiveService, devbox: dict[str, Any], member_key: str, browser: WebDriver
 ) -> None:
@@ -123,11 +176,10 @@ def test_a_member_sees_the_terminal_read_only(
 def test_follow_a_build_then_a_member_starts_a_devbox_from_its_share_link(
     live: LiveService, member_key: str, browser: WebDriver
 ) -> None:
-    images = live.http.get("/api/images", headers=live.headers()).json()["data"]
     body = {
         "name": "web-demo",
         "yaml": ONE_STEP,
-        "baseSnapshotOption": next(i["id"] for i in images if i["default"]),
+        "baseSnapshotOption": "default",  # the image list marks it so; the id works too
         "description": None,
     }
     created = live.http.post("/api/templates", json=body, headers=live.headers())
@@ -153,9 +205,12 @@ def test_follow_a_build_then_a_member_starts_a_devbox_from_its_share_link(
     )
     assert shared.status_code == 200, shared.text
     browser.delete_all_cookies()
-    browser.get(f"{live.base_url}/s/web-demo")
-    assert "Not found" in browser.page_source  # an org share: not for the signed-out
-    sign_in(browser, live.base_url, member_key, next_path="/s/web-demo")
+    browser.get(f"{live.base_url}/s/web-demo")  # an org share: signed out, one signs in first
+    eventually(lambda: "/sign-in" in browser.current_url, "the sign-in form", 30)
+    assert "say hello" not in browser.page_source  # its steps are the org's
+    browser.find_element(By.ID, "api_key").send_keys(member_key)
+    browser.find_element(By.CSS_SELECTOR, "form[action='/sign-in'] button").click()
+    eventually(lambda: browser.current_url.endswith("/s/web-demo"), "back at the share", 30)
     assert "web-demo" in browser.find_element(By.TAG_NAME, "h1").text
     screenshot(browser, "share-page")
     browser.find_element(By.CSS_SELECTOR, "form[action='/s/web-demo/start'] button").click()

@@ -4,6 +4,7 @@ devbox calling back with its injected token."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,3 +153,23 @@ def test_morphcloud_cli_deletes_a_devbox(live: LiveService) -> None:
     assert gone.status_code == 404
     missing = live.cli("get", devbox_id, check=False)
     assert missing.returncode != 0 and "404" in missing.stdout + missing.stderr
+
+
+def test_morphcloud_cli_makes_a_template_on_the_default_image_and_shares_it(
+    live: LiveService, tmp_path: Path
+) -> None:
+    spec = tmp_path / "template.yaml"
+    spec.write_text("name: from-cli\nsteps:\n  - title: greet\n    run: echo hi\n")
+    made = live.cli(
+        "template", "create", "--name", "from-cli", "--base-snapshot", "default",
+        "--file", str(spec), "--json",
+    )  # fmt: skip
+    found = re.search(r"tpl_[0-9a-f]+", made.stdout)
+    assert found, made.stdout
+    template_id = found.group(0)
+    shown = live.http.get(f"/api/templates/{template_id}", headers=live.headers()).json()
+    assert shown["base_snapshot_id"] == "default"
+    shared = live.cli("template", "share", template_id, "--alias", "cli-share")
+    assert "cli-share" in shared.stdout
+    visitor = live.http.get("/s/cli-share", headers={"Accept": "text/html"})
+    assert visitor.status_code == 303 and visitor.headers["location"].startswith("/sign-in")

@@ -31,8 +31,10 @@
     };
   }
 
-  for (const box of document.querySelectorAll(".terminal[data-stream]")) {
-    if (!window.Terminal || !window.EventSource) return;
+  // One pane's view: xterm.js drawing each screen the pane stream sends.
+  function attach(box) {
+    if (!window.Terminal || !window.EventSource || box.dataset.attached) return;
+    box.dataset.attached = "true";
     const canType = box.dataset.canType === "true";
     const fallback = box.querySelector("pre.screen");
     const term = new window.Terminal({
@@ -50,6 +52,42 @@
     draw(fallback ? fallback.textContent : "");
     const source = new EventSource(box.dataset.stream);
     source.addEventListener("screen", (event) => draw(JSON.parse(event.data).content));
+    box.closeStream = () => source.close();
     if (canType) term.onData(typer(box.dataset.keys));
   }
+
+  document.querySelectorAll(".terminal[data-stream]").forEach(attach);
+
+  // The list of terminals follows the devbox: sessions started or ended, pause and resume.
+  const list = document.getElementById("terminals");
+  if (!list || !window.EventSource) return;
+  const note = document.getElementById("terminals-note");
+  const status = document.getElementById("status");
+  const live = new EventSource(list.dataset.events);
+  live.addEventListener("terminals", (event) => {
+    const change = JSON.parse(event.data);
+    const wanted = new Set(change.panes.map((pane) => pane.id));
+    for (const section of list.querySelectorAll("section.terminal-view")) {
+      if (wanted.has(section.dataset.pane)) continue;
+      const box = section.querySelector(".terminal");
+      if (box && box.closeStream) box.closeStream();
+      section.remove();
+    }
+    const shown = new Set(
+      Array.from(list.querySelectorAll("section.terminal-view"), (s) => s.dataset.pane));
+    for (const pane of change.panes) {
+      if (shown.has(pane.id)) continue;
+      const holder = document.createElement("div");
+      holder.innerHTML = pane.html.trim();
+      const section = holder.firstElementChild;
+      list.appendChild(section);
+      section.querySelectorAll(".terminal[data-stream]").forEach(attach);
+    }
+    note.textContent = change.note || "";
+    note.hidden = !change.note;
+    if (status) {
+      status.textContent = change.status;
+      status.className = "badge status-" + change.status;
+    }
+  });
 })();
