@@ -204,7 +204,7 @@ async def test_pane_routes_take_a_pane_id_or_a_tmux_target(
 
 
 async def test_unknown_panes_and_targets_are_not_found(tmux: TmuxService) -> None:
-    with pytest.raises(NotFound, match="can't find .abc"):
+    with pytest.raises(NotFound, match=r"can't find .abc"):
         await tmux.snapshot(PRINCIPAL, "dbx_1", "abc", lines=0, ansi=False, socket=None)
     for unreadable in ("x" * 300, "bad\ntarget"):
         with pytest.raises(NotFound, match="tmux pane"):
