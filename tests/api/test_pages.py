@@ -627,6 +627,7 @@ async def test_the_devbox_page_follows_its_terminals_without_a_reload(fake_api: 
     assert f'data-events="/devboxes/{devbox_id}/terminals"' in shown.text
     principal = await fake_api.services.identities.authenticate(fake_api.admin_key)
     changes = Dashboard(fake_api.services).watch_terminals(principal, devbox_id)
+    assert isinstance(changes, AsyncGenerator)
     try:
         first = await asyncio.wait_for(anext(changes), HANG_GUARD)
         assert first.status == "ready"
