@@ -101,3 +101,22 @@ def test_the_wheel_serves_the_sign_in_page_and_static_files(served: str) -> None
     assert style.content == (REPO / "devbox_service" / "web" / "static" / "app.css").read_bytes()
     vendored = httpx.get(f"{served}/static/vendor/xterm/xterm.js")
     assert vendored.status_code == 200 and len(vendored.content) > 100_000
+
+
+def test_the_check_refuses_a_pyproject_the_lock_does_not_match(tmp_path: Path) -> None:
+    """What `just check` runs: a dependency added without `just lock` is caught, by name."""
+    for name in ("pyproject.toml", "uv.lock"):
+        (tmp_path / name).write_bytes((REPO / name).read_bytes())
+    run(UV, "lock", "--check", "--offline", "--python", sys.executable, cwd=tmp_path)
+    project = tmp_path / "pyproject.toml"
+    project.write_text(project.read_text().replace('"PyYAML>=6",', '"PyYAML>=6",\n    "six",'))
+    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
+    stale = subprocess.run(
+        [UV, "lock", "--check", "--python", sys.executable],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert stale.returncode != 0 and "six" in stale.stderr, stale.stderr
