@@ -1,7 +1,7 @@
 """Running the service: backups taken while it serves and restored elsewhere, data dirs of
 an earlier release opened by this one, one process per data dir, and the operator commands'
 refusals. On the in-memory VM backend (a backend kept across two apps stands for VM files
-that stayed on disk); the real-VM side is tests/vm/test_operations.py."""
+that stayed on disk); the real-VM side is tests/vm/test_operations_vm.py."""
 
 from __future__ import annotations
 
