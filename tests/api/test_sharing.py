@@ -80,7 +80,8 @@ async def test_org_shares_stay_in_the_org_public_ones_show_to_all(fake_api: Api)
     for path in ("/api/aliases/inside", f"/api/templates/shared/{template_id}"):
         hidden = await fake_api.client.get(path, headers=fake_api.auth(outsider))
         assert hidden.status_code == 404, path
-    assert (await fake_api.client.get("/s/inside")).status_code == 404
+    visitor = await fake_api.client.get("/s/inside", follow_redirects=False)
+    assert visitor.status_code == 303 and visitor.headers["location"] == "/sign-in?next=/s/inside"
     assert (await fake_api.client.get("/api/aliases", headers=fake_api.auth(outsider))).json()[
         "data"
     ] == []
