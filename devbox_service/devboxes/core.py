@@ -25,6 +25,7 @@ from devbox_service.auth import tokens
 from devbox_service.auth.models import Principal
 from devbox_service.backends import base as backend_api
 from devbox_service.backends.base import InstanceState, MachineSpec, VMBackend
+from devbox_service.devboxes.lifecycle import TRANSITIONS, Action, require
 from devbox_service.devboxes.models import (
     DevboxRecord,
     DevboxStatus,
@@ -38,6 +39,7 @@ from devbox_service.devboxes.quotas import Admission
 from devbox_service.devboxes.snapshot_store import SnapshotStore
 from devbox_service.devboxes.store import DevboxStore
 from devbox_service.errors import (
+    Conflict,
     DevboxServiceError,
     Failed,
     NotFound,
@@ -48,6 +50,9 @@ from devbox_service.ids import new_id
 from devbox_service.secrets.box import SecretBox
 
 log = logging.getLogger("devbox_service.devboxes")
+
+WAIT_RECHECK_SECONDS = 5.0
+"""A wait reads the record at least this often (a write by another process bumps nothing)."""
 
 DestroyListener = Callable[[str], Awaitable[None]]
 ReadyHook = Callable[[str], Awaitable[None]]
@@ -247,7 +252,64 @@ class DevboxCore:
                 ttl_waiting_for=None,
             )
 
-    async def note_activity(self, devbox_id: str) -> None:
+    # the one way to pause or resume, and to wait for a status
+
+    async def apply(
+        self, record: DevboxRecord, action: Action, *, detail: dict[str, Any] | None = None
+    ) -> bool:
+        """Pause or resume a devbox whose lock the caller holds (`record` read under it): the
+        transition table decides (Conflict if it does not fit, False for a no-op), the
+        intermediate status is written, the backend does the work, then the final status and
+        the timeline event (`detail` names who asked, e.g. a wake on SSH). A failure puts the
+        status back as it was and raises."""
+        transition = TRANSITIONS[action]
+        assert transition.during and transition.after and transition.event
+        if not require(record, action):
+            return False
+        await self.has_vm(record)
+        await self.store.update(record.id, status=transition.during)
+        try:
+            if action is Action.RESUME:
+                await self.bring_back(record.id)
+            elif action is Action.PAUSE:
+                await self.backend.pause(record.id)
+            else:
+                raise AssertionError(f"{action} is not applied here")
+        except BaseException:
+            await self.store.update(record.id, status=record.status)
+            raise
+        event = new_event(record.id, transition.event, detail=detail)
+        await self.store.update(record.id, status=transition.after, event=event)
+        return True
+
+    async def has_vm(self, record: DevboxRecord) -> None:
+        """A devbox in error whose boot failed has no VM to bring back: say what to do."""
+        if record.status is DevboxStatus.ERROR:
+            try:
+                await self.backend.get_instance(record.id)
+            except backend_api.NotFound:
+                raise Conflict(
+                    f"devbox {record.id} has no VM to bring back ({record.error}): delete it "
+                    "and create another",
+                    state=record.status.value,
+                ) from None
+
+    async def wait(
+        self, devbox_id: str, until: Callable[[DevboxRecord | None], bool], timeout: float
+    ) -> DevboxRecord | None:
+        """The devbox's record once `until(record)` holds (None: it is gone), woken by the
+        store's change notices rather than polling; the last record read when `timeout`
+        seconds pass first (the caller tells which by asking `until` again)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self.store.changes.version
+            record = await self.store.get(devbox_id)
+            left = deadline - time.monotonic()
+            if until(record) or left <= 0:
+                return record
+            await self.store.changes.wait(seen, min(left, WAIT_RECHECK_SECONDS))
+
+    async def touch(self, devbox_id: str) -> None:
         """Someone used the devbox (an API action, SSH, a preview request): its TTL starts
         again. Written only when that moves the expiry noticeably, not on every request."""
         record = await self.store.get(devbox_id)

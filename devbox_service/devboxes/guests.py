@@ -7,10 +7,8 @@ Each gets one narrow method here instead of the VM backend: they never see a VM,
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import secrets
-import time
 from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Protocol
 
@@ -18,9 +16,9 @@ from devbox_service.auth import tokens
 from devbox_service.auth.models import Principal
 from devbox_service.backends import base as backend_api
 from devbox_service.backends.base import SSHEndpoint
-from devbox_service.devboxes.core import DestroyListener, DevboxCore, new_credentials, new_event
+from devbox_service.devboxes.core import DestroyListener, DevboxCore, new_credentials
 from devbox_service.devboxes.lifecycle import SETTLING, Action, require
-from devbox_service.devboxes.models import DevboxStatus, EventType
+from devbox_service.devboxes.models import DevboxRecord, DevboxStatus
 from devbox_service.devboxes.schemas import DevboxSSHCredentialsResponse
 from devbox_service.errors import Conflict, NotAuthenticated, NotFound, PermissionDenied
 
@@ -179,7 +177,7 @@ class GuestAccess:
         """Where the guest's sshd is; a paused devbox is resumed first (wake on SSH, or on
         HTTP for the preview proxy), one still starting is waited for. Raises NotFound,
         Conflict (a devbox that cannot get ready)."""
-        await self._core.note_activity(devbox_id)
+        await self._core.touch(devbox_id)
         record = await self._core.record(devbox_id)
         wakes = record.wake_on_http if woken_by == "HTTP" else record.wake_on_ssh
         if record.status is DevboxStatus.PAUSED and not wakes:
@@ -192,21 +190,9 @@ class GuestAccess:
             async with self._core.locks[devbox_id]:
                 record = await self._core.record(devbox_id)
                 if record.status is DevboxStatus.PAUSED:
-                    await self._core.bring_back(devbox_id)
-                    await self._core.store.update(
-                        devbox_id,
-                        status=DevboxStatus.READY,
-                        event=new_event(
-                            devbox_id, EventType.RESUME, detail={"name": f"resumed by {woken_by}"}
-                        ),
-                    )
-        deadline = time.monotonic() + SETTLE_TIMEOUT
-        current = await self._core.store.get(devbox_id)
-        while current is not None and current.status in SETTLING:
-            if time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
-            current = await self._core.store.get(devbox_id)
+                    detail = {"name": f"resumed by {woken_by}"}
+                    await self._core.apply(record, Action.RESUME, detail=detail)
+        current = await self._core.wait(devbox_id, _settled, SETTLE_TIMEOUT)
         if current is None or current.status is not DevboxStatus.READY:
             state = current.status.value if current else "deleted"
             raise Conflict(f"devbox {devbox_id} is {state}", state=state)
@@ -234,3 +220,8 @@ class GuestAccess:
         if host_port is None:
             host_port = await self._core.backend.expose_port(devbox_id, guest_port)
         return host_port
+
+
+def _settled(record: DevboxRecord | None) -> bool:
+    """Not in a status the devbox leaves by itself (gone counts as settled)."""
+    return record is None or record.status not in SETTLING

@@ -6,15 +6,12 @@ the VM backend so that the record stays true, also when an action fails half-way
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from typing import Any
 
 import msgspec
 
 from devbox_service.auth.models import Principal
-from devbox_service.backends import base as backend_api
 from devbox_service.backends.base import MachineSpec, SnapshotInfo
 from devbox_service.devboxes.checkpoints import CheckpointService
 from devbox_service.devboxes.core import (
@@ -24,13 +21,12 @@ from devbox_service.devboxes.core import (
     new_event,
     require_owner_or_admin,
 )
-from devbox_service.devboxes.lifecycle import TRANSITIONS, Action, require
+from devbox_service.devboxes.lifecycle import Action, require
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventType
 from devbox_service.devboxes.schemas import DevboxResponse
 from devbox_service.devboxes.sizes import require_growth
 from devbox_service.devboxes.views import DevboxViews
 from devbox_service.errors import (
-    Conflict,
     Failed,
     PayloadTooLarge,
 )
@@ -112,16 +108,11 @@ class DevboxService:
 
     async def wait_ready(self, devbox_id: str, timeout: float) -> DevboxRecord:
         """Until a new devbox is ready. Raises Failed (it ended in error, or took too long)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            record = await self._core.record(devbox_id)
-            if record.status is DevboxStatus.READY:
-                return record
-            if record.status is DevboxStatus.ERROR or time.monotonic() > deadline:
-                raise Failed(
-                    f"devbox {devbox_id} did not start: {record.error or record.status.value}"
-                )
-            await asyncio.sleep(0.05)
+        record = await self._core.wait(devbox_id, _settled, timeout)
+        if record is None or record.status is not DevboxStatus.READY:
+            state = "deleted" if record is None else record.error or record.status.value
+            raise Failed(f"devbox {devbox_id} did not start: {state}")
+        return record
 
     async def pause(self, principal: Principal, devbox_id: str) -> DevboxResponse:
         """Raises NotFound, Conflict; a backend failure leaves the devbox as it was."""
@@ -135,28 +126,8 @@ class DevboxService:
         self, principal: Principal, devbox_id: str, action: Action
     ) -> DevboxResponse:
         async with self._core.locked(principal, devbox_id) as record:
-            await self._carry_out(record, action)
+            await self._core.apply(record, action)
         return await self._views.get(principal, devbox_id)
-
-    async def _carry_out(self, record: DevboxRecord, action: Action) -> None:
-        """Pause or resume a devbox whose lock the caller holds."""
-        transition = TRANSITIONS[action]
-        assert transition.during and transition.after and transition.event
-        if not require(record, action):
-            return
-        await self._has_vm(record)
-        await self._core.store.update(record.id, status=transition.during)
-        try:
-            if action is Action.RESUME:
-                await self._core.bring_back(record.id)
-            else:
-                await self._core.backend.pause(record.id)
-        except BaseException:
-            await self._core.store.update(record.id, status=record.status)
-            raise
-        await self._core.store.update(
-            record.id, status=transition.after, event=new_event(record.id, transition.event)
-        )
 
     # TTLs
 
@@ -193,7 +164,7 @@ class DevboxService:
                     if current is not None and current.status is DevboxStatus.PAUSED:
                         await self._core.store.update(record.id, ttl_expire_at=None)
                     continue
-                await self._carry_out(current, Action.PAUSE)
+                await self._core.apply(current, Action.PAUSE)
                 await self._core.store.update(record.id, ttl_expire_at=None)
                 acted.append(record.id)
         return acted
@@ -206,7 +177,7 @@ class DevboxService:
         NotFound, Conflict, InvalidSpec (a smaller disk), LimitReached."""
         async with self._core.locked(principal, devbox_id) as record:
             require(record, Action.REBOOT)
-            await self._has_vm(record)
+            await self._core.has_vm(record)
             admission = self._core.admission
             async with admission.guard():
                 resized = await self._admit_resize(principal, record, spec)
@@ -241,18 +212,6 @@ class DevboxService:
                 record.user_id, record.org_id, spec.disk_mb - record.disk_mb
             )
         return {"vcpus": spec.vcpus, "memory_mb": spec.memory_mb, "disk_mb": spec.disk_mb}
-
-    async def _has_vm(self, record: DevboxRecord) -> None:
-        """A devbox in error whose boot failed has no VM to bring back: say what to do."""
-        if record.status is DevboxStatus.ERROR:
-            try:
-                await self._core.backend.get_instance(record.id)
-            except backend_api.NotFound:
-                raise Conflict(
-                    f"devbox {record.id} has no VM to bring back ({record.error}): delete it "
-                    "and create another",
-                    state=record.status.value,
-                ) from None
 
     async def delete(self, principal: Principal, devbox_id: str) -> None:
         """Only the owner or an org admin. Raises NotFound, PermissionDenied."""
@@ -304,3 +263,8 @@ class DevboxService:
             await self._core.store.update(
                 devbox_id, name=name, metadata={**record.metadata, "display_name": name}
             )
+
+
+def _settled(record: DevboxRecord | None) -> bool:
+    """A new devbox is done starting: ready, failed, or gone."""
+    return record is None or record.status in (DevboxStatus.READY, DevboxStatus.ERROR)
