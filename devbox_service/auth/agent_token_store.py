@@ -9,7 +9,12 @@ from devbox_service.auth.store import LastUsed
 from devbox_service.db import Database
 from devbox_service.db.records import Table
 
-AGENT_TOKENS = Table("agent_tokens", AgentTokenRecord, json_columns=["scopes", "secret_names"])
+AGENT_TOKENS = Table(
+    "agent_tokens",
+    AgentTokenRecord,
+    json_columns=["scopes", "secret_names"],
+    extra_columns=["token_hash"],
+)
 AUDIT_LOG = Table("audit_log", AuditEntry)
 
 

@@ -19,14 +19,22 @@ T = TypeVar("T", bound=msgspec.Struct)
 
 
 class Table(Generic[T]):
-    """One table whose rows are `record_type`; `json_columns` hold JSON text."""
+    """One table whose rows are `record_type`; `json_columns` hold JSON text. Its columns
+    are a closed set, the Struct's fields plus `extra_columns` (hashes no Struct carries):
+    SQL is only ever written with those names, never with a caller's keyword."""
 
     def __init__(
-        self, name: str, record_type: type[T], *, json_columns: Iterable[str] = ()
+        self,
+        name: str,
+        record_type: type[T],
+        *,
+        json_columns: Iterable[str] = (),
+        extra_columns: Iterable[str] = (),
     ) -> None:
         self.name = name
         self.record_type = record_type
         self.json_columns = frozenset(json_columns)
+        self.columns = frozenset(record_type.__struct_fields__) | frozenset(extra_columns)
 
     def decode(self, row: Row | Mapping[str, Any]) -> T:
         values = {key: row[key] for key in row.keys()}  # noqa: SIM118 (sqlite3.Row)
@@ -45,7 +53,11 @@ class Table(Generic[T]):
         return self.encode_partial(values)
 
     def encode_partial(self, values: Mapping[str, object]) -> dict[str, Any]:
-        """Some columns' values, encoded as `encode` would (for UPDATE statements)."""
+        """Some columns' values, encoded as `encode` would (for UPDATE statements).
+        Raises ValueError for a name that is not one of the table's columns."""
+        unknown = set(values) - self.columns
+        if unknown:
+            raise ValueError(f"{self.name} has no column {', '.join(sorted(unknown))}")
         encoded: dict[str, Any] = msgspec.to_builtins(dict(values))
         for column in self.json_columns & encoded.keys():
             if encoded[column] is not None:

@@ -138,7 +138,7 @@ class GuestAccess:
     async def authenticate_devbox_key(self, devbox_id: str, public_key: str) -> str | None:
         """The devbox whose own key pair this public key (OpenSSH form) is, or None."""
         record = await self._core.store.get(devbox_id)
-        if record is None or record.status in (DevboxStatus.DELETING, DevboxStatus.DELETED):
+        if record is None or record.status is DevboxStatus.DELETING:
             return None
         if not await self._is_member(record.org_id, record.user_id):
             return None
@@ -151,7 +151,7 @@ class GuestAccess:
         """The devbox whose SSH gateway credentials these are, or None (also once the owner has
         left the devbox's org)."""
         record = await self._core.store.by_ssh_token_hash(tokens.hash_secret(username))
-        if record is None or record.status in (DevboxStatus.DELETING, DevboxStatus.DELETED):
+        if record is None or record.status is DevboxStatus.DELETING:
             return None
         if not await self._is_member(record.org_id, record.user_id):
             return None
@@ -169,7 +169,7 @@ class GuestAccess:
             record = await self._core.visible(principal, devbox_id)
         except (NotAuthenticated, NotFound):
             return None
-        if record.status in (DevboxStatus.DELETING, DevboxStatus.DELETED):
+        if record.status is DevboxStatus.DELETING:
             return None
         return record.id if record.user_id == principal.user_id else None
 

@@ -9,8 +9,6 @@ from devbox_service.backends.base import InstanceState
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventType
 from devbox_service.errors import Conflict
 
-S = DevboxStatus
-
 
 class Action(enum.StrEnum):
     PAUSE = "pause"
@@ -31,27 +29,42 @@ class Transition(NamedTuple):
 
 TRANSITIONS: dict[Action, Transition] = {
     Action.PAUSE: Transition(
-        frozenset({S.READY}), frozenset({S.PAUSED}), S.PAUSING, S.PAUSED, EventType.PAUSE
+        frozenset({DevboxStatus.READY}),
+        frozenset({DevboxStatus.PAUSED}),
+        DevboxStatus.PAUSING,
+        DevboxStatus.PAUSED,
+        EventType.PAUSE,
     ),
     Action.RESUME: Transition(  # from error: a VM whose process died starts again
-        frozenset({S.PAUSED, S.ERROR}), frozenset({S.READY}), S.RESUMING, S.READY, EventType.RESUME
+        frozenset({DevboxStatus.PAUSED, DevboxStatus.ERROR}),
+        frozenset({DevboxStatus.READY}),
+        DevboxStatus.RESUMING,
+        DevboxStatus.READY,
+        EventType.RESUME,
     ),
     Action.REBOOT: Transition(
-        frozenset({S.READY, S.ERROR}), during=S.REBOOTING, after=S.READY, event=EventType.REBOOT
+        frozenset({DevboxStatus.READY, DevboxStatus.ERROR}),
+        during=DevboxStatus.REBOOTING,
+        after=DevboxStatus.READY,
+        event=EventType.REBOOT,
     ),
-    Action.SAVE: Transition(frozenset({S.READY, S.PAUSED}), event=EventType.SAVE),
-    Action.BRANCH: Transition(frozenset({S.READY, S.PAUSED}), event=EventType.BRANCH),
-    Action.USE: Transition(frozenset({S.READY})),
+    Action.SAVE: Transition(
+        frozenset({DevboxStatus.READY, DevboxStatus.PAUSED}), event=EventType.SAVE
+    ),
+    Action.BRANCH: Transition(
+        frozenset({DevboxStatus.READY, DevboxStatus.PAUSED}), event=EventType.BRANCH
+    ),
+    Action.USE: Transition(frozenset({DevboxStatus.READY})),
 }
 
 STATUS_OF_INSTANCE = {
-    InstanceState.RUNNING: S.READY,
-    InstanceState.PAUSED: S.PAUSED,
-    InstanceState.STANDBY: S.PAUSED,  # standby is an implementation detail of "paused"
+    InstanceState.RUNNING: DevboxStatus.READY,
+    InstanceState.PAUSED: DevboxStatus.PAUSED,
+    InstanceState.STANDBY: DevboxStatus.PAUSED,  # standby is an implementation detail of "paused"
 }
 """What a VM found at start-up means for its record."""
 
-SETTLING = frozenset({S.PROVISIONING, S.RESUMING, S.REBOOTING})
+SETTLING = frozenset({DevboxStatus.PROVISIONING, DevboxStatus.RESUMING, DevboxStatus.REBOOTING})
 """Statuses a devbox leaves by itself: a caller that needs the guest may wait them out."""
 
 

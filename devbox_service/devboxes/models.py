@@ -17,10 +17,8 @@ class DevboxStatus(enum.StrEnum):
     PAUSED = "paused"
     RESUMING = "resuming"
     REBOOTING = "rebooting"
-    SAVING = "saving"
     ERROR = "error"
     DELETING = "deleting"
-    DELETED = "deleted"
 
 
 class SnapshotKind(enum.StrEnum):

@@ -12,7 +12,9 @@ from devbox_service.db.database import Transaction
 from devbox_service.db.records import Table
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventRecord
 
-DEVBOXES = Table("devboxes", DevboxRecord, json_columns=["metadata"])
+DEVBOXES = Table(
+    "devboxes", DevboxRecord, json_columns=["metadata"], extra_columns=["ssh_token_hash"]
+)
 EVENTS = Table("devbox_events", EventRecord, json_columns=["detail"])
 
 _UNSET = object()

@@ -65,7 +65,6 @@ STATUS = {
     DevboxStatus.PAUSED: "paused",
     DevboxStatus.RESUMING: "pending",
     DevboxStatus.REBOOTING: "pending",
-    DevboxStatus.SAVING: "saving",
     DevboxStatus.ERROR: "error",
 }
 """A devbox's status as an instance's; deleting ones are gone already (404, not listed)."""

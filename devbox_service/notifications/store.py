@@ -8,7 +8,7 @@ from devbox_service.db import Database
 from devbox_service.db.records import Table
 from devbox_service.notifications.models import Notification
 
-NOTIFICATIONS = Table("notifications", Notification)
+NOTIFICATIONS = Table("notifications", Notification, extra_columns=["user_id"])
 LIST_LIMIT = 500
 
 

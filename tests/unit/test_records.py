@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
 from devbox_service.db import Database
 from devbox_service.db.records import Table
@@ -25,7 +26,7 @@ class Thing(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float
 
 
-THINGS = Table("things", Thing, json_columns=["tags"])
+THINGS = Table("things", Thing, json_columns=["tags"], extra_columns=["secret_hash"])
 
 
 async def test_round_trip_upsert_and_extra_columns(tmp_path: Path) -> None:
@@ -56,3 +57,12 @@ async def test_round_trip_upsert_and_extra_columns(tmp_path: Path) -> None:
         }
     finally:
         await database.close()
+
+
+def test_updates_name_only_the_tables_columns() -> None:
+    """SQL is written with a table's own column names, never a caller's keyword."""
+    from devbox_service.devboxes.store import DEVBOXES
+
+    assert DEVBOXES.encode_partial({"status": "ready", "ssh_token_hash": "h"})
+    with pytest.raises(ValueError, match="no column status = 'x'; --"):
+        DEVBOXES.encode_partial({"status = 'x'; --": 1})
