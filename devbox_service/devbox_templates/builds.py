@@ -14,11 +14,16 @@ import asyncio
 import shlex
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import NamedTuple, Protocol
 
 from devbox_service.auth.models import Principal
 from devbox_service.backends.base import SSHEndpoint
-from devbox_service.devbox_templates.events import RunEvents
+from devbox_service.devbox_templates.events import (
+    AwaitingInputEvent,
+    OutputEvent,
+    PostSecretInstanceEvent,
+    RunEvents,
+)
 from devbox_service.devbox_templates.models import RunRecord, RunStatus
 from devbox_service.devbox_templates.spec import (
     CommandStep,
@@ -58,6 +63,14 @@ class StepFailed(Exception):
         super().__init__(message)
         self.index = index
         self.message = message
+
+
+class ExposedService(NamedTuple):
+    """What an `exposeHttpService` step made, for its `step_completed` event."""
+
+    name: str
+    port: int
+    url: str
 
 
 class SecretPrompt:
@@ -141,8 +154,8 @@ class StepRunner:
         self.redactor = redactor
         self.env: dict[str, str] = {}
 
-    async def carry_out(self, index: int, step: Step) -> dict[str, Any]:
-        """Run the step; extra fields for its `step_completed` event."""
+    async def carry_out(self, index: int, step: Step) -> ExposedService | None:
+        """Run the step; the HTTP service it exposed, if it is an `exposeHttpService` step."""
         if isinstance(step, CommandStep):
             await self._shell(index, step.run)
         elif isinstance(step, ExportSecretStep):
@@ -156,7 +169,7 @@ class StepRunner:
             await self._shell(index, command, with_env=False)
         elif isinstance(step, ExposeHttpServiceStep):
             return await self._expose(step)
-        return {}
+        return None
 
     async def _shell(self, index: int, script: str, *, with_env: bool = True) -> None:
         endpoint = await self.guests.guest_endpoint(self.principal, self.devbox_id)
@@ -169,12 +182,12 @@ class StepRunner:
             if shown:
                 tail.extend(shown.splitlines())
                 del tail[:-FAILURE_TAIL_LINES]
-                await self.events.emit(self.run.id, "output", index=index, content=shown)
+                await self.events.emit(self.run.id, OutputEvent(index=index, content=shown))
 
         status = await self.shell.stream(endpoint, command, output)
         if rest := self.redactor.flush():
             tail.extend(rest.splitlines())
-            await self.events.emit(self.run.id, "output", index=index, content=rest)
+            await self.events.emit(self.run.id, OutputEvent(index=index, content=rest))
         if status != 0:
             last = "\n".join(tail[-FAILURE_TAIL_LINES:])
             how = "was killed" if status < 0 else f"exited with status {status}"
@@ -182,14 +195,14 @@ class StepRunner:
                 index, f"step {index} {how}" + (f"; last output:\n{last}" if last else "")
             )
 
-    async def _expose(self, step: ExposeHttpServiceStep) -> dict[str, Any]:
+    async def _expose(self, step: ExposeHttpServiceStep) -> ExposedService:
         mode = HttpServiceAuthMode(step.auth_mode) if step.auth_mode else None
         await self.previews.expose(
             self.principal, self.devbox_id, name=step.name, port=step.port, auth_mode=mode
         )
         listed = await self.previews.http_services_for([self.devbox_id])
         url = next(s.url for s in listed[self.devbox_id] if s.name == step.name)
-        return {"serviceName": step.name, "servicePort": step.port, "serviceUrl": url}
+        return ExposedService(step.name, step.port, url)
 
     async def secret(self, index: int, step: ExportSecretStep) -> str | None:
         """The run's runtime value, else the user's saved one, else ask and wait. None means
@@ -238,15 +251,16 @@ class StepRunner:
         await self.store.update_run(self.run.id, status=RunStatus.AWAITING_INPUT)
         await self.events.emit(
             self.run.id,
-            "awaiting_input",
-            index=index,
-            secretName=step.name,
-            hasSaved=False,
-            optional=step.optional,
-            defaultAction="skip" if step.optional else "wait",
-            deadlineAt=int(deadline * 1000),
-            countdownSeconds=int(self.secret_wait),
-            runId=self.run.id,
+            AwaitingInputEvent(
+                index=index,
+                secretName=step.name,
+                hasSaved=False,
+                optional=step.optional,
+                defaultAction="skip" if step.optional else "wait",
+                deadlineAt=int(deadline * 1000),
+                countdownSeconds=int(self.secret_wait),
+                runId=self.run.id,
+            ),
         )
         try:
             value = await asyncio.wait_for(asyncio.shield(prompt.answer), self.secret_wait)
@@ -259,17 +273,15 @@ class StepRunner:
             if step.optional:
                 await self.events.emit(
                     self.run.id,
-                    "post_secret_instance",
-                    index=index,
-                    message=f"optional secret {step.name} skipped",
+                    PostSecretInstanceEvent(
+                        index=index, message=f"optional secret {step.name} skipped"
+                    ),
                 )
                 return None
             raise StepFailed(index, f"secret {step.name} was not given before the deadline")
         await self.events.emit(
             self.run.id,
-            "post_secret_instance",
-            index=index,
-            message=f"secret {step.name} received; resuming",
+            PostSecretInstanceEvent(index=index, message=f"secret {step.name} received; resuming"),
         )
         return self._accept(step, value)
 

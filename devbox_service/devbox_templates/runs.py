@@ -13,6 +13,7 @@ import msgspec
 
 from devbox_service.auth.models import Principal
 from devbox_service.devbox_templates.builds import (
+    ExposedService,
     GuestShell,
     Redactor,
     SecretPrompt,
@@ -20,7 +21,18 @@ from devbox_service.devbox_templates.builds import (
     StepRunner,
     inject_secrets,
 )
-from devbox_service.devbox_templates.events import RunEvents
+from devbox_service.devbox_templates.events import (
+    BaseSelectedEvent,
+    CacheEvent,
+    CancelledEvent,
+    CompletedEvent,
+    ErrorEvent,
+    RunEvents,
+    StartedEvent,
+    StepCompletedEvent,
+    StepFailedEvent,
+    StepStartedEvent,
+)
 from devbox_service.devbox_templates.models import (
     RunRecord,
     RunStatus,
@@ -159,7 +171,7 @@ class BuildRuns:
         """Runs a restart interrupted end as `error` (say how to go on); their build devboxes
         are removed. Resuming mid-run is not attempted: the cache makes a new run cheap."""
         for run in await self._store.active_runs():
-            await self._events.emit(run.id, "error", message=RESTARTED, details=None)
+            await self._events.emit(run.id, ErrorEvent(message=RESTARTED, details=None))
             await self._finish(run, RunStatus.ERROR, error=RESTARTED)
             template = await self._store.get(run.template_id)
             if template is not None:
@@ -190,9 +202,10 @@ class BuildRuns:
         try:
             await self._events.emit(
                 run.id,
-                "started",
-                totalSteps=len(spec.steps),
-                message=f"Building {template.name}: {len(spec.steps)} steps",
+                StartedEvent(
+                    totalSteps=len(spec.steps),
+                    message=f"Building {template.name}: {len(spec.steps)} steps",
+                ),
             )
             base = await self._checkpoints.bootable(principal, template.base_snapshot_id)
             chain = fingerprints(base.id, spec)
@@ -203,14 +216,15 @@ class BuildRuns:
             start_from = cached[chain[prefix - 1]] if prefix else base.id
             await self._events.emit(
                 run.id,
-                "base_selected",
-                snapshotId=start_from,
-                message=f"Starting from {'step ' + str(prefix - 1) if prefix else 'the base'} "
-                f"({start_from}); {len(chain) - prefix} of {len(chain)} steps to run",
+                BaseSelectedEvent(
+                    snapshotId=start_from,
+                    message=f"Starting from {'step ' + str(prefix - 1) if prefix else 'the base'} "
+                    f"({start_from}); {len(chain) - prefix} of {len(chain)} steps to run",
+                ),
             )
             for index in range(prefix):
                 await self._events.emit(
-                    run.id, "cache", index=index, snapshotId=cached[chain[index]]
+                    run.id, CacheEvent(index=index, snapshotId=cached[chain[index]])
                 )
             runner = StepRunner(
                 principal=principal,
@@ -247,19 +261,17 @@ class BuildRuns:
                 step = spec.steps[index]
                 await self._store.update_run(run.id, current_index=index)
                 await self._events.emit(
-                    run.id, "step_started", index=index, stepType=step_type(step)
+                    run.id, StepStartedEvent(index=index, stepType=step_type(step))
                 )
                 try:
-                    extra = await runner.carry_out(index, step)
+                    exposed = await runner.carry_out(index, step)
                 except StepFailed as failed:
                     raise StepFailed(index, failed.message) from None
                 except DevboxServiceError as exc:
                     raise StepFailed(index, f"step {index}: {exc.message}") from exc
                 saved = await self._checkpoints.save_unlisted(build_devbox)
                 await self._store.cache_step(template.org_id, chain[index], saved.id)
-                await self._events.emit(
-                    run.id, "step_completed", index=index, snapshotId=saved.id, **extra
-                )
+                await self._events.emit(run.id, _step_completed(index, saved.id, exposed))
             final = (await self._store.cached(template.org_id, [chain[-1]]))[chain[-1]]
             await inject_secrets(
                 self._guests, principal, build_devbox, await runner.known_secrets(spec)
@@ -282,19 +294,20 @@ class BuildRuns:
             )
             await self._events.emit(
                 run.id,
-                "completed",
-                instanceId=build_devbox,
-                instance=msgspec.to_builtins(view),
-                http_services=msgspec.to_builtins(
-                    view.networking.http_services if view.networking else []
+                CompletedEvent(
+                    instanceId=build_devbox,
+                    instance=msgspec.to_builtins(view),
+                    http_services=msgspec.to_builtins(
+                        view.networking.http_services if view.networking else []
+                    ),
+                    warnings=[],
                 ),
-                warnings=[],
             )
         except asyncio.CancelledError:
             if self._closing:
                 raise
             await discard_build_devbox()
-            await self._events.emit(run.id, "cancelled", message="the build was cancelled")
+            await self._events.emit(run.id, CancelledEvent(message="the build was cancelled"))
             await self._finish(run, RunStatus.CANCELLED)
             await self._store.update(template.id, status=_settled(template))
             raise
@@ -302,7 +315,7 @@ class BuildRuns:
             await discard_build_devbox()
             await self._store.update_run(run.id, failed_index=failed.index)
             await self._events.emit(
-                run.id, "step_failed", index=failed.index, message=failed.message
+                run.id, StepFailedEvent(index=failed.index, message=failed.message)
             )
             await self._finish(run, RunStatus.FAILED, error=failed.message)
             await self._store.update(template.id, status=TemplateStatus.FAILED)
@@ -311,7 +324,7 @@ class BuildRuns:
             if not isinstance(exc, DevboxServiceError):
                 log.exception("template build failed", extra={"run": run.id})
             await discard_build_devbox()
-            await self._events.emit(run.id, "error", message="the build failed", details=message)
+            await self._events.emit(run.id, ErrorEvent(message="the build failed", details=message))
             await self._finish(run, RunStatus.ERROR, error=message)
             await self._store.update(template.id, status=TemplateStatus.FAILED)
         finally:
@@ -329,6 +342,21 @@ def fingerprints(base_snapshot_id: str, spec: TemplateSpec) -> list[str]:
         previous = fingerprint(previous, step)
         chain.append(previous)
     return chain
+
+
+def _step_completed(
+    index: int, snapshot_id: str, exposed: ExposedService | None
+) -> StepCompletedEvent:
+    """The service fields only for a step that exposed one (clients show its URL)."""
+    if exposed is None:
+        return StepCompletedEvent(index=index, snapshotId=snapshot_id)
+    return StepCompletedEvent(
+        index=index,
+        snapshotId=snapshot_id,
+        serviceName=exposed.name,
+        servicePort=exposed.port,
+        serviceUrl=exposed.url,
+    )
 
 
 def _settled(template: TemplateRecord) -> TemplateStatus:

@@ -4,7 +4,7 @@ build followed live, and starting a devbox from a template or a share link."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import msgspec
@@ -15,13 +15,28 @@ from litestar.response import Redirect, ServerSentEvent, ServerSentEventMessage,
 from devbox_service.auth.guards import PAGE, PUBLIC, CurrentPrincipal, allow, signed_in
 from devbox_service.auth.models import Principal
 from devbox_service.auth.web_sessions import SignInRequired
-from devbox_service.devbox_templates.schemas import InstantDevboxRequest, TemplateCacheRequest
+from devbox_service.devbox_templates.events import (
+    TERMINAL,
+    AwaitingInputEvent,
+    BuildEvent,
+    CacheEvent,
+    CompletedEvent,
+    OutputEvent,
+    StepCompletedEvent,
+    StepFailedEvent,
+    StepStartedEvent,
+    decode,
+    kind,
+)
+from devbox_service.devbox_templates.schemas import (
+    InstantDevboxRequest,
+    TemplateCacheRequest,
+    TemplateStepModel,
+)
 from devbox_service.errors import NotAuthenticated, NotFound
 from devbox_service.services import AppServices
 from devbox_service.sharing.service import SHARE_PREFIX
 from devbox_service.web.render import form_text, page
-
-TERMINAL_EVENTS = ("completed", "cancelled", "error", "step_failed")
 
 
 class StepProgress(msgspec.Struct, kw_only=True):
@@ -42,32 +57,48 @@ class BuildProgress(msgspec.Struct, kw_only=True):
     devbox_id: str | None = None
 
 
-def fold_events(steps: list[StepProgress], events: list[dict[str, Any]]) -> BuildProgress:
+def fold_events(steps: list[StepProgress], events: Iterable[BuildEvent]) -> BuildProgress:
     progress = BuildProgress(steps=steps)
     by_index = {step.index: step for step in steps}
     for event in events:
-        kind = event.get("type", "")
-        step = by_index.get(event.get("index", -1))
-        if kind == "cache" and step:
-            step.state = "cached"
-        elif kind == "step_started" and step:
-            step.state = "running"
-        elif kind == "output" and step:
-            step.output += str(event.get("content", ""))
-        elif kind == "step_completed" and step:
-            step.state = "done"
+        step = by_index.get(getattr(event, "index", -1))
+        match event:
+            case CacheEvent() if step:
+                step.state = "cached"
+            case StepStartedEvent() if step:
+                step.state = "running"
+            case OutputEvent() if step:
+                step.output += event.content
+            case StepCompletedEvent() if step:
+                step.state = "done"
+                progress.awaiting_secret = None
+            case AwaitingInputEvent():
+                progress.awaiting_secret = event.secretName
+            case StepFailedEvent() if step:
+                step.state = "failed"
+        if kind(event) in TERMINAL:
+            progress.finished = kind(event)
             progress.awaiting_secret = None
-        elif kind == "awaiting_input":
-            progress.awaiting_secret = str(event.get("secretName", ""))
-        elif kind == "step_failed" and step:
-            step.state = "failed"
-        if kind in TERMINAL_EVENTS:
-            progress.finished = kind
-            progress.awaiting_secret = None
-            progress.devbox_id = event.get("instanceId")
-        if event.get("message"):
-            progress.message = str(event["message"])
+            progress.devbox_id = event.instanceId if isinstance(event, CompletedEvent) else None
+        if message := getattr(event, "message", None):
+            progress.message = str(message)
     return progress
+
+
+def build_view(steps: list[TemplateStepModel], history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The build page's context from the run's stored events: what they fold into, how many
+    the script skips when the stream replays them, and the event types that end a run (the
+    script stops at those: one list, here)."""
+    shown = [
+        StepProgress(index=s.index, title=s.title or s.command or s.type, type=s.type)
+        for s in steps
+    ]
+    readable = [event for event in map(decode, history) if event is not None]
+    return {
+        "progress": fold_events(shown, readable),
+        "seen": len(history),
+        "terminal": " ".join(sorted(TERMINAL)),
+    }
 
 
 @get("/templates", guards=[allow(PAGE)], include_in_schema=False)
@@ -112,17 +143,12 @@ async def build_page(
 ) -> Template:
     template = await services.templates.get(principal, template_id)
     history = await services.templates.history(principal, template_id, run_id)
-    steps = [
-        StepProgress(index=s.index, title=s.title or s.command or s.type, type=s.type)
-        for s in template.steps
-    ]
     return page(
         request,
         "build.html",
         template=template,
         run_id=run_id,
-        progress=fold_events(steps, history),
-        seen=len(history),
+        **build_view(template.steps, history),
     )
 
 

@@ -6,7 +6,7 @@
   if (state.dataset.finished) return;
   const message = document.getElementById("build-message");
   const form = document.getElementById("secret-form");
-  const ENDS = ["completed", "cancelled", "error", "step_failed"];
+  const TERMINAL = (list.dataset.terminal || "").split(" ").filter(Boolean); // the server's list
   let skip = Number(list.dataset.seen || 0);
   const source = new EventSource(list.dataset.events);
 
@@ -38,7 +38,7 @@
       form.hidden = false;
     }
     if (event.message) message.textContent = event.message;
-    if (ENDS.includes(event.type)) {
+    if (TERMINAL.includes(event.type)) {
       source.close();
       form.hidden = true;
       state.dataset.finished = event.type;
