@@ -44,8 +44,8 @@ from devbox_service.backends.base import (
     SnapshotInfo,
     SSHEndpoint,
     VMBackend,
+    check_id,
 )
-from devbox_service.backends.qemu.util import check_id
 
 _LIVE = (InstanceState.RUNNING, InstanceState.PAUSED)
 _METHODS = frozenset(VMBackend.__abstractmethods__)

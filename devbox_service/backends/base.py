@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import re
 from collections.abc import Callable, Sequence
 
 import msgspec
@@ -77,6 +78,18 @@ class GuestUnreachable(errors.Unreachable, BackendError):
     def __init__(self, message: str, *, console_tail: str) -> None:
         super().__init__(message, console_tail=console_tail)
         self.console_tail = console_tail
+
+
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_id(kind: str, value: str) -> str:
+    """Ids become path components (QEMU's state dir), so only a safe alphabet is accepted;
+    every backend applies the same rule, so an id one accepts works on all. Raises
+    `BackendError`."""
+    if not _ID_RE.fullmatch(value) or value.endswith(".tmp"):
+        raise BackendError(f"invalid {kind} id {value!r}", id=value)
+    return value
 
 
 GUEST_SERVICE_ADDRESS = "10.0.2.100"
