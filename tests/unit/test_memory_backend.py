@@ -8,7 +8,6 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pytest
-from memory_backend import MemoryBackend
 
 from devbox_service import errors
 from devbox_service.backends.base import (
@@ -21,6 +20,7 @@ from devbox_service.backends.base import (
     MachineSpec,
     NotFound,
 )
+from devbox_service.backends.memory import MemoryBackend
 
 RUNNING, PAUSED = InstanceState.RUNNING, InstanceState.PAUSED
 STANDBY, STOPPED = InstanceState.STANDBY, InstanceState.STOPPED

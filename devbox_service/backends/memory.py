@@ -1,9 +1,10 @@
-"""`MemoryBackend`: an in-memory `VMBackend` for fast tests of the service's rules.
+"""`MemoryBackend`: an in-memory `VMBackend`, for fast tests and demos, never production.
 
-No QEMU, no disks, no guests: records in dicts. It copies the observable behaviour of
-`QemuBackend` (states, which call raises what in which state, id checks, "already exists",
-branch roll-back, reference-counted disk layers, lazily noticed VM deaths), so a service test
-that passes here does not rely on anything the real driver would refuse.
+No QEMU, no disks, no guests: records in dicts, so nothing runs in a "VM" and nothing
+survives the process. It copies the observable behaviour of `QemuBackend` (states, which call
+raises what in which state, id checks, "already exists", branch roll-back, reference-counted
+disk layers, lazily noticed VM deaths), so a service test that passes here does not rely on
+anything the real driver would refuse; tests/contract runs the same checks on both.
 
 Test hooks (plain attributes and methods):
 
@@ -15,8 +16,8 @@ Test hooks (plain attributes and methods):
 - `kill(instance_id)`: the VM process dies; see `kill` for what the backend then reports.
 - `disk_layers()`: the disk layers records still reference (the fake's disk pool).
 
-SSH endpoints point at 127.0.0.1 ports that were free when handed out (nothing listens);
-tests using this backend do not SSH.
+SSH endpoints point at 127.0.0.1 ports that were free when handed out (nothing listens):
+whatever runs on this backend must not need SSH.
 """
 
 from __future__ import annotations
