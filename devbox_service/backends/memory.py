@@ -15,6 +15,8 @@ Test hooks (plain attributes and methods):
 - `calls`: every public call as `(method, args)`, in call order, recorded before any check.
 - `kill(instance_id)`: the VM process dies; see `kill` for what the backend then reports.
 - `disk_layers()`: the disk layers records still reference (the fake's disk pool).
+- `max_concurrent_boots`: the most boots ever in their restore (`delay`) at once; shows that
+  a branch boots concurrently without timing it.
 
 SSH endpoints point at 127.0.0.1 ports that were free when handed out (nothing listens):
 whatever runs on this backend must not need SSH.
@@ -129,6 +131,8 @@ class MemoryBackend(VMBackend):
         self.delay = delay
         self.ssh_key_path = ssh_key_path
         self.calls: list[tuple[str, tuple[object, ...]]] = []
+        self.max_concurrent_boots = 0
+        self._booting = 0  # boots in their restore right now
         self.started = False  # start() was called (and close() not since)
         self._failures: list[_Failure] = []
         self._instances: dict[str, _Instance] = {}
@@ -527,7 +531,12 @@ class MemoryBackend(VMBackend):
         async with self._lock(instance_id):
             if instance_id in self._instances:
                 raise AlreadyExists(f"instance {instance_id!r} already exists", id=instance_id)
-            await asyncio.sleep(self.delay)
+            self._booting += 1
+            self.max_concurrent_boots = max(self.max_concurrent_boots, self._booting)
+            try:
+                await asyncio.sleep(self.delay)
+            finally:
+                self._booting -= 1
             self._fire(method, targets, untargeted=untargeted)
             rec = _Instance(
                 id=instance_id,

@@ -4,7 +4,6 @@ tests built on the fake cannot rely on behaviour the real driver would refuse.""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -375,7 +374,6 @@ async def test_failed_branch_rolls_back(backend: MemoryBackend, target: str | No
 async def test_delay_lets_a_test_watch_a_boot_in_flight(backend: MemoryBackend) -> None:
     backend.delay = 0.3
     sid = await boot_id(backend)
-    t0 = time.monotonic()
     branching = asyncio.create_task(backend.branch(sid, ["a", "b"]))
     await asyncio.sleep(0.05)
     assert not branching.done()
@@ -384,7 +382,7 @@ async def test_delay_lets_a_test_watch_a_boot_in_flight(backend: MemoryBackend) 
         await backend.get_instance("a")
     again = asyncio.create_task(backend.boot(sid, "a"))  # waits for the first boot of "a"
     assert len(await branching) == 2
-    assert time.monotonic() - t0 < 0.55  # the boots of a branch run concurrently (not 0.6 s)
+    assert backend.max_concurrent_boots == 2  # the boots of a branch overlap
     with pytest.raises(AlreadyExists):
         await again
 
