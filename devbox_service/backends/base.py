@@ -232,7 +232,8 @@ class VMBackend(abc.ABC):
 
     @abc.abstractmethod
     async def branch(self, snapshot_id: str, instance_ids: Sequence[str]) -> list[InstanceInfo]:
-        """Boot several instances from one snapshot concurrently."""
+        """Boot several instances from one snapshot concurrently, in the order of the ids.
+        All or nothing: if one boot fails the others are deleted and its error is raised."""
 
     @abc.abstractmethod
     async def get_instance(self, instance_id: str) -> InstanceInfo: ...
@@ -241,16 +242,20 @@ class VMBackend(abc.ABC):
     async def list_instances(self) -> list[InstanceInfo]: ...
 
     @abc.abstractmethod
-    async def pause(self, instance_id: str) -> InstanceInfo: ...
+    async def pause(self, instance_id: str) -> InstanceInfo:
+        """Running -> paused (the guest stands still); InvalidState in any other state."""
 
     @abc.abstractmethod
-    async def resume(self, instance_id: str) -> InstanceInfo: ...
+    async def resume(self, instance_id: str) -> InstanceInfo:
+        """Paused -> running; InvalidState in any other state."""
 
     @abc.abstractmethod
     async def reboot(self, instance_id: str) -> InstanceInfo: ...
 
     @abc.abstractmethod
-    async def stop(self, instance_id: str) -> InstanceInfo: ...
+    async def stop(self, instance_id: str) -> InstanceInfo:
+        """Any state -> stopped: nothing in memory (a standby image is dropped), the disk
+        kept. Stopping a stopped instance changes nothing."""
 
     @abc.abstractmethod
     async def delete(self, instance_id: str) -> None:
@@ -258,10 +263,13 @@ class VMBackend(abc.ABC):
 
     @abc.abstractmethod
     async def standby(self, instance_id: str) -> InstanceInfo:
-        """Save to disk and end the VM process; `wake` restores it."""
+        """Save to disk and end the VM process; `wake` restores it. Running or paused ->
+        standby; InvalidState otherwise."""
 
     @abc.abstractmethod
-    async def wake(self, instance_id: str) -> InstanceInfo: ...
+    async def wake(self, instance_id: str) -> InstanceInfo:
+        """Standby (restored) or stopped (booted from its disk) -> running; InvalidState
+        otherwise."""
 
     @abc.abstractmethod
     async def expose_port(self, instance_id: str, guest_port: int) -> int:
