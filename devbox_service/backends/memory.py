@@ -501,6 +501,17 @@ class MemoryBackend(VMBackend):
             rss_mb=float(rec.spec.memory_mb), cpu_seconds=0.0, uptime_seconds=uptime
         )
 
+    async def memory_mb(self, instance_id: str) -> float:
+        """A live VM's made-up PSS (its memory size); InvalidState without a process, as the
+        contract says (the base class's default would report 0 from `stats`)."""
+        self._enter("memory_mb", instance_id)
+        rec = self._instance(instance_id)
+        if rec.state not in _LIVE:
+            raise InvalidState("the VM has no process", state=rec.state)
+        if rec.dead:
+            raise InvalidState("the VM process is gone", state="stopped")
+        return float(rec.spec.memory_mb)
+
     # helpers ---------------------------------------------------------------------------------
 
     def _enter(self, method: str, *args: object, fire: bool = True) -> None:
