@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
-from memory_backend import MemoryBackend
 from support import Api, create_devbox, vm_service, vm_settings, wait_ready
 
 from devbox_service.app import create_app
+from devbox_service.backends.memory import MemoryBackend
 from devbox_service.settings import Settings, load_settings
 
 pytest_plugins = ["vm_fixtures"]

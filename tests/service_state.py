@@ -94,11 +94,14 @@ async def check_served(client: AsyncTestClient[Any], facts: Facts, *, vms_kept: 
 
 
 async def _write(target: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from memory_backend import MemoryBackend
-
     from devbox_service.app import create_app
     from devbox_service.settings import load_settings
+
+    try:
+        from devbox_service.backends.memory import MemoryBackend
+    except ImportError:  # a release from before the fake moved from tests/ into the package
+        sys.path.insert(0, str(Path(__file__).parent))
+        from memory_backend import MemoryBackend  # type: ignore[no-redef]
 
     backend = MemoryBackend()
     await backend.start()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import re
 from collections.abc import Callable, Sequence
 
 import msgspec
@@ -77,6 +78,18 @@ class GuestUnreachable(errors.Unreachable, BackendError):
     def __init__(self, message: str, *, console_tail: str) -> None:
         super().__init__(message, console_tail=console_tail)
         self.console_tail = console_tail
+
+
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_id(kind: str, value: str) -> str:
+    """Ids become path components (QEMU's state dir), so only a safe alphabet is accepted;
+    every backend applies the same rule, so an id one accepts works on all. Raises
+    `BackendError`."""
+    if not _ID_RE.fullmatch(value) or value.endswith(".tmp"):
+        raise BackendError(f"invalid {kind} id {value!r}", id=value)
+    return value
 
 
 GUEST_SERVICE_ADDRESS = "10.0.2.100"
@@ -219,7 +232,8 @@ class VMBackend(abc.ABC):
 
     @abc.abstractmethod
     async def branch(self, snapshot_id: str, instance_ids: Sequence[str]) -> list[InstanceInfo]:
-        """Boot several instances from one snapshot concurrently."""
+        """Boot several instances from one snapshot concurrently, in the order of the ids.
+        All or nothing: if one boot fails the others are deleted and its error is raised."""
 
     @abc.abstractmethod
     async def get_instance(self, instance_id: str) -> InstanceInfo: ...
@@ -228,16 +242,20 @@ class VMBackend(abc.ABC):
     async def list_instances(self) -> list[InstanceInfo]: ...
 
     @abc.abstractmethod
-    async def pause(self, instance_id: str) -> InstanceInfo: ...
+    async def pause(self, instance_id: str) -> InstanceInfo:
+        """Running -> paused (the guest stands still); InvalidState in any other state."""
 
     @abc.abstractmethod
-    async def resume(self, instance_id: str) -> InstanceInfo: ...
+    async def resume(self, instance_id: str) -> InstanceInfo:
+        """Paused -> running; InvalidState in any other state."""
 
     @abc.abstractmethod
     async def reboot(self, instance_id: str) -> InstanceInfo: ...
 
     @abc.abstractmethod
-    async def stop(self, instance_id: str) -> InstanceInfo: ...
+    async def stop(self, instance_id: str) -> InstanceInfo:
+        """Any state -> stopped: nothing in memory (a standby image is dropped), the disk
+        kept. Stopping a stopped instance changes nothing."""
 
     @abc.abstractmethod
     async def delete(self, instance_id: str) -> None:
@@ -245,10 +263,13 @@ class VMBackend(abc.ABC):
 
     @abc.abstractmethod
     async def standby(self, instance_id: str) -> InstanceInfo:
-        """Save to disk and end the VM process; `wake` restores it."""
+        """Save to disk and end the VM process; `wake` restores it. Running or paused ->
+        standby; InvalidState otherwise."""
 
     @abc.abstractmethod
-    async def wake(self, instance_id: str) -> InstanceInfo: ...
+    async def wake(self, instance_id: str) -> InstanceInfo:
+        """Standby (restored) or stopped (booted from its disk) -> running; InvalidState
+        otherwise."""
 
     @abc.abstractmethod
     async def expose_port(self, instance_id: str, guest_port: int) -> int:

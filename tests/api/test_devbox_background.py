@@ -9,11 +9,11 @@ import time
 from collections.abc import Callable
 
 from litestar.testing import AsyncTestClient
-from memory_backend import MemoryBackend
 from support import Api, create_devbox, wait_ready, wait_status
 
 from devbox_service.app import create_app
 from devbox_service.backends.base import InstanceState
+from devbox_service.backends.memory import MemoryBackend
 from devbox_service.devboxes.background import CRASHED, LOST_VM
 from devbox_service.devboxes.models import (
     DevboxStatus,

@@ -7,11 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from memory_backend import MemoryBackend
 from support import Api, create_devbox, wait_status
 
 from devbox_service.auth.models import Role
 from devbox_service.backends.base import BackendTimeout, CommandFailed, InstanceState
+from devbox_service.backends.memory import MemoryBackend
 
 
 async def default_image(api: Api) -> str:

@@ -17,10 +17,10 @@ import schemathesis
 import schemathesis.checks as checks
 import uvicorn
 from hypothesis import HealthCheck, given, settings
-from memory_backend import MemoryBackend
 from support import free_port
 
 from devbox_service.app import create_app
+from devbox_service.backends.memory import MemoryBackend
 from devbox_service.settings import load_settings
 
 CASES_PER_OPERATION = 12

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 from litestar.testing import AsyncTestClient
-from memory_backend import MemoryBackend
 from service_state import SECRET_VALUE, check_served, populate
 from support import FIXTURES, Api, wait_ready
 
 from devbox_service import backup as backups
 from devbox_service.app import create_app
+from devbox_service.backends.memory import MemoryBackend
 from devbox_service.data_dir import DataDirLock
 from devbox_service.db.database import migrations
 from devbox_service.errors import Conflict, InvalidInput

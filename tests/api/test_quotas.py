@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
-from memory_backend import MemoryBackend
 from support import Api, create_devbox, wait_ready
 
 from devbox_service.app import create_app
 from devbox_service.auth.models import Role
+from devbox_service.backends.memory import MemoryBackend
 from devbox_service.cli import main as cli
 from devbox_service.devboxes.quotas import host_memory_mb
 from devbox_service.settings import Settings

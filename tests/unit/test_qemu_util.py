@@ -1,4 +1,4 @@
-"""The QEMU backend's small host helpers: id checks, files, processes, ports."""
+"""The QEMU backend's small host helpers (files, processes, ports) and the id check."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from devbox_service.backends.base import BackendError
+from devbox_service.backends.base import BackendError, check_id
 from devbox_service.backends.qemu.util import (
-    check_id,
     file_size,
     free_port,
     host_tsc_khz,

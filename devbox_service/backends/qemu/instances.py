@@ -28,6 +28,7 @@ from devbox_service.backends.base import (
     InstanceStats,
     InvalidState,
     MachineSpec,
+    check_id,
 )
 from devbox_service.backends.qemu.argv import GuestRam
 from devbox_service.backends.qemu.backend_state import LIVE, BackendState
@@ -35,7 +36,6 @@ from devbox_service.backends.qemu.machine import LaunchFailed, Machine
 from devbox_service.backends.qemu.session import grow_root_filesystem, wait_ssh_banner
 from devbox_service.backends.qemu.store import InstanceRecord
 from devbox_service.backends.qemu.util import (
-    check_id,
     free_port,
     fsync_path,
     kill_strays,

@@ -23,11 +23,12 @@ from devbox_service.backends.base import (
     InvalidState,
     NotFound,
     SnapshotInfo,
+    check_id,
 )
 from devbox_service.backends.qemu.backend_state import BackendState
 from devbox_service.backends.qemu.session import live_chain
 from devbox_service.backends.qemu.store import SnapshotRecord
-from devbox_service.backends.qemu.util import check_id, file_size, fsync_path, write_json_atomic
+from devbox_service.backends.qemu.util import file_size, fsync_path, write_json_atomic
 
 log = logging.getLogger(__name__)
 

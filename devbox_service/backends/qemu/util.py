@@ -6,22 +6,12 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from devbox_service.backends.base import BackendError, BackendTimeout, CommandFailed
-
-_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-def check_id(kind: str, value: str) -> str:
-    """Ids become path components, so only a safe alphabet is accepted."""
-    if not _ID_RE.fullmatch(value) or value.endswith(".tmp"):
-        raise BackendError(f"invalid {kind} id {value!r}", id=value)
-    return value
+from devbox_service.backends.base import BackendTimeout, CommandFailed
 
 
 async def run(

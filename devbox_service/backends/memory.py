@@ -1,9 +1,10 @@
-"""`MemoryBackend`: an in-memory `VMBackend` for fast tests of the service's rules.
+"""`MemoryBackend`: an in-memory `VMBackend`, for fast tests and demos, never production.
 
-No QEMU, no disks, no guests: records in dicts. It copies the observable behaviour of
-`QemuBackend` (states, which call raises what in which state, id checks, "already exists",
-branch roll-back, reference-counted disk layers, lazily noticed VM deaths), so a service test
-that passes here does not rely on anything the real driver would refuse.
+No QEMU, no disks, no guests: records in dicts, so nothing runs in a "VM" and nothing
+survives the process. It copies the observable behaviour of `QemuBackend` (states, which call
+raises what in which state, id checks, "already exists", branch roll-back, reference-counted
+disk layers, lazily noticed VM deaths), so a service test that passes here does not rely on
+anything the real driver would refuse; tests/contract runs the same checks on both.
 
 Test hooks (plain attributes and methods):
 
@@ -14,9 +15,11 @@ Test hooks (plain attributes and methods):
 - `calls`: every public call as `(method, args)`, in call order, recorded before any check.
 - `kill(instance_id)`: the VM process dies; see `kill` for what the backend then reports.
 - `disk_layers()`: the disk layers records still reference (the fake's disk pool).
+- `max_concurrent_boots`: the most boots ever in their restore (`delay`) at once; shows that
+  a branch boots concurrently without timing it.
 
-SSH endpoints point at 127.0.0.1 ports that were free when handed out (nothing listens);
-tests using this backend do not SSH.
+SSH endpoints point at 127.0.0.1 ports that were free when handed out (nothing listens):
+whatever runs on this backend must not need SSH.
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ from devbox_service.backends.base import (
     SnapshotInfo,
     SSHEndpoint,
     VMBackend,
+    check_id,
 )
-from devbox_service.backends.qemu.util import check_id
 
 _LIVE = (InstanceState.RUNNING, InstanceState.PAUSED)
 _METHODS = frozenset(VMBackend.__abstractmethods__)
@@ -128,6 +131,8 @@ class MemoryBackend(VMBackend):
         self.delay = delay
         self.ssh_key_path = ssh_key_path
         self.calls: list[tuple[str, tuple[object, ...]]] = []
+        self.max_concurrent_boots = 0
+        self._booting = 0  # boots in their restore right now
         self.started = False  # start() was called (and close() not since)
         self._failures: list[_Failure] = []
         self._instances: dict[str, _Instance] = {}
@@ -496,6 +501,17 @@ class MemoryBackend(VMBackend):
             rss_mb=float(rec.spec.memory_mb), cpu_seconds=0.0, uptime_seconds=uptime
         )
 
+    async def memory_mb(self, instance_id: str) -> float:
+        """A live VM's made-up PSS (its memory size); InvalidState without a process, as the
+        contract says (the base class's default would report 0 from `stats`)."""
+        self._enter("memory_mb", instance_id)
+        rec = self._instance(instance_id)
+        if rec.state not in _LIVE:
+            raise InvalidState("the VM has no process", state=rec.state)
+        if rec.dead:
+            raise InvalidState("the VM process is gone", state="stopped")
+        return float(rec.spec.memory_mb)
+
     # helpers ---------------------------------------------------------------------------------
 
     def _enter(self, method: str, *args: object, fire: bool = True) -> None:
@@ -526,7 +542,12 @@ class MemoryBackend(VMBackend):
         async with self._lock(instance_id):
             if instance_id in self._instances:
                 raise AlreadyExists(f"instance {instance_id!r} already exists", id=instance_id)
-            await asyncio.sleep(self.delay)
+            self._booting += 1
+            self.max_concurrent_boots = max(self.max_concurrent_boots, self._booting)
+            try:
+                await asyncio.sleep(self.delay)
+            finally:
+                self._booting -= 1
             self._fire(method, targets, untargeted=untargeted)
             rec = _Instance(
                 id=instance_id,
