@@ -110,9 +110,7 @@ async def _with_identities(
 
 async def _limits(settings: Settings, args: argparse.Namespace) -> None:
     from devbox_service.devboxes.quotas import LimitOverride, Scope
-    from devbox_service.devboxes.snapshot_store import SnapshotStore
-    from devbox_service.devboxes.store import DevboxStore
-    from devbox_service.services import admission
+    from devbox_service.services import offline_admission
 
     database = await Database.open(settings.database_path)
     try:
@@ -124,7 +122,7 @@ async def _limits(settings: Settings, args: argparse.Namespace) -> None:
             scope, found = Scope.ORG, await store.org_by_name(args.org)
         if found is None:
             raise NotFound.of(scope.value, args.user or args.org)
-        checks = admission(settings, DevboxStore(database), SnapshotStore(database), database)
+        checks = offline_admission(settings, database)
         if args.action == "set":
             current = await checks.limits_for(scope, found.id)
             await LimitStore(database).set(
@@ -255,12 +253,8 @@ async def _stop_vms(settings: Settings) -> int:
     """Every VM process of this data dir ends: devboxes go to standby (paused, memory on
     disk), anything that cannot be saved is stopped (disk kept). 1 if any was stopped."""
     from devbox_service.backends.base import InstanceState
-    from devbox_service.devboxes.background import standby
-    from devbox_service.devboxes.core import DevboxCore
-    from devbox_service.devboxes.snapshot_store import SnapshotStore
-    from devbox_service.devboxes.store import DevboxStore
-    from devbox_service.secrets.box import SecretBox
-    from devbox_service.services import admission, build_backend
+    from devbox_service.devboxes.background import standby_all
+    from devbox_service.services import build_backend, offline_core
 
     data_dir = Path(settings.data_dir)
     backend = build_backend(settings)
@@ -271,17 +265,8 @@ async def _stop_vms(settings: Settings) -> int:
         database = await Database.open(settings.database_path)
         try:
             await backend.start()  # adopts the VMs an earlier serve left running
-            devboxes, snapshots = DevboxStore(database), SnapshotStore(database)
-            core = DevboxCore(
-                devboxes,
-                snapshots,
-                backend,
-                SecretBox.open(data_dir),
-                admission(settings, devboxes, snapshots, database),
-            )
-            for record in await devboxes.all():
-                if await standby(core, record.id, pause_first=True):
-                    print(f"{record.id}  standby (paused, memory on disk)  {record.name}")
+            for record in await standby_all(offline_core(settings, database, backend)):
+                print(f"{record.id}  standby (paused, memory on disk)  {record.name}")
             lost = 0
             for instance in await backend.list_instances():
                 if instance.state in (InstanceState.RUNNING, InstanceState.PAUSED):

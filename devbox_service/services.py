@@ -128,6 +128,23 @@ def admission(
     )
 
 
+def offline_core(settings: Settings, database: Database, backend: VMBackend) -> DevboxCore:
+    """The devbox core over a data dir no service holds (the operator's offline commands)."""
+    devboxes, snapshots = DevboxStore(database), SnapshotStore(database)
+    return DevboxCore(
+        devboxes,
+        snapshots,
+        backend,
+        SecretBox.open(Path(settings.data_dir)),
+        admission(settings, devboxes, snapshots, database),
+    )
+
+
+def offline_admission(settings: Settings, database: Database) -> Admission:
+    """The limits in force, for `devbox-service limits` (no service needed)."""
+    return admission(settings, DevboxStore(database), SnapshotStore(database), database)
+
+
 def gateway_hosts(http_host: str) -> tuple[str, ...]:
     """The SSH gateway listens where the API does; loopback means both IPv4 and IPv6, since
     `{devbox_id}.localhost` resolves to ::1 first on many systems."""
@@ -302,7 +319,7 @@ class Services:
 
     async def metrics(self) -> str:
         """Prometheus text: the request histograms and the state of devboxes and VMs."""
-        statuses = Counter(r.status.value for r in await self.devbox_core.store.all())
+        statuses = Counter(r.status.value for r in await self.devboxes.all_records())
         vms: Counter[str] = Counter()
         memory = snapshot_bytes = warm_pool = 0.0
         if self.backend is not None:
@@ -318,7 +335,7 @@ class Services:
             vms_by_state=vms,
             vm_memory_mb=round(memory, 1),
             warm_pool_mb=round(warm_pool, 1),
-            snapshots=len(await self.devbox_core.snapshots.all()),
+            snapshots=await self.checkpoints.count_all(),
             snapshot_bytes=snapshot_bytes,
             ssh_sessions=self.gateway.session_count if self.gateway else 0,
             tmux_guests=self.tmux.guest_count,
@@ -373,7 +390,7 @@ class Services:
         assert self.backend is not None
         live = (InstanceState.RUNNING, InstanceState.PAUSED)  # a process (standby has none)
         with_process = {i.id for i in await self.backend.list_instances() if i.state in live}
-        kept = [r for r in await self.devbox_core.store.all() if r.id in with_process]
+        kept = [r for r in await self.devboxes.all_records() if r.id in with_process]
         if not kept:
             print("devbox-service stopped; no devbox VM is left running.", flush=True)
             return

@@ -105,7 +105,7 @@ class AccessGuard:
         action (not a read: a dashboard watching keeps nothing alive) restarts the TTL."""
         if devbox_id is not None and method not in SAFE_METHODS:
             await services.devboxes.visible(principal, devbox_id)
-            await services.devbox_core.touch(devbox_id)  # an action restarts its TTL
+            await services.devboxes.touch(devbox_id)  # an action restarts its TTL
 
 
 def check(access: Access, principal: Principal, devbox_id: str | None) -> None:

@@ -8,12 +8,12 @@ hashes, say) are ignored. JSON columns are named once and decoded/encoded here.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from devbox_service.db.database import Row, Transaction
+from devbox_service.db.database import Database, Row, Transaction
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -84,3 +84,19 @@ class Table(Generic[T]):
             updates = ", ".join(f"{c} = excluded.{c}" for c in values if c not in fixed)
             sql += f" ON CONFLICT ({', '.join(upsert_on)}) DO UPDATE SET {updates}"
         await tx.execute(sql, tuple(values.values()))
+
+
+async def rows_by_devbox(
+    database: Database, table: str, order: str, devbox_ids: Sequence[str]
+) -> dict[str, list[Row]]:
+    """One query for the rows of many devboxes, grouped by devbox (every id present)."""
+    found: dict[str, list[Row]] = {i: [] for i in devbox_ids}
+    if devbox_ids:
+        marks = ",".join("?" * len(devbox_ids))
+        rows = await database.fetch_all(
+            f"SELECT * FROM {table} WHERE devbox_id IN ({marks}) ORDER BY {order}",
+            list(devbox_ids),
+        )
+        for row in rows:
+            found[row["devbox_id"]].append(row)
+    return found

@@ -14,7 +14,12 @@ from devbox_service.backends import base as backend_api
 from devbox_service.backends.base import InstanceState
 from devbox_service.devboxes.core import DevboxCore
 from devbox_service.devboxes.lifecycle import STATUS_OF_INSTANCE
-from devbox_service.devboxes.models import DevboxStatus, SnapshotKind, SnapshotStatus
+from devbox_service.devboxes.models import (
+    DevboxRecord,
+    DevboxStatus,
+    SnapshotKind,
+    SnapshotStatus,
+)
 from devbox_service.errors import Failed
 
 log = logging.getLogger("devbox_service.devboxes")
@@ -167,6 +172,12 @@ class StandbyPolicy(Periodic):
             if await standby(self._core, record.id, pause_first=False):
                 moved.append(record.id)
         return moved
+
+
+async def standby_all(core: DevboxCore) -> list[DevboxRecord]:
+    """Every ready or paused devbox to standby, for an operator ending the VMs on purpose
+    (`devbox-service stop-vms`); the ones moved."""
+    return [r for r in await core.store.all() if await standby(core, r.id, pause_first=True)]
 
 
 async def standby(core: DevboxCore, devbox_id: str, *, pause_first: bool) -> bool:

@@ -25,6 +25,7 @@ from devbox_service.devboxes.lifecycle import Action, require
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventType
 from devbox_service.devboxes.schemas import DevboxResponse
 from devbox_service.devboxes.sizes import require_growth
+from devbox_service.devboxes.store import Changes
 from devbox_service.devboxes.views import DevboxViews
 from devbox_service.errors import (
     Failed,
@@ -52,6 +53,19 @@ class DevboxService:
     async def records(self, principal: Principal) -> list[DevboxRecord]:
         """Every devbox of the caller's organization, oldest first."""
         return await self._core.store.list_for_org(principal.org_id)
+
+    async def all_records(self) -> list[DevboxRecord]:
+        """Every devbox of every organization (the operator's view: metrics, stop report)."""
+        return await self._core.store.all()
+
+    @property
+    def changes(self) -> Changes:
+        """Bumped at every write to a devbox: what live pages wait on instead of polling."""
+        return self._core.store.changes
+
+    async def touch(self, devbox_id: str) -> None:
+        """Someone acted on the devbox: its idle TTL starts again."""
+        await self._core.touch(devbox_id)
 
     def on_destroy(self, listener: DestroyListener, *, required: bool = False) -> None:
         """`required`: the deletion fails (and is retried) if the listener fails."""

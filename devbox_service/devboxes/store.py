@@ -7,9 +7,9 @@ import contextlib
 import time
 from collections.abc import Sequence
 
-from devbox_service.db import Database, Row
+from devbox_service.db import Database
 from devbox_service.db.database import Transaction
-from devbox_service.db.records import Table
+from devbox_service.db.records import Table, rows_by_devbox
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventRecord
 
 DEVBOXES = Table(
@@ -18,22 +18,6 @@ DEVBOXES = Table(
 EVENTS = Table("devbox_events", EventRecord, json_columns=["detail"])
 
 _UNSET = object()
-
-
-async def rows_by_devbox(
-    database: Database, table: str, order: str, devbox_ids: Sequence[str]
-) -> dict[str, list[Row]]:
-    """One query for the rows of many devboxes, grouped by devbox (every id present)."""
-    found: dict[str, list[Row]] = {i: [] for i in devbox_ids}
-    if devbox_ids:
-        marks = ",".join("?" * len(devbox_ids))
-        rows = await database.fetch_all(
-            f"SELECT * FROM {table} WHERE devbox_id IN ({marks}) ORDER BY {order}",
-            list(devbox_ids),
-        )
-        for row in rows:
-            found[row["devbox_id"]].append(row)
-    return found
 
 
 class Changes:

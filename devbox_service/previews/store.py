@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from devbox_service.db import Database
-from devbox_service.db.records import Table
-from devbox_service.devboxes.store import rows_by_devbox
+from devbox_service.db.records import Table, rows_by_devbox
 from devbox_service.previews.models import ExposedService
 
 HTTP_SERVICES = Table("http_services", ExposedService)

@@ -66,7 +66,7 @@ class Dashboard:
         self._services = services
 
     async def rows(self, principal: Principal) -> list[DevboxRow]:
-        records = await self._services.devbox_core.store.list_for_org(principal.org_id)
+        records = await self._services.devboxes.records(principal)
         return await self._rows(principal, records)
 
     async def _rows(self, principal: Principal, records: list[DevboxRecord]) -> list[DevboxRow]:
@@ -91,7 +91,7 @@ class Dashboard:
     async def watch(self, principal: Principal) -> AsyncIterator[list[RowChange]]:
         """The list's changes since the page was rendered, as they happen (a first batch
         may repeat what the page shows)."""
-        changes = self._services.devbox_core.store.changes
+        changes = self._services.devboxes.changes
         seen = changes.version
         shown: dict[str, DevboxRow] = {}
         while True:
@@ -145,7 +145,7 @@ class Dashboard:
         devbox paused or resumed (the first one may repeat what the page shows). Ends when
         the devbox is gone or the caller no longer sees it."""
         services = self._services
-        changes = services.devbox_core.store.changes
+        changes = services.devboxes.changes
         shown: Terminals | None = None
         while True:
             seen = changes.version
