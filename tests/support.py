@@ -18,8 +18,8 @@ from devbox_service.app import create_app
 from devbox_service.auth import tokens
 from devbox_service.auth.guards import AccessGuard
 from devbox_service.auth.models import AgentTokenRecord, Role
-from devbox_service.devboxes.core import new_event
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventType
+from devbox_service.devboxes.records import new_event
 from devbox_service.ids import new_id
 from devbox_service.services import Services
 from devbox_service.settings import Settings, load_settings

@@ -13,6 +13,7 @@ from typing import Any
 from devbox_service.backends import base as backend_api
 from devbox_service.backends.base import InstanceState
 from devbox_service.devboxes.core import DevboxCore
+from devbox_service.devboxes.finishing import complete_reboot, complete_resume, complete_save
 from devbox_service.devboxes.lifecycle import STATUS_OF_INSTANCE
 from devbox_service.devboxes.models import (
     DevboxRecord,
@@ -73,9 +74,9 @@ async def recover(core: DevboxCore) -> None:
             if record.status is not DevboxStatus.ERROR:
                 await core.store.update(record.id, status=DevboxStatus.ERROR, error=LOST_VM)
         elif record.status is DevboxStatus.REBOOTING:
-            redo.append((record.id, core.complete_reboot(record.id, record.memory_mb)))
+            redo.append((record.id, complete_reboot(core, record.id, record.memory_mb)))
         elif record.status is DevboxStatus.RESUMING:
-            redo.append((record.id, core.complete_resume(record.id)))
+            redo.append((record.id, complete_resume(core, record.id)))
         else:
             actual = STATUS_OF_INSTANCE.get(instance.state, record.status)
             if actual is not record.status:  # unchanged records keep their updated_at
@@ -87,7 +88,7 @@ async def recover(core: DevboxCore) -> None:
         elif snapshot.id in known_snapshots:  # written, not yet recorded as such
             await core.settle_snapshot(snapshot)
         elif snapshot.devbox_id in instances and snapshot.kind is SnapshotKind.SAVE:
-            redo.append((snapshot.devbox_id, core.complete_save(snapshot)))
+            redo.append((snapshot.devbox_id, complete_save(core, snapshot)))
         else:  # a branch's checkpoint no child was recorded for, or its VM is gone
             await core.snapshots.delete(snapshot.id)
     kept = {s.id for s in await core.snapshots.all()}

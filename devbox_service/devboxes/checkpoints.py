@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from devbox_service.auth.models import Principal
 from devbox_service.backends import base as backend_api
 from devbox_service.backends.base import MachineSpec
-from devbox_service.devboxes.core import DevboxCore, new_event
+from devbox_service.devboxes.core import DevboxCore
 from devbox_service.devboxes.lifecycle import Action, require
 from devbox_service.devboxes.models import (
     DevboxRecord,
@@ -20,6 +20,7 @@ from devbox_service.devboxes.models import (
     SnapshotStatus,
 )
 from devbox_service.devboxes.quotas import Admission
+from devbox_service.devboxes.records import new_event
 from devbox_service.devboxes.schemas import DevboxResponse, ImageResponse, SnapshotResponse
 from devbox_service.devboxes.views import DevboxViews, snapshot_response
 from devbox_service.errors import (

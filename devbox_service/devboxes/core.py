@@ -12,14 +12,10 @@ import contextlib
 import functools
 import json
 import logging
-import secrets
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from devbox_service.auth import tokens
 from devbox_service.auth.models import Principal
@@ -29,23 +25,16 @@ from devbox_service.devboxes.lifecycle import TRANSITIONS, Action, require
 from devbox_service.devboxes.models import (
     DevboxRecord,
     DevboxStatus,
-    EventRecord,
     EventType,
     SnapshotKind,
     SnapshotRecord,
     SnapshotStatus,
 )
 from devbox_service.devboxes.quotas import Admission
+from devbox_service.devboxes.records import new_credentials, new_event
 from devbox_service.devboxes.snapshot_store import SnapshotStore
 from devbox_service.devboxes.store import DevboxStore
-from devbox_service.errors import (
-    Conflict,
-    DevboxServiceError,
-    Failed,
-    NotFound,
-    PermissionDenied,
-    Unavailable,
-)
+from devbox_service.errors import Conflict, Failed, NotFound, Unavailable
 from devbox_service.ids import new_id
 from devbox_service.secrets.box import SecretBox
 
@@ -57,46 +46,6 @@ WAIT_RECHECK_SECONDS = 5.0
 DestroyListener = Callable[[str], Awaitable[None]]
 ReadyHook = Callable[[str], Awaitable[None]]
 SnapshotKeeper = Callable[[], Awaitable[set[str]]]
-
-
-def new_credentials() -> dict[str, str]:
-    """A devbox's SSH gateway credentials: an access token (found by its hash) with a
-    password, and a key pair for logging in as the devbox's id with `ssh -i`."""
-    private = ed25519.Ed25519PrivateKey.generate()
-    return {
-        "access_token": "dbxssh_" + secrets.token_hex(16),
-        "password": secrets.token_urlsafe(24),
-        "private_key": private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        ).decode(),
-        "public_key": private.public_key()
-        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        .decode(),
-    }
-
-
-def require_owner_or_admin(principal: Principal, record: DevboxRecord, action: str) -> None:
-    """What costs the owner (deleting, resizing) is the owner's or an org admin's to do."""
-    if record.user_id != principal.user_id and not principal.role.manages_org:
-        raise PermissionDenied(f"only the devbox's owner or an org admin may {action}")
-
-
-def new_event(
-    devbox_id: str,
-    type_: EventType,
-    snapshot_id: str | None = None,
-    detail: dict[str, Any] | None = None,
-) -> EventRecord:
-    return EventRecord(
-        id=new_id("event"),
-        devbox_id=devbox_id,
-        type=type_,
-        snapshot_id=snapshot_id,
-        detail=detail if detail is not None else {"name": type_.value},
-        created_at=time.time(),
-    )
 
 
 class DevboxCore:
@@ -319,63 +268,6 @@ class DevboxCore:
         current = record.ttl_expire_at or 0.0
         if expire_at - current > max(1.0, record.ttl_seconds * 0.05):
             await self.store.update(devbox_id, ttl_expire_at=expire_at)
-
-    # accepted work, finished (also after a restart: statuses are the record of intent)
-
-    async def complete_reboot(self, devbox_id: str, memory_mb: int) -> None:
-        """The reboot of a devbox already `rebooting`: the guest restarts (a VM whose
-        process died boots again from its disk); then `ready`, or `error` saying why."""
-        async with self.locks[devbox_id]:
-            try:
-                record = await self.record(devbox_id)
-                instance = await self.backend.get_instance(devbox_id)
-                if instance.spec != record.spec:  # a reboot into a new size
-                    await self.backend.reboot_into(devbox_id, record.spec)
-                elif await self.vm_alive(devbox_id):
-                    await self.backend.reboot(devbox_id)
-                else:
-                    await self.wake(devbox_id, memory_mb)
-            except DevboxServiceError as exc:
-                await self.store.update(
-                    devbox_id, status=DevboxStatus.ERROR, error=f"the reboot failed: {exc}"
-                )
-                return
-            await self.store.update(devbox_id, status=DevboxStatus.READY)
-
-    async def complete_resume(self, devbox_id: str) -> None:
-        """A resume a restart cut short: the VM runs again, or the devbox says why not."""
-        async with self.locks[devbox_id]:
-            try:
-                await self.bring_back(devbox_id)
-            except DevboxServiceError as exc:
-                await self.store.update(
-                    devbox_id,
-                    status=DevboxStatus.ERROR,
-                    error=f"a resume cut short by a restart of the service failed: {exc}; "
-                    "resume or reboot it again",
-                )
-                return
-            await self.store.update(
-                devbox_id, status=DevboxStatus.READY, event=new_event(devbox_id, EventType.RESUME)
-            )
-
-    async def complete_save(self, snapshot: SnapshotRecord) -> None:
-        """A save a restart cut short, written again from the running VM; the snapshot
-        record goes if that cannot be done (the caller was never told it was saved)."""
-        assert snapshot.devbox_id is not None
-        async with self.locks[snapshot.devbox_id]:
-            try:
-                await self.in_memory(snapshot.devbox_id)
-                await self.backend.save(snapshot.devbox_id, snapshot.id)
-            except DevboxServiceError as exc:
-                log.warning(
-                    "an interrupted save could not be finished: %s",
-                    exc,
-                    extra={"snapshot_id": snapshot.id},
-                )
-                await self.snapshots.delete(snapshot.id)
-                return
-            await self.settle_snapshot(snapshot)
 
     async def settle_snapshot(self, snapshot: SnapshotRecord) -> None:
         """A snapshot the backend has written: ready, and a save is its devbox's newest."""

@@ -12,7 +12,7 @@ from devbox_service.auth.models import Principal
 from devbox_service.backends import base as backend_api
 from devbox_service.db import Database
 from devbox_service.db.records import Table
-from devbox_service.devboxes.core import DevboxCore, new_event, require_owner_or_admin
+from devbox_service.devboxes.core import DevboxCore
 from devbox_service.devboxes.models import (
     DevboxRecord,
     DevboxStatus,
@@ -20,6 +20,7 @@ from devbox_service.devboxes.models import (
     DiskResizeStatus,
     EventType,
 )
+from devbox_service.devboxes.records import new_event, require_owner_or_admin
 from devbox_service.devboxes.sizes import SizeLimits, require_growth
 from devbox_service.errors import Conflict, InvalidSpec, NotFound
 from devbox_service.ids import new_id

@@ -16,9 +16,10 @@ from devbox_service.auth import tokens
 from devbox_service.auth.models import Principal
 from devbox_service.backends import base as backend_api
 from devbox_service.backends.base import SSHEndpoint
-from devbox_service.devboxes.core import DestroyListener, DevboxCore, new_credentials
+from devbox_service.devboxes.core import DestroyListener, DevboxCore
 from devbox_service.devboxes.lifecycle import SETTLING, Action, require
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus
+from devbox_service.devboxes.records import new_credentials
 from devbox_service.devboxes.schemas import DevboxSSHCredentialsResponse
 from devbox_service.errors import Conflict, NotAuthenticated, NotFound, PermissionDenied
 

@@ -14,15 +14,11 @@ import msgspec
 from devbox_service.auth.models import Principal
 from devbox_service.backends.base import MachineSpec, SnapshotInfo
 from devbox_service.devboxes.checkpoints import CheckpointService
-from devbox_service.devboxes.core import (
-    DestroyListener,
-    DevboxCore,
-    ReadyHook,
-    new_event,
-    require_owner_or_admin,
-)
+from devbox_service.devboxes.core import DestroyListener, DevboxCore, ReadyHook
+from devbox_service.devboxes.finishing import complete_reboot
 from devbox_service.devboxes.lifecycle import Action, require
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventType
+from devbox_service.devboxes.records import new_event, require_owner_or_admin
 from devbox_service.devboxes.schemas import DevboxResponse
 from devbox_service.devboxes.sizes import require_growth
 from devbox_service.devboxes.store import Changes
@@ -203,7 +199,7 @@ class DevboxService:
                 )
 
         self._core.run_in_background(
-            [devbox_id], self._core.complete_reboot(devbox_id, record.memory_mb)
+            [devbox_id], complete_reboot(self._core, devbox_id, record.memory_mb)
         )
         return await self._views.get(principal, devbox_id)
 

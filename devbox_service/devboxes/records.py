@@ -1,0 +1,56 @@
+"""How a devbox's rows are made: its SSH gateway credentials, its timeline entries, and who
+may do what costs its owner."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from devbox_service.auth.models import Principal
+from devbox_service.devboxes.models import DevboxRecord, EventRecord, EventType
+from devbox_service.errors import PermissionDenied
+from devbox_service.ids import new_id
+
+
+def new_credentials() -> dict[str, str]:
+    """A devbox's SSH gateway credentials: an access token (found by its hash) with a
+    password, and a key pair for logging in as the devbox's id with `ssh -i`."""
+    private = ed25519.Ed25519PrivateKey.generate()
+    return {
+        "access_token": "dbxssh_" + secrets.token_hex(16),
+        "password": secrets.token_urlsafe(24),
+        "private_key": private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        ).decode(),
+        "public_key": private.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode(),
+    }
+
+
+def require_owner_or_admin(principal: Principal, record: DevboxRecord, action: str) -> None:
+    """What costs the owner (deleting, resizing) is the owner's or an org admin's to do."""
+    if record.user_id != principal.user_id and not principal.role.manages_org:
+        raise PermissionDenied(f"only the devbox's owner or an org admin may {action}")
+
+
+def new_event(
+    devbox_id: str,
+    type_: EventType,
+    snapshot_id: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> EventRecord:
+    return EventRecord(
+        id=new_id("event"),
+        devbox_id=devbox_id,
+        type=type_,
+        snapshot_id=snapshot_id,
+        detail=detail if detail is not None else {"name": type_.value},
+        created_at=time.time(),
+    )
