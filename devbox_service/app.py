@@ -38,13 +38,14 @@ from devbox_service.previews.origins import preview_origin_middleware
 from devbox_service.previews.routes import HttpServiceController, preview_router
 from devbox_service.previews.websocket import preview_socket
 from devbox_service.secrets.routes import UserSecretController
-from devbox_service.services import Services, build_backend
+from devbox_service.services import Services
 from devbox_service.settings import Settings
 from devbox_service.sharing.routes import AliasController, ShareController
 from devbox_service.system import HealthController, collect_garbage, metrics, openapi_json
 from devbox_service.tmux import routes as tmux_routes
 from devbox_service.web.pages import dashboard_router, static_router
 from devbox_service.web.render import template_config
+from devbox_service.wiring import build_backend
 
 _NOT_GIVEN = object()
 

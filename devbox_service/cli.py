@@ -110,7 +110,7 @@ async def _with_identities(
 
 async def _limits(settings: Settings, args: argparse.Namespace) -> None:
     from devbox_service.devboxes.quotas import LimitOverride, Scope
-    from devbox_service.services import offline_admission
+    from devbox_service.wiring import offline_admission
 
     database = await Database.open(settings.database_path)
     try:
@@ -190,7 +190,7 @@ async def _manage(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _build_image(settings: Settings) -> None:
-    from devbox_service.services import build_backend
+    from devbox_service.wiring import build_backend
 
     backend = build_backend(settings)
     if backend is None:
@@ -254,7 +254,7 @@ async def _stop_vms(settings: Settings) -> int:
     disk), anything that cannot be saved is stopped (disk kept). 1 if any was stopped."""
     from devbox_service.backends.base import InstanceState
     from devbox_service.devboxes.background import standby_all
-    from devbox_service.services import build_backend, offline_core
+    from devbox_service.wiring import build_backend, offline_core
 
     data_dir = Path(settings.data_dir)
     backend = build_backend(settings)

@@ -5,8 +5,12 @@ template builds. Hand-written (the format is small); no web imports."""
 from __future__ import annotations
 
 import bisect
-from collections import defaultdict
+import contextlib
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
+
+from devbox_service.backends.base import BackendError, InstanceState, VMBackend
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -95,3 +99,25 @@ class Gauges:
             gauge("devbox_tmux_guests", "Guests with tmux control clients.", tmux_guests),
             gauge("devbox_template_builds_running", "Template builds running.", builds_running),
         ]
+
+
+class VmFigures(NamedTuple):
+    by_state: Counter[str]
+    memory_mb: float  # what live VM processes hold (PSS)
+    warm_pool_mb: float
+    snapshot_bytes: float
+
+
+async def vm_figures(backend: VMBackend | None) -> VmFigures:
+    """The VM side of the gauges, read from the backend (all zero without one)."""
+    by_state: Counter[str] = Counter()
+    memory = 0.0
+    if backend is None:
+        return VmFigures(by_state, 0.0, 0.0, 0.0)
+    for instance in await backend.list_instances():
+        by_state[instance.state.value] += 1
+        if instance.state in (InstanceState.RUNNING, InstanceState.PAUSED):
+            with contextlib.suppress(BackendError):  # it ended meanwhile
+                memory += await backend.memory_mb(instance.id)
+    snapshot_bytes = sum(s.size_bytes for s in await backend.list_snapshots())
+    return VmFigures(by_state, memory, await backend.held_memory_mb(), snapshot_bytes)

@@ -18,9 +18,6 @@ from devbox_service.auth.service import ADMIN_KEY_FILE, IdentityService
 from devbox_service.auth.store import IdentityStore
 from devbox_service.auth.web_sessions import WebSessions
 from devbox_service.backends.base import (
-    GUEST_API_PORT,
-    GUEST_PROXY_PORT,
-    BackendError,
     InstanceState,
     VMBackend,
 )
@@ -41,7 +38,6 @@ from devbox_service.devboxes.checkpoints import CheckpointService
 from devbox_service.devboxes.core import DevboxCore
 from devbox_service.devboxes.disk_resizes import DiskResizes, DiskResizeStore
 from devbox_service.devboxes.guests import GuestAccess
-from devbox_service.devboxes.quotas import Admission, Limits, LimitStore
 from devbox_service.devboxes.service import DevboxService
 from devbox_service.devboxes.sizes import SizeLimits
 from devbox_service.devboxes.snapshot_store import SnapshotStore
@@ -50,7 +46,7 @@ from devbox_service.devboxes.uploads import UploadService
 from devbox_service.devboxes.views import DevboxViews
 from devbox_service.egress.proxy import EgressProxy, GuestApiRelay
 from devbox_service.instances.service import InstanceService
-from devbox_service.metrics import Gauges, RequestMetrics, exposition
+from devbox_service.metrics import Gauges, RequestMetrics, exposition, vm_figures
 from devbox_service.notifications.service import NotificationService
 from devbox_service.notifications.store import NotificationStore
 from devbox_service.previews.origins import origin_url
@@ -63,96 +59,18 @@ from devbox_service.secrets.store import SecretStore
 from devbox_service.settings import Settings
 from devbox_service.sharing.service import SharingService
 from devbox_service.sharing.store import AliasStore
-from devbox_service.sockets import short_socket_path
 from devbox_service.ssh.gateway import SSHGateway
 from devbox_service.ssh.guest import GuestConnections
 from devbox_service.tmux.remote import guest_opener
 from devbox_service.tmux.service import TmuxService
+from devbox_service.wiring import (
+    admission,
+    gateway_hosts,
+    guest_api_socket,
+    guest_proxy_socket,
+)
 
 log = logging.getLogger("devbox_service")
-
-
-def build_backend(settings: Settings) -> VMBackend | None:
-    if settings.vm_backend == "none":
-        return None
-    from devbox_service.backends.base import MachineSpec
-    from devbox_service.backends.qemu.config import QemuConfig
-    from devbox_service.backends.qemu.driver import QemuBackend
-
-    config = QemuConfig(
-        state_dir=str(Path(settings.data_dir) / "vms"),
-        guest_services={
-            GUEST_API_PORT: str(guest_api_socket(settings)),
-            GUEST_PROXY_PORT: str(guest_proxy_socket(settings)),
-        },
-        cache_dir=settings.cache_dir,
-        machine=settings.vm_machine,
-        accel=settings.vm_accel,
-        spec=MachineSpec(
-            vcpus=settings.vm_vcpus, memory_mb=settings.vm_memory_mb, disk_mb=settings.vm_disk_mb
-        ),
-        warm_pool=settings.vm_warm_pool,
-    )
-    return QemuBackend(config)
-
-
-def guest_api_socket(settings: Settings) -> Path:
-    """Where guests' API connections arrive (stable per data dir: VMs outlive the service)."""
-    return short_socket_path(Path(settings.data_dir) / "run" / "guest-api.sock")
-
-
-def guest_proxy_socket(settings: Settings) -> Path:
-    return short_socket_path(Path(settings.data_dir) / "run" / "guest-proxy.sock")
-
-
-def admission(
-    settings: Settings, devboxes: DevboxStore, snapshots: SnapshotStore, database: Database
-) -> Admission:
-    """The limits from the settings, overridable per user and org (`devbox-service limits`)."""
-    return Admission(
-        devboxes,
-        snapshots,
-        LimitStore(database),
-        user_defaults=Limits(
-            devboxes=settings.limit_devboxes_per_user,
-            snapshots=settings.limit_snapshots_per_user,
-            disk_mb=settings.limit_disk_mb_per_user,
-        ),
-        org_defaults=Limits(
-            devboxes=settings.limit_devboxes_per_org,
-            snapshots=settings.limit_snapshots_per_org,
-            disk_mb=settings.limit_disk_mb_per_org,
-        ),
-        memory_reserve_mb=settings.host_memory_reserve_mb,
-        vm_overhead_mb=settings.vm_memory_overhead_mb,
-    )
-
-
-def offline_core(settings: Settings, database: Database, backend: VMBackend) -> DevboxCore:
-    """The devbox core over a data dir no service holds (the operator's offline commands)."""
-    devboxes, snapshots = DevboxStore(database), SnapshotStore(database)
-    return DevboxCore(
-        devboxes,
-        snapshots,
-        backend,
-        SecretBox.open(Path(settings.data_dir)),
-        admission(settings, devboxes, snapshots, database),
-    )
-
-
-def offline_admission(settings: Settings, database: Database) -> Admission:
-    """The limits in force, for `devbox-service limits` (no service needed)."""
-    return admission(settings, DevboxStore(database), SnapshotStore(database), database)
-
-
-def gateway_hosts(http_host: str) -> tuple[str, ...]:
-    """The SSH gateway listens where the API does; loopback means both IPv4 and IPv6, since
-    `{devbox_id}.localhost` resolves to ::1 first on many systems."""
-    if http_host in ("127.0.0.1", "localhost", "::1"):
-        return ("127.0.0.1", "::1")
-    if http_host in ("0.0.0.0", "::"):
-        return ("0.0.0.0", "::")
-    return (http_host,)
 
 
 class Services:
@@ -320,23 +238,14 @@ class Services:
     async def metrics(self) -> str:
         """Prometheus text: the request histograms and the state of devboxes and VMs."""
         statuses = Counter(r.status.value for r in await self.devboxes.all_records())
-        vms: Counter[str] = Counter()
-        memory = snapshot_bytes = warm_pool = 0.0
-        if self.backend is not None:
-            warm_pool = await self.backend.held_memory_mb()
-            for instance in await self.backend.list_instances():
-                vms[instance.state.value] += 1
-                if instance.state in (InstanceState.RUNNING, InstanceState.PAUSED):
-                    with contextlib.suppress(BackendError):
-                        memory += await self.backend.memory_mb(instance.id)
-            snapshot_bytes = sum(s.size_bytes for s in await self.backend.list_snapshots())
+        vms = await vm_figures(self.backend)
         gauges = Gauges(
             devboxes_by_status=statuses,
-            vms_by_state=vms,
-            vm_memory_mb=round(memory, 1),
-            warm_pool_mb=round(warm_pool, 1),
+            vms_by_state=vms.by_state,
+            vm_memory_mb=round(vms.memory_mb, 1),
+            warm_pool_mb=round(vms.warm_pool_mb, 1),
             snapshots=await self.checkpoints.count_all(),
-            snapshot_bytes=snapshot_bytes,
+            snapshot_bytes=vms.snapshot_bytes,
             ssh_sessions=self.gateway.session_count if self.gateway else 0,
             tmux_guests=self.tmux.guest_count,
             builds_running=self.template_runs.active_count,

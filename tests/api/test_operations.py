@@ -46,7 +46,8 @@ async def test_a_backup_taken_while_serving_restores_into_a_new_data_dir(
     summary = await asyncio.to_thread(backups.backup, data_dir, target)
     writes.cancel()
 
-    assert (summary.devboxes, summary.templates, summary.secrets) == (1, 1, 1)
+    assert (summary.devboxes, summary.templates) == (1, 1)
+    assert summary.secrets >= 1  # RESTORED, and the BUSY ones written so far
     assert target.stat().st_mode & 0o777 == 0o600, "it holds the key to every secret"
     assert SECRET_VALUE.encode() not in target.read_bytes(), "secrets stay sealed in it"
     restored_dir = tmp_path / "restored"
