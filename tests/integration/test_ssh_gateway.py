@@ -28,8 +28,9 @@ from support import free_port
 from devbox_service.backends.base import SSHEndpoint
 from devbox_service.errors import NotFound
 from devbox_service.ssh import LoginThrottle, SSHGateway
-from devbox_service.ssh.gateway import HOST_KEY_FILE, throttle_key
+from devbox_service.ssh.gateway import HOST_KEY_FILE
 from devbox_service.ssh.guest import GuestConnections
+from devbox_service.ssh.login import throttle_key
 
 SSHD = "/usr/sbin/sshd"
 TOKEN, PASSWORD = "tok_" + secrets.token_hex(8), secrets.token_urlsafe(16)
