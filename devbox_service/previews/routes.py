@@ -16,8 +16,8 @@ from litestar.response.redirect import ASGIRedirectResponse
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.status_codes import HTTP_502_BAD_GATEWAY
 
-from devbox_service.auth import scopes
 from devbox_service.auth.guards import PUBLIC, CurrentPrincipal, agent_scope, allow
+from devbox_service.auth.scopes import AgentScope
 from devbox_service.devboxes.schemas import DevboxResponse
 from devbox_service.errors import LimitReached
 from devbox_service.previews import proxy
@@ -25,7 +25,7 @@ from devbox_service.previews.models import HttpExposeRequest
 from devbox_service.previews.origins import ORIGIN_KEY
 from devbox_service.services import AppServices
 
-HTTP_WRITE = agent_scope(scopes.HTTP_WRITE)
+HTTP_WRITE = agent_scope(AgentScope.HTTP_WRITE)
 PROXIED_METHODS = [
     HttpMethod.GET,
     HttpMethod.HEAD,

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from support import Api, app_routes, background_settled, insert_devbox, mint_agent_token
 
-from devbox_service.auth import scopes
 from devbox_service.auth.guards import AccessGuard
 from devbox_service.auth.models import Role
+from devbox_service.auth.scopes import AgentScope
 from devbox_service.devboxes.disk_resizes import DISK_RESIZES
 from devbox_service.devboxes.models import DiskResizeRecord, DiskResizeStatus
 
-SINGLE_SCOPES = sorted(scopes.ALL_SCOPES)
+SINGLE_SCOPES = sorted(scope.value for scope in AgentScope)
 CALLERS = [
     "none",
     "owner",
