@@ -19,6 +19,10 @@ DevboxServiceError
  +-- Unavailable            a part of the service is not usable right now    (503)
  +-- Unreachable            a guest or upstream did not answer               (502)
  +-- Failed                 an operation broke on the server's side          (500)
+ |    +-- GuestCommandFailed     (ssh.guest) a command the service ran in a guest exited
+ |    |                          non-zero
+ |    +-- SealedValueUnreadable  (secrets.box) a stored value this installation's key
+ |                               does not open
  +-- NotSupported           a part of the contract this service does not do  (501)
 
 The backend's tree (`backends.base`) hangs below these: its `NotFound` is a `NotFound`, its

@@ -4,7 +4,7 @@ never expiring, so they can be listed, revoked, and audited instead."""
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 from msgspec import Meta
@@ -12,21 +12,13 @@ from msgspec import Meta
 from devbox_service.auth import scopes, tokens
 from devbox_service.auth.agent_token_store import AgentTokenStore
 from devbox_service.auth.models import AgentTokenRecord, AuditEntry, Principal
+from devbox_service.auth.scopes import AgentScope
 from devbox_service.devboxes.guests import GuestAccess
 from devbox_service.devboxes.models import DevboxRecord
 from devbox_service.devboxes.service import DevboxService
 from devbox_service.errors import DevboxServiceError, NotFound, PermissionDenied, Unreachable
 from devbox_service.ids import new_id
 
-Scope = Literal[
-    "devbox:summary:read",
-    "devbox:http:write",
-    "devbox:snapshot:write",
-    "devbox:secrets:read",
-    "devbox:secrets:write",
-    "devbox:notifications:write",
-    "devbox:metadata:write",
-]
 SecretName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 
 GUEST_ENV_FILE = "/root/.devbox/agent.env"
@@ -34,7 +26,7 @@ GUEST_PROFILE_SNIPPET = "/etc/profile.d/devbox-agent.sh"
 
 
 class AgentTokenRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    scopes: list[Scope] | None = None
+    scopes: list[AgentScope] | None = None
     purpose: Annotated[str, Meta(max_length=200)] = ""
     ttl_seconds: int | None = None  # accepted and ignored: tokens never expire
     secret_names: list[SecretName] | None = None  # beyond the contract: limit secrets access
@@ -105,7 +97,7 @@ class AgentTokenService:
         if request.inject:
             await self._guests.usable(principal, devbox_id)
         granted = scopes.granted(
-            list(request.scopes) if request.scopes is not None else None,
+            request.scopes,
             injected=request.inject,
             secret_names=request.secret_names,
         )

@@ -14,6 +14,7 @@ import msgspec
 from litestar.di import NamedDependency
 
 from devbox_service.auth.models import Principal, PrincipalKind
+from devbox_service.auth.scopes import AgentScope
 from devbox_service.auth.web_sessions import SESSION_COOKIE, WebSessions, check_csrf
 from devbox_service.errors import NotAuthenticated, PermissionDenied
 
@@ -44,7 +45,7 @@ class Access(msgspec.Struct, frozen=True, kw_only=True):
     public: bool = False
     page: bool = False
     admin: bool = False
-    scope: str | None = None
+    scope: AgentScope | None = None
 
 
 PUBLIC = Access(public=True)
@@ -53,7 +54,7 @@ USER = Access()
 ADMIN = Access(admin=True)
 
 
-def agent_scope(scope: str) -> Access:
+def agent_scope(scope: AgentScope) -> Access:
     return Access(scope=scope)
 
 

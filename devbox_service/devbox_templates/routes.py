@@ -1,18 +1,18 @@
-"""`/api/templates`: each handler makes one service call. The build event stream is served
-with sse-starlette (keep-alives are SSE comments); a client that does not accept
+"""`/api/templates`: each handler makes one service call. The build event stream is an SSE
+stream (keep-alives are SSE comments, `event_streams`); a client that does not accept
 `text/event-stream` gets the run's events so far as a JSON list."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
 from litestar import Controller, Request, delete, get, post, put
 from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.response import ServerSentEventMessage
 from litestar.response.base import ASGIResponse
 from litestar.types import ASGIApp
-from sse_starlette import EventSourceResponse
 
 from devbox_service.auth.guards import USER, CurrentPrincipal, allow
 from devbox_service.devbox_templates.schemas import (
@@ -26,10 +26,10 @@ from devbox_service.devbox_templates.schemas import (
     TemplateUpdateRequest,
 )
 from devbox_service.devboxes.schemas import DevboxResponse
+from devbox_service.event_streams import event_stream
 from devbox_service.request_bodies import optional_body
 from devbox_service.services import AppServices
 
-KEEPALIVE_SECONDS = 15
 T = TypeVar("T")
 
 
@@ -131,8 +131,7 @@ class TemplateController(Controller):
             history = await services.templates.history(principal, template_id, run_id)
             return ASGIResponse(body=json.dumps(history).encode(), media_type="application/json")
         events = await services.templates.events(principal, template_id, run_id)
-        stream: ASGIApp = EventSourceResponse(_sse(events), ping=KEEPALIVE_SECONDS)  # type: ignore[assignment]
-        return stream
+        return event_stream(request, _sse(events))
 
     @get(
         "/{template_id:str}/instant-devbox/availability",
@@ -161,6 +160,8 @@ class TemplateController(Controller):
         return await services.templates.instant_devbox(principal, template_id, body)
 
 
-async def _sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, str]]:
+async def _sse(
+    events: AsyncIterator[dict[str, Any]],
+) -> AsyncGenerator[ServerSentEventMessage, None]:
     async for event in events:
-        yield {"data": json.dumps(event)}
+        yield ServerSentEventMessage(data=json.dumps(event))

@@ -13,6 +13,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, MultipartBody, QueryP
 
 from devbox_service.auth.guards import USER, CurrentPrincipal, agent_scope, allow
 from devbox_service.auth.models import Principal
+from devbox_service.auth.scopes import AgentScope
 from devbox_service.devboxes.schemas import (
     BranchRequest,
     BranchResponse,
@@ -33,9 +34,9 @@ from devbox_service.devboxes.schemas import (
 )
 from devbox_service.services import AppServices, Services
 
-SUMMARY_READ = agent_scope("devbox:summary:read")
-SNAPSHOT_WRITE = agent_scope("devbox:snapshot:write")
-METADATA_WRITE = agent_scope("devbox:metadata:write")
+SUMMARY_READ = agent_scope(AgentScope.SUMMARY_READ)
+SNAPSHOT_WRITE = agent_scope(AgentScope.SNAPSHOT_WRITE)
+METADATA_WRITE = agent_scope(AgentScope.METADATA_WRITE)
 
 
 class DevboxController(Controller):

@@ -12,7 +12,11 @@ from devbox_service.devboxes.schemas import UploadResponse
 from devbox_service.errors import InvalidInput, PayloadTooLarge
 
 UPLOAD_ROOT = "/tmp"
-DEFAULT_UPLOAD_DIR = "/tmp/codex-uploads"
+"""A path in the guest, not on the host. Uploads are written as root, so they are kept to
+scratch space: an upload cannot replace the guest's system or profile files."""
+DEFAULT_UPLOAD_DIR = posixpath.join(UPLOAD_ROOT, "codex-uploads")
+"""Where a file lands when the request names no directory. Part of the API: it is answered
+as the upload's `path` (clients read the file from there), so it is fixed, not a setting."""
 IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"RIFF")
 
 

@@ -4,15 +4,16 @@ keys only for now: agent tokens keep to the devbox routes and their scopes."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 from litestar import Controller, Request, delete, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.response import ServerSentEventMessage
 from litestar.types import ASGIApp
-from sse_starlette import EventSourceResponse
 
 from devbox_service.auth.guards import USER, CurrentPrincipal, allow
+from devbox_service.event_streams import event_stream
 from devbox_service.instances.schemas import (
     BootSnapshotRequest,
     CreateSnapshotRequest,
@@ -40,8 +41,6 @@ from devbox_service.instances.schemas import (
 from devbox_service.instances.service import metadata_filter
 from devbox_service.request_bodies import optional_body
 from devbox_service.services import AppServices
-
-KEEPALIVE_SECONDS = 15
 
 
 def _filter(request: Request[Any, Any, Any]) -> dict[str, str]:
@@ -170,16 +169,16 @@ class InstanceController(Controller):
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         data: JSONBody[ExecRequest],
+        request: Request[Any, Any, Any],
     ) -> ASGIApp:
         output = await services.instances.exec_stream(principal, devbox_id, data.command)
 
-        async def events() -> AsyncIterator[dict[str, str]]:
+        async def events() -> AsyncGenerator[ServerSentEventMessage, None]:
             async for kind, value in output:
-                yield {"data": json.dumps({"type": kind, "content": value})}
-            yield {"data": "[DONE]"}
+                yield ServerSentEventMessage(data=json.dumps({"type": kind, "content": value}))
+            yield ServerSentEventMessage(data="[DONE]")
 
-        stream: ASGIApp = EventSourceResponse(events(), ping=KEEPALIVE_SECONDS)  # type: ignore[assignment]
-        return stream
+        return event_stream(request, events())
 
     @post("/{devbox_id:str}/snapshot", guards=[allow(USER)], status_code=200, summary="Snapshot")
     async def snapshot(

@@ -5,8 +5,8 @@ from __future__ import annotations
 from litestar import Controller, get, post
 from litestar.params import FromPath, JSONBody
 
-from devbox_service.auth import scopes
 from devbox_service.auth.guards import USER, CurrentPrincipal, agent_scope, allow
+from devbox_service.auth.scopes import AgentScope
 from devbox_service.notifications.models import (
     Notification,
     NotificationCreate,
@@ -21,7 +21,7 @@ class DevboxNotificationController(Controller):
 
     @post(
         "/",
-        guards=[allow(agent_scope(scopes.NOTIFICATIONS_WRITE))],
+        guards=[allow(agent_scope(AgentScope.NOTIFICATIONS_WRITE))],
         status_code=200,
         summary="Post a notification for a devbox",
     )

@@ -9,23 +9,21 @@ from urllib.parse import quote
 
 from litestar import Controller, HttpMethod, Request, Router, delete, post, route
 from litestar.background_tasks import BackgroundTask
-from litestar.exceptions import HTTPException
 from litestar.params import FromPath, JSONBody
 from litestar.response.base import ASGIResponse
 from litestar.response.redirect import ASGIRedirectResponse
 from litestar.response.streaming import ASGIStreamingResponse
-from litestar.status_codes import HTTP_502_BAD_GATEWAY
 
-from devbox_service.auth import scopes
 from devbox_service.auth.guards import PUBLIC, CurrentPrincipal, agent_scope, allow
+from devbox_service.auth.scopes import AgentScope
 from devbox_service.devboxes.schemas import DevboxResponse
-from devbox_service.errors import LimitReached
+from devbox_service.errors import LimitReached, Unreachable
 from devbox_service.previews import proxy
 from devbox_service.previews.models import HttpExposeRequest
 from devbox_service.previews.origins import ORIGIN_KEY
 from devbox_service.services import AppServices
 
-HTTP_WRITE = agent_scope(scopes.HTTP_WRITE)
+HTTP_WRITE = agent_scope(AgentScope.HTTP_WRITE)
 PROXIED_METHODS = [
     HttpMethod.GET,
     HttpMethod.HEAD,
@@ -132,10 +130,9 @@ async def preview(
             limit="preview_requests_per_devbox",
         ) from exc
     except proxy.UpstreamUnreachable as exc:
-        raise HTTPException(
-            status_code=HTTP_502_BAD_GATEWAY,
-            detail=f"nothing answered HTTP on port {target.service.port} of devbox {devbox_id} "
-            f"(service {name!r}): {exc}",
+        raise Unreachable(
+            f"nothing answered HTTP on port {target.service.port} of devbox {devbox_id} "
+            f"(service {name!r}): {exc}"
         ) from exc
 
     async def relay() -> AsyncIterator[bytes]:

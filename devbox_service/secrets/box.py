@@ -8,7 +8,14 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from devbox_service.errors import Failed
+
 KEY_FILE = "secret-box.key"
+
+
+class SealedValueUnreadable(Failed):
+    """A stored value that this installation's key does not open (the key file was replaced
+    or the value damaged): the server's state is broken, not the caller's request."""
 
 
 class SecretBox:
@@ -37,7 +44,9 @@ class SecretBox:
         try:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken as exc:
-            raise ValueError("sealed value does not match this installation's key") from exc
+            raise SealedValueUnreadable(
+                "sealed value does not match this installation's key", key_file=KEY_FILE
+            ) from exc
 
     def __repr__(self) -> str:
         return "SecretBox(<hidden>)"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from litestar import Controller, delete, get, put
 from litestar.params import FromPath, JSONBody
 
-from devbox_service.auth import scopes
 from devbox_service.auth.guards import CurrentPrincipal, agent_scope, allow
+from devbox_service.auth.scopes import AgentScope
 from devbox_service.devboxes.schemas import DeleteResponse
 from devbox_service.secrets.service import (
     SecretInfo,
@@ -16,8 +16,8 @@ from devbox_service.secrets.service import (
 )
 from devbox_service.services import AppServices
 
-READ = agent_scope(scopes.SECRETS_READ)
-WRITE = agent_scope(scopes.SECRETS_WRITE)
+READ = agent_scope(AgentScope.SECRETS_READ)
+WRITE = agent_scope(AgentScope.SECRETS_WRITE)
 
 
 class UserSecretController(Controller):

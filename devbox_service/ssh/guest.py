@@ -14,16 +14,23 @@ from typing import TypeVar
 import asyncssh
 
 from devbox_service.backends.base import SSHEndpoint
-from devbox_service.errors import Unreachable
+from devbox_service.errors import Failed, Unreachable
 
 T = TypeVar("T")
 
 CONNECT_TIMEOUT = 20.0
 
 
-class GuestCommandFailed(Exception):
+class GuestCommandFailed(Failed):
+    """A command the service ran in a guest (`run(check=True)`) exited non-zero: a step the
+    service relies on broke, so it is the tree's `Failed` (500), not a foreign error."""
+
     def __init__(self, command: str, exit_status: int | None, stderr: str) -> None:
-        super().__init__(f"guest command {command!r} exited {exit_status}: {stderr.strip()[-500:]}")
+        super().__init__(
+            f"guest command {command!r} exited {exit_status}: {stderr.strip()[-500:]}",
+            command=command,
+            exit_status=exit_status,
+        )
         self.command = command
         self.exit_status = exit_status
         self.stderr = stderr

@@ -99,3 +99,15 @@ async def test_an_agent_token_cannot_make_a_protected_service_public(fake_api: A
     assert shown.json()["networking"]["http_services"][0]["auth_mode"] == "api_key"
     own = await expose(fake_api, agent, devbox_id, name="agent-web", port=9090)
     assert own.status_code == 200, own.text
+
+
+async def test_a_port_nothing_answers_on_is_a_502_naming_it(fake_api: Api) -> None:
+    """The in-memory backend forwards to a host port nobody listens on: the proxy's failure
+    comes back as the domain's Unreachable, in the error table's shape."""
+    key, devbox_id = fake_api.admin_key, await default_devbox(fake_api)
+    exposed = await expose(fake_api, key, devbox_id, name="silent", port=8099)
+    assert exposed.status_code == 200, exposed.text
+    answer = await fake_api.client.get(f"/preview/{devbox_id}/silent/page")
+    assert answer.status_code == 502, answer.text
+    detail = answer.json()["detail"]
+    assert f"nothing answered HTTP on port 8099 of devbox {devbox_id} (service 'silent')" in detail

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from cryptography.fernet import Fernet
 
 from devbox_service import errors
 from devbox_service.backends import base as backend
 from devbox_service.http_errors import status_for
+from devbox_service.secrets.box import SealedValueUnreadable, SecretBox
+from devbox_service.ssh.guest import GuestCommandFailed
 
 
 @pytest.mark.parametrize(
@@ -48,3 +51,17 @@ def test_every_backend_error_is_a_domain_error() -> None:
         assert issubclass(cls, errors.DevboxServiceError)
     conflict = backend.InvalidState("cannot pause", state="stopped")
     assert isinstance(conflict, errors.Conflict) and conflict.state == "stopped"
+
+
+def test_adapter_errors_are_in_the_tree() -> None:
+    """Guest commands and sealed values fail as `Failed` (500), never as foreign errors."""
+    failed = GuestCommandFailed("false", 1, "boom\n")
+    assert isinstance(failed, errors.Failed) and status_for(failed) == 500
+    assert failed.message == "guest command 'false' exited 1: boom"
+    assert issubclass(SealedValueUnreadable, errors.Failed)
+
+
+def test_a_value_sealed_under_another_key_is_a_domain_error() -> None:
+    sealed = SecretBox(Fernet.generate_key()).seal("v")
+    with pytest.raises(SealedValueUnreadable, match="this installation's key"):
+        SecretBox(Fernet.generate_key()).open_sealed(sealed)

@@ -6,6 +6,7 @@ import pytest
 
 from devbox_service.auth.guards import ADMIN, USER, agent_scope, check
 from devbox_service.auth.models import Principal, PrincipalKind, Role
+from devbox_service.auth.scopes import SECRET_SCOPES, AgentScope, granted
 from devbox_service.errors import PermissionDenied
 
 
@@ -31,7 +32,7 @@ def principal(
 
 def test_user_keys_pass_user_rules_and_scoped_rules() -> None:
     check(USER, principal(), "dbx_1")
-    check(agent_scope("devbox:summary:read"), principal(), "dbx_1")
+    check(agent_scope(AgentScope.SUMMARY_READ), principal(), "dbx_1")
 
 
 def test_admin_rule_needs_an_administrator() -> None:
@@ -52,9 +53,9 @@ def test_agent_token_needs_the_scope_and_names_it() -> None:
     agent = principal(
         PrincipalKind.AGENT, scopes=frozenset({"devbox:summary:read"}), devbox_id="d1"
     )
-    check(agent_scope("devbox:summary:read"), agent, "d1")
+    check(agent_scope(AgentScope.SUMMARY_READ), agent, "d1")
     with pytest.raises(PermissionDenied, match=r"Insufficient scope.*devbox:snapshot:write"):
-        check(agent_scope("devbox:snapshot:write"), agent, "d1")
+        check(agent_scope(AgentScope.SNAPSHOT_WRITE), agent, "d1")
 
 
 def test_agent_token_is_bound_to_its_devbox() -> None:
@@ -62,15 +63,13 @@ def test_agent_token_is_bound_to_its_devbox() -> None:
         PrincipalKind.AGENT, scopes=frozenset({"devbox:summary:read"}), devbox_id="d1"
     )
     with pytest.raises(PermissionDenied, match="different devbox"):
-        check(agent_scope("devbox:summary:read"), agent, "d2")
+        check(agent_scope(AgentScope.SUMMARY_READ), agent, "d2")
 
 
 def test_injected_tokens_reach_secrets_only_when_names_are_given() -> None:
-    from devbox_service.auth import scopes
-
-    assert scopes.SECRETS_READ in scopes.granted(None, injected=False, secret_names=None)
-    injected = scopes.granted(None, injected=True, secret_names=None)
-    assert not scopes.SECRET_SCOPES & set(injected) and scopes.SUMMARY_READ in injected
-    asked = [scopes.SECRETS_READ, scopes.SUMMARY_READ]
-    assert scopes.granted(asked, injected=True, secret_names=None) == [scopes.SUMMARY_READ]
-    assert scopes.SECRETS_READ in scopes.granted(asked, injected=True, secret_names=["A"])
+    assert AgentScope.SECRETS_READ in granted(None, injected=False, secret_names=None)
+    injected = granted(None, injected=True, secret_names=None)
+    assert not SECRET_SCOPES & set(injected) and AgentScope.SUMMARY_READ in injected
+    asked = [AgentScope.SECRETS_READ, AgentScope.SUMMARY_READ]
+    assert granted(asked, injected=True, secret_names=None) == ["devbox:summary:read"]
+    assert AgentScope.SECRETS_READ in granted(asked, injected=True, secret_names=["A"])

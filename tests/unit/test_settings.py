@@ -67,8 +67,8 @@ def test_cli_refuses_to_start_on_a_bad_setting(
 
 
 def test_every_agent_scope_is_documented_in_the_readme() -> None:
-    from devbox_service.auth.scopes import ALL_SCOPES
+    from devbox_service.auth.scopes import AgentScope
 
     text = README.read_text()
-    missing = [scope for scope in ALL_SCOPES if f"`{scope}`" not in text]
+    missing = [scope.value for scope in AgentScope if f"`{scope}`" not in text]
     assert not missing, f"README.md does not document scopes: {missing}"

@@ -6,7 +6,6 @@ import pytest
 from support import FIXTURES
 
 from devbox_service.devboxes.uploads import (
-    DEFAULT_UPLOAD_DIR,
     is_image,
     safe_filename,
     safe_upload_dir,
@@ -17,8 +16,8 @@ from devbox_service.errors import InvalidInput
 @pytest.mark.parametrize(
     ("given", "expected"),
     [
-        (None, DEFAULT_UPLOAD_DIR),
-        ("", DEFAULT_UPLOAD_DIR),
+        (None, "/tmp/codex-uploads"),  # the API's default (answered as the upload's path)
+        ("", "/tmp/codex-uploads"),
         ("/tmp", "/tmp"),
         ("/tmp/a/b", "/tmp/a/b"),
         ("/tmp/a//b/", "/tmp/a/b"),
