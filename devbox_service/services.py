@@ -136,13 +136,13 @@ class Services:
         self.disk_resizes = DiskResizes(core, DiskResizeStore(database), sizes)
         self.instances = InstanceService(
             self.devboxes,
-            self.devbox_views,
             self.checkpoints,
             self.previews,
             self.guest_access,
             self.guest_connections,
             sizes,
             self.disk_resizes,
+            image_disk_mb=self.settings.vm_disk_mb,
         )
         self.uploads = UploadService(self.guest_access, self.settings.upload_max_bytes)
         self.standby = StandbyPolicy(core, self.settings.standby_after_seconds)

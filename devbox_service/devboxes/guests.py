@@ -179,6 +179,11 @@ class GuestAccess:
         HTTP for the preview proxy), one still starting is waited for. Raises NotFound,
         Conflict (a devbox that cannot get ready)."""
         await self._core.touch(devbox_id)
+        return await self.ready_target(devbox_id, woken_by=woken_by)
+
+    async def ready_target(self, devbox_id: str, *, woken_by: str = "SSH") -> SSHEndpoint:
+        """`connect_target` for a caller that has noted the activity already (an API action,
+        touched by the auth guard): one use is one TTL restart."""
         record = await self._core.record(devbox_id)
         wakes = record.wake_on_http if woken_by == "HTTP" else record.wake_on_ssh
         if record.status is DevboxStatus.PAUSED and not wakes:

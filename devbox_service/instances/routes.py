@@ -28,7 +28,6 @@ from devbox_service.instances.schemas import (
     InstancePage,
     InstanceSnapshotRequest,
     InstanceSshKey,
-    MorphImage,
     MorphImageList,
     MorphSnapshot,
     MorphSnapshotList,
@@ -38,7 +37,7 @@ from devbox_service.instances.schemas import (
     TtlRequest,
     WakeOnRequest,
 )
-from devbox_service.instances.service import metadata_filter
+from devbox_service.instances.views import metadata_filter
 from devbox_service.request_bodies import optional_body
 from devbox_service.services import AppServices
 
@@ -53,20 +52,7 @@ class ImageCatalogController(Controller):
 
     @get("/", guards=[allow(USER)], summary="List Images")
     async def list_images(self, services: AppServices) -> MorphImageList:
-        images = await services.checkpoints.images()
-        size = services.settings.vm_disk_mb * 2**20
-        return MorphImageList(
-            data=[
-                MorphImage(
-                    id=i.id,
-                    name=i.name,
-                    description=i.description,
-                    disk_size=size,
-                    created=i.created,
-                )
-                for i in images
-            ]
-        )
+        return await services.instances.images()
 
 
 class InstanceController(Controller):
@@ -77,7 +63,7 @@ class InstanceController(Controller):
     async def list_instances(
         self, services: AppServices, principal: CurrentPrincipal, request: Request[Any, Any, Any]
     ) -> InstanceList:
-        return InstanceList(data=await services.instances.matching(principal, _filter(request)))
+        return await services.instances.instances(principal, _filter(request))
 
     @get("/list", guards=[allow(USER)], summary="List Instances Paginated")
     async def page(
@@ -111,22 +97,19 @@ class InstanceController(Controller):
     async def stop(
         self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
     ) -> None:
-        await services.instances.get(principal, devbox_id)  # 404 for one already gone
-        await services.devboxes.delete(principal, devbox_id)
+        await services.instances.stop(principal, devbox_id)
 
     @post("/{devbox_id:str}/pause", guards=[allow(USER)], status_code=200, summary="Pause")
     async def pause(
         self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
     ) -> Instance:
-        await services.devboxes.pause(principal, devbox_id)
-        return await services.instances.get(principal, devbox_id)
+        return await services.instances.pause(principal, devbox_id)
 
     @post("/{devbox_id:str}/resume", guards=[allow(USER)], status_code=200, summary="Resume")
     async def resume(
         self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
     ) -> Instance:
-        await services.devboxes.resume(principal, devbox_id)
-        return await services.instances.get(principal, devbox_id)
+        return await services.instances.resume(principal, devbox_id)
 
     @post("/{devbox_id:str}/reboot", guards=[allow(USER)], status_code=200, summary="Reboot")
     async def reboot(
@@ -147,8 +130,7 @@ class InstanceController(Controller):
         devbox_id: FromPath[str],
         data: JSONBody[dict[str, str]],
     ) -> Instance:
-        await services.devboxes.update_metadata(principal, devbox_id, data)
-        return await services.instances.get(principal, devbox_id)
+        return await services.instances.set_metadata(principal, devbox_id, data)
 
     @post("/{devbox_id:str}/exec", guards=[allow(USER)], status_code=200, summary="Exec")
     async def exec(
@@ -263,9 +245,7 @@ class InstanceController(Controller):
         devbox_id: FromPath[str],
         data: JSONBody[TtlRequest],
     ) -> Instance:
-        await services.instances.get(principal, devbox_id)
-        await services.devboxes.set_ttl(principal, devbox_id, data.ttl_seconds, data.ttl_action)
-        return await services.instances.get(principal, devbox_id)
+        return await services.instances.set_ttl(principal, devbox_id, data)
 
     @post("/{devbox_id:str}/wake-on", guards=[allow(USER)], status_code=200, summary="Wake On")
     async def wake_on(
@@ -275,18 +255,13 @@ class InstanceController(Controller):
         devbox_id: FromPath[str],
         data: JSONBody[WakeOnRequest],
     ) -> Instance:
-        await services.instances.get(principal, devbox_id)
-        await services.devboxes.set_wake_on(
-            principal, devbox_id, ssh=data.wake_on_ssh, http=data.wake_on_http
-        )
-        return await services.instances.get(principal, devbox_id)
+        return await services.instances.set_wake_on(principal, devbox_id, data)
 
     @get("/{devbox_id:str}/ssh/key", guards=[allow(USER)], summary="Get SSH Key")
     async def ssh_key(
         self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
     ) -> InstanceSshKey:
-        await services.instances.get(principal, devbox_id)
-        return InstanceSshKey(**await services.guest_access.ssh_key(principal, devbox_id))
+        return await services.instances.ssh_key(principal, devbox_id)
 
     @post(
         "/{devbox_id:str}/ssh/key", guards=[allow(USER)], status_code=200, summary="Rotate SSH Key"
@@ -294,8 +269,7 @@ class InstanceController(Controller):
     async def rotate_ssh_key(
         self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
     ) -> InstanceSshKey:
-        await services.instances.get(principal, devbox_id)
-        return InstanceSshKey(**await services.guest_access.rotate_ssh_key(principal, devbox_id))
+        return await services.instances.rotate_ssh_key(principal, devbox_id)
 
 
 class SnapshotCatalogController(Controller):
@@ -312,8 +286,7 @@ class SnapshotCatalogController(Controller):
         request: Request[Any, Any, Any],
         digest: FromQuery[str | None] = None,
     ) -> MorphSnapshotList:
-        found = await services.instances.snapshots(principal, digest, _filter(request))
-        return MorphSnapshotList(data=found)
+        return await services.instances.snapshots(principal, digest, _filter(request))
 
     @get("/list", guards=[allow(USER)], summary="List Snapshots Paginated")
     async def page(
@@ -349,7 +322,7 @@ class SnapshotCatalogController(Controller):
     async def delete_snapshot(
         self, services: AppServices, principal: CurrentPrincipal, snapshot_id: FromPath[str]
     ) -> None:
-        await services.checkpoints.delete_snapshot(principal, snapshot_id)
+        await services.instances.delete_snapshot(principal, snapshot_id)
 
     @post("/{snapshot_id:str}/metadata", guards=[allow(USER)], status_code=200, summary="Metadata")
     async def set_metadata(
@@ -380,5 +353,4 @@ class SnapshotCatalogController(Controller):
         snapshot_id: FromPath[str],
         data: JSONBody[SnapshotTtlRequest],
     ) -> MorphSnapshot:
-        await services.checkpoints.set_ttl(principal, snapshot_id, data.ttl_seconds)
-        return await services.instances.snapshot(principal, snapshot_id)
+        return await services.instances.set_snapshot_ttl(principal, snapshot_id, data)

@@ -3,11 +3,13 @@ is strict about, metadata filters, pages, and what is refused with a clear answe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from support import Api, wait_status
 
+from devbox_service.backends.base import SSHEndpoint
 from devbox_service.errors import Conflict
 
 
@@ -48,6 +50,44 @@ async def test_an_instance_is_a_devbox_in_the_contracts_shape(fake_api: Api) -> 
         f"/api/devboxes/{instance['id']}", headers=fake_api.auth(key)
     )
     assert devbox.status_code == 200 and devbox.json()["id"] == instance["id"]  # one record
+
+
+async def test_instances_render_from_records_and_an_exec_is_one_use(
+    fake_api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instance view has no timeline, so none is read; an exec restarts the TTL once
+    (the auth guard notes it, the way into the guest does not again)."""
+    auth = fake_api.auth(fake_api.admin_key)
+    services = fake_api.services
+    instance = await start(fake_api, fake_api.admin_key)
+    timelines: list[Sequence[str]] = []
+
+    async def events_for(ids: Sequence[str]) -> dict[str, list[Any]]:
+        timelines.append(ids)
+        return {i: [] for i in ids}
+
+    monkeypatch.setattr(services.devbox_core.store, "events_for", events_for)
+    for path in (f"/api/instance/{instance['id']}", "/api/instance", "/api/instance/list"):
+        assert (await fake_api.client.get(path, headers=auth)).status_code == 200
+    assert timelines == []
+
+    touched: list[str] = []
+    touch = services.devbox_core.touch
+
+    async def counted(devbox_id: str) -> None:
+        touched.append(devbox_id)
+        await touch(devbox_id)
+
+    async def execute(endpoint: SSHEndpoint, command: str, timeout: float) -> tuple[int, str, str]:
+        return 0, f"ran {command}", ""
+
+    monkeypatch.setattr(services.devbox_core, "touch", counted)
+    monkeypatch.setattr(services.guest_connections, "execute", execute)
+    ran = await fake_api.client.post(
+        f"/api/instance/{instance['id']}/exec", json={"command": ["true"]}, headers=auth
+    )
+    assert ran.json() == {"exit_code": 0, "stdout": "ran true", "stderr": ""}
+    assert touched == [instance["id"]]
 
 
 async def test_metadata_filters_pages_and_lifecycle(fake_api: Api) -> None:
