@@ -11,7 +11,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
-from devbox_service.auth.guards import current_principal
+from devbox_service.auth.guards import GuardServices, current_principal
 from devbox_service.auth.routes import AgentTokenController, AuditController
 from devbox_service.backends.base import VMBackend
 from devbox_service.devbox_templates.routes import TemplateController
@@ -103,7 +103,7 @@ def create_app(settings: Settings, backend: VMBackend | object | None = _NOT_GIV
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[request_log_middleware],
         lifespan=[lifespan],
-        state=State({"services": services}),
+        state=State({"services": _guarded(services)}),
         request_max_body_size=settings.max_body_bytes,
         template_config=template_config(),
         openapi_config=OpenAPIConfig(
@@ -118,3 +118,8 @@ def create_app(settings: Settings, backend: VMBackend | object | None = _NOT_GIV
     # before routing: a service's own host is served by the preview route
     app.asgi_handler = preview_origin_middleware(settings.preview_origin_domain)(app.asgi_handler)
     return app
+
+
+def _guarded(services: Services) -> GuardServices:
+    """What the access guard reads from the app state; mypy checks Services provides it."""
+    return services

@@ -8,7 +8,7 @@ the app and fails if one has no rule.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 from litestar.di import NamedDependency
@@ -22,6 +22,30 @@ if TYPE_CHECKING:
     from litestar import Request
     from litestar.connection import ASGIConnection
     from litestar.handlers.base import BaseRouteHandler
+
+    from devbox_service.auth.service import IdentityService
+
+
+class GuardedDevboxes(Protocol):
+    """What the guard asks of the devboxes: may this caller see one, and note an action."""
+
+    async def visible(self, principal: Principal, devbox_id: str) -> object: ...
+
+    async def touch(self, devbox_id: str) -> None: ...
+
+
+class GuardServices(Protocol):
+    """The parts of the running service the guard uses (the app state's `services`)."""
+
+    @property
+    def identities(self) -> IdentityService: ...
+
+    @property
+    def devboxes(self) -> GuardedDevboxes: ...
+
+    @property
+    def web_sessions(self) -> WebSessions: ...
+
 
 PRINCIPAL_KEY = "devbox_service.principal"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -67,7 +91,7 @@ class AccessGuard:
     ) -> None:
         if self.access.public:
             return
-        services = connection.app.state.services
+        services: GuardServices = connection.app.state.services
         method = str(connection.scope.get("method", "GET"))  # a WebSocket has none
         devbox_id = connection.path_params.get("devbox_id")
         if self.access.page:
@@ -98,7 +122,7 @@ class AccessGuard:
 
     @staticmethod
     async def _devbox_visible(
-        services: Any, principal: Principal, devbox_id: str | None, method: str
+        services: GuardServices, principal: Principal, devbox_id: str | None, method: str
     ) -> None:
         """A route about a devbox answers 404 for one the caller may not see before its body
         is read (an upload of another org's devbox is refused, not buffered first). Requests
@@ -143,7 +167,8 @@ def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
 
 async def signed_in(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     """The dashboard user of the connection's session cookie; SignInRequired without one."""
-    sessions: WebSessions = connection.app.state.services.web_sessions
+    services: GuardServices = connection.app.state.services
+    sessions = services.web_sessions
     return await sessions.principal(connection.cookies.get(SESSION_COOKIE))
 
 
