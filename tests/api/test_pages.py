@@ -19,6 +19,7 @@ from support import Api, create_devbox, mint_agent_token
 
 from devbox_service.auth import tokens
 from devbox_service.auth.web_sessions import SESSION_COOKIE, SIGN_IN_COOKIE
+from devbox_service.tmux.models import TmuxPaneInfo
 from devbox_service.web.dashboard import Dashboard, RowChange
 
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
@@ -651,3 +652,41 @@ async def test_the_terminals_stream_is_for_those_who_see_the_devbox(fake_api: Ap
     assert hidden.status_code == 404
     fake_api.client.cookies.clear()
     assert is_sign_in_redirect(await get(fake_api, f"/devboxes/{devbox_id}/terminals"))
+    # Bearer credentials never open a page: a user key, or an agent token (what a hostile
+    # guest holds when one was injected into it), is sent to sign in like anyone else.
+    admin = await fake_api.services.identities.authenticate(fake_api.admin_key)
+    agent = await mint_agent_token(
+        fake_api, admin.user_id, admin.org_id, devbox_id, ["devbox:summary:read"]
+    )
+    for key in (fake_api.admin_key, agent):
+        opened = await get(fake_api, f"/devboxes/{devbox_id}/terminals", headers=fake_api.auth(key))
+        assert is_sign_in_redirect(opened)
+    # A member of the org follows them (read-only views; typing is the owner's).
+    member = await fake_api.new_user("terminals-member", org="default")
+    principal = await fake_api.services.identities.authenticate(member)
+    changes = Dashboard(fake_api.services).watch_terminals(principal, devbox_id)
+    assert isinstance(changes, AsyncGenerator)
+    try:
+        assert (await asyncio.wait_for(anext(changes), HANG_GUARD)).status == "ready"
+    finally:
+        await changes.aclose()
+    assert not await fake_api.services.guest_access.may_type(principal, devbox_id)
+
+
+def test_a_terminal_view_escapes_what_the_guest_names(fake_api: Api) -> None:
+    """Session names and commands come from the guest (root, maybe hostile): they reach the
+    page as text, never as markup, in the page and in its live updates alike."""
+    engine = fake_api.client.app.template_engine
+    assert engine is not None
+    hostile = TmuxPaneInfo(
+        id="%3",
+        session="<script>alert(1)</script>",
+        window="0",
+        index="0",
+        command='"><img src=x onerror=alert(2)>',
+    )
+    html = engine.get_template("_terminal.html").render(
+        pane=hostile, devbox_id="devbox_x", may_type=True, screens={}, csrf_token="t"
+    )
+    assert "<script>" not in html and "<img" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
