@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -234,3 +237,18 @@ async def create_devbox(api: Api, snapshot_id: str, **body: Any) -> dict[str, An
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "provisioning"
     return await wait_status(api, api.admin_key, response.json()["id"])
+
+
+def operator_cli(data_dir: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """`devbox-service ARGS` as an operator runs it on a data dir, in its own process (extra
+    `DEVBOX_*` settings by name, e.g. `VM_BACKEND="none"`); its output, exit code not checked."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVBOX_")}
+    env |= {"DEVBOX_DATA_DIR": str(data_dir)}
+    env |= {f"DEVBOX_{name}": value for name, value in settings.items()}
+    return subprocess.run(
+        [sys.executable, "-m", "devbox_service", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )

@@ -8,10 +8,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import shutil
 import subprocess
-import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +17,7 @@ from pathlib import Path
 import pytest
 from litestar.testing import AsyncTestClient
 from service_state import SECRET_VALUE, check_served, populate
-from support import FIXTURES, Api, wait_ready
+from support import FIXTURES, Api, operator_cli, wait_ready
 
 from devbox_service import backup as backups
 from devbox_service.app import create_app
@@ -132,15 +130,7 @@ def _archive(path: Path, members: dict[str, bytes]) -> Path:
 
 
 def _cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVBOX_")}
-    env |= {"DEVBOX_DATA_DIR": str(data_dir), "DEVBOX_VM_BACKEND": "none"}
-    return subprocess.run(
-        [sys.executable, "-m", "devbox_service", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return operator_cli(data_dir, *args, VM_BACKEND="none")
 
 
 async def test_the_operator_commands_say_what_is_wrong(fake_api: Api, tmp_path: Path) -> None:

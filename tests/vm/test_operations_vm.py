@@ -5,13 +5,12 @@ database is lost, with the same devboxes, keys, secrets and templates."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from live import live_service
+from support import operator_cli
 from vm_fixtures import CACHE_DIR, is_pooled, qemu_pid
 
 pytestmark = pytest.mark.vm
@@ -33,15 +32,7 @@ def qemu_processes(data_dir: Path) -> list[tuple[int, bytes]]:
 
 
 def operator(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVBOX_")}
-    env |= {"DEVBOX_DATA_DIR": str(data_dir), "DEVBOX_CACHE_DIR": CACHE_DIR}
-    return subprocess.run(
-        [sys.executable, "-m", "devbox_service", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return operator_cli(data_dir, *args, CACHE_DIR=CACHE_DIR)
 
 
 def test_stop_then_stop_vms_then_restore_a_lost_database(
