@@ -286,7 +286,7 @@ class SnapshotCatalogController(Controller):
         request: Request[Any, Any, Any],
         digest: FromQuery[str | None] = None,
     ) -> MorphSnapshotList:
-        return await services.instances.snapshots(principal, digest, _filter(request))
+        return await services.instances.snapshots.listed(principal, digest, _filter(request))
 
     @get("/list", guards=[allow(USER)], summary="List Snapshots Paginated")
     async def page(
@@ -298,7 +298,7 @@ class SnapshotCatalogController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
         digest: FromQuery[str | None] = None,
     ) -> SnapshotPage:
-        return await services.instances.snapshot_page(
+        return await services.instances.snapshots.page(
             principal, digest, _filter(request), page, limit
         )
 
@@ -316,13 +316,13 @@ class SnapshotCatalogController(Controller):
     async def get_snapshot(
         self, services: AppServices, principal: CurrentPrincipal, snapshot_id: FromPath[str]
     ) -> MorphSnapshot:
-        return await services.instances.snapshot(principal, snapshot_id)
+        return await services.instances.snapshots.get(principal, snapshot_id)
 
     @delete("/{snapshot_id:str}", guards=[allow(USER)], summary="Delete Snapshot")
     async def delete_snapshot(
         self, services: AppServices, principal: CurrentPrincipal, snapshot_id: FromPath[str]
     ) -> None:
-        await services.instances.delete_snapshot(principal, snapshot_id)
+        await services.instances.snapshots.delete(principal, snapshot_id)
 
     @post("/{snapshot_id:str}/metadata", guards=[allow(USER)], status_code=200, summary="Metadata")
     async def set_metadata(
@@ -332,7 +332,7 @@ class SnapshotCatalogController(Controller):
         snapshot_id: FromPath[str],
         data: JSONBody[dict[str, str]],
     ) -> MorphSnapshot:
-        return await services.instances.set_snapshot_metadata(principal, snapshot_id, data)
+        return await services.instances.snapshots.set_metadata(principal, snapshot_id, data)
 
     @post("/{snapshot_id:str}/boot", guards=[allow(USER)], status_code=200, summary="Boot")
     async def boot(
@@ -353,4 +353,4 @@ class SnapshotCatalogController(Controller):
         snapshot_id: FromPath[str],
         data: JSONBody[SnapshotTtlRequest],
     ) -> MorphSnapshot:
-        return await services.instances.set_snapshot_ttl(principal, snapshot_id, data)
+        return await services.instances.snapshots.set_ttl(principal, snapshot_id, data.ttl_seconds)

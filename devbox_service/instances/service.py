@@ -33,9 +33,6 @@ from devbox_service.instances.schemas import (
     InstanceSshKey,
     MorphImageList,
     MorphSnapshot,
-    MorphSnapshotList,
-    SnapshotPage,
-    SnapshotTtlRequest,
     StartInstanceRequest,
     TtlRequest,
     WakeOnRequest,
@@ -89,7 +86,9 @@ class InstanceService:
     ) -> None:
         self._devboxes = devboxes
         self._checkpoints = checkpoints
-        self._snapshots = MorphSnapshots(checkpoints)
+        self.snapshots = MorphSnapshots(checkpoints)
+        """`/api/snapshot`'s reads and edits (its routes call it directly); creating and
+        booting snapshots compose more, so they are here."""
         self._previews = previews
         self._guests = guests
         self._exec = InstanceExec(guests, commands)
@@ -292,37 +291,6 @@ class InstanceService:
 
     # snapshots
 
-    async def snapshots(
-        self, principal: Principal, digest: str | None, metadata: dict[str, str]
-    ) -> MorphSnapshotList:
-        return await self._snapshots.listed(principal, digest, metadata)
-
-    async def snapshot_page(
-        self,
-        principal: Principal,
-        digest: str | None,
-        metadata: dict[str, str],
-        page: int,
-        size: int,
-    ) -> SnapshotPage:
-        return await self._snapshots.page(principal, digest, metadata, page, size)
-
-    async def snapshot(self, principal: Principal, snapshot_id: str) -> MorphSnapshot:
-        return await self._snapshots.get(principal, snapshot_id)
-
-    async def set_snapshot_metadata(
-        self, principal: Principal, snapshot_id: str, metadata: dict[str, str]
-    ) -> MorphSnapshot:
-        return await self._snapshots.set_metadata(principal, snapshot_id, metadata)
-
-    async def set_snapshot_ttl(
-        self, principal: Principal, snapshot_id: str, request: SnapshotTtlRequest
-    ) -> MorphSnapshot:
-        return await self._snapshots.set_ttl(principal, snapshot_id, request.ttl_seconds)
-
-    async def delete_snapshot(self, principal: Principal, snapshot_id: str) -> None:
-        await self._snapshots.delete(principal, snapshot_id)
-
     async def save(
         self,
         principal: Principal,
@@ -333,10 +301,10 @@ class InstanceService:
         """`POST /instance/{id}/snapshot`: answered `ready`. A digest the organization has
         already returns that snapshot."""
         await self._live(principal, instance_id)
-        if known := await self._snapshots.by_digest(principal, digest):
+        if known := await self.snapshots.by_digest(principal, digest):
             return known
         saved = await self._checkpoints.save(principal, instance_id, digest or "snapshot")
-        return await self._snapshots.labelled(
+        return await self.snapshots.labelled(
             principal,
             saved.id,
             digest=digest,
@@ -348,7 +316,7 @@ class InstanceService:
         self, principal: Principal, request: CreateSnapshotRequest
     ) -> MorphSnapshot:
         """`POST /snapshot`: an image booted and saved (the digest first looked up)."""
-        if known := await self._snapshots.by_digest(principal, request.digest):
+        if known := await self.snapshots.by_digest(principal, request.digest):
             return known
         boot = await self._checkpoints.bootable(principal, request.image_id or DEFAULT_IMAGE)
         spec = self._asked_size(boot.spec, request)
@@ -366,7 +334,7 @@ class InstanceService:
             )
         finally:
             await self._devboxes.remove(started.id)
-        return await self._snapshots.labelled(
+        return await self.snapshots.labelled(
             principal,
             saved.id,
             digest=request.digest,
@@ -382,6 +350,6 @@ class InstanceService:
         snapshot_id = children[0].base_snapshot_id
         assert snapshot_id is not None
         return InstanceBranchResponse(
-            snapshot=await self._snapshots.get(principal, snapshot_id),
+            snapshot=await self.snapshots.get(principal, snapshot_id),
             instances=[await self.get(principal, child.id) for child in children],
         )
