@@ -151,7 +151,7 @@ async def test_keys_with_enter_sequences_and_ansi(vm_api: Api, devbox: dict[str,
     assert "\x1b[31mred" in await snapshot(vm_api, box, pane, ansi="true")
     assert "\x1b" not in await snapshot(vm_api, box, pane)
     await send(vm_api, box, {"pane_id": pane, "keys": "seq 1 500", "enter": True})
-    await wait_for(vm_api, box, pane, r"^500$")
+    await wait_for(vm_api, box, pane, r"^500\n.+")  # the prompt is back below the output
     last = await snapshot(vm_api, box, pane, lines=50)
     assert len(last.splitlines()) == 50 and last.splitlines()[-2] == "500"
     deep = await snapshot(vm_api, box, pane, lines=2000)
