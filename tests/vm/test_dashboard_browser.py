@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from browser import chromium, eventually, screenshot, sign_in, terminal_text
 from live import LiveService, live_service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
@@ -49,7 +50,10 @@ def browser() -> Iterator[WebDriver]:
 
 def row_status(driver: WebDriver, devbox_id: str) -> str | None:
     rows = driver.find_elements(By.ID, f"devbox-{devbox_id}")
-    return rows[0].get_attribute("data-status") if rows else None
+    try:
+        return rows[0].get_attribute("data-status") if rows else None
+    except StaleElementReferenceException:  # the live list replaced the row meanwhile
+        return None
 
 
 def test_sign_in_and_watch_a_devbox_pause_and_resume_without_reloading(
