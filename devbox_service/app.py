@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from litestar import Litestar
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
@@ -41,7 +42,13 @@ from devbox_service.secrets.routes import UserSecretController
 from devbox_service.services import Services
 from devbox_service.settings import Settings
 from devbox_service.sharing.routes import AliasController, ShareController
-from devbox_service.system import HealthController, collect_garbage, metrics, openapi_json
+from devbox_service.system import (
+    HealthController,
+    ServiceStatus,
+    collect_garbage,
+    metrics,
+    openapi_json,
+)
 from devbox_service.tmux import routes as tmux_routes
 from devbox_service.web.pages import dashboard_router, static_router
 from devbox_service.web.render import template_config
@@ -96,10 +103,7 @@ def create_app(settings: Settings, backend: VMBackend | object | None = _NOT_GIV
             preview_socket,
             *tmux_routes.route_handlers,
         ],
-        dependencies={
-            "principal": Provide(current_principal, sync_to_thread=False),
-            "services": Provide(lambda: services, sync_to_thread=False),
-        },
+        dependencies=_dependencies(services),
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[request_log_middleware],
         lifespan=[lifespan],
@@ -120,6 +124,54 @@ def create_app(settings: Settings, backend: VMBackend | object | None = _NOT_GIV
     return app
 
 
+def _dependencies(services: Services) -> dict[str, Provide]:
+    """What a handler may name as a parameter: the caller, and the one service it calls.
+
+    Each service is read from `services` when a request needs it (they are built when the
+    app starts). Each also depends on `principal`, so that Litestar resolves the two one
+    after the other: independent dependencies are resolved in a task group per request,
+    which costs more than both of them together. Every route's guard leaves a principal
+    (the anonymous one on public routes), so this never refuses a request."""
+    parts: dict[str, Callable[[], object]] = {
+        "settings": lambda: services.settings,
+        "service_status": lambda: _status(services),
+        "devboxes": lambda: services.devboxes,
+        "devbox_views": lambda: services.devbox_views,
+        "checkpoints": lambda: services.checkpoints,
+        "guest_access": lambda: services.guest_access,
+        "uploads": lambda: services.uploads,
+        "garbage": lambda: services.garbage,
+        "instances": lambda: services.instances,
+        "instance_snapshots": lambda: services.instances.snapshots,
+        "previews": lambda: services.previews,
+        "preview_proxy": lambda: services.preview_proxy,
+        "agent_tokens": lambda: services.agent_tokens,
+        "secrets": lambda: services.secrets,
+        "notifications": lambda: services.notifications,
+        "tmux": lambda: services.tmux,
+        "templates": lambda: services.templates,
+        "sharing": lambda: services.sharing,
+        "web_sessions": lambda: services.web_sessions,
+        "dashboard": lambda: services.dashboard,
+    }
+    provided = {
+        name: Provide(_after_principal(part), sync_to_thread=False) for name, part in parts.items()
+    }
+    return {"principal": Provide(current_principal, sync_to_thread=False), **provided}
+
+
+def _after_principal(part: Callable[[], object]) -> Callable[..., object]:
+    def provide(principal: NamedDependency[Any]) -> object:
+        return part()
+
+    return provide
+
+
 def _guarded(services: Services) -> GuardServices:
     """What the access guard reads from the app state; mypy checks Services provides it."""
+    return services
+
+
+def _status(services: Services) -> ServiceStatus:
+    """What health and metrics read; mypy checks Services provides it."""
     return services

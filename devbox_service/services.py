@@ -11,8 +11,6 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from litestar.di import NamedDependency
-
 from devbox_service.auth.agent_tokens import AgentTokenService
 from devbox_service.auth.service import ADMIN_KEY_FILE, IdentityService
 from devbox_service.auth.store import IdentityStore
@@ -63,6 +61,7 @@ from devbox_service.ssh.gateway import SSHGateway
 from devbox_service.ssh.guest import GuestConnections
 from devbox_service.tmux.remote import guest_opener
 from devbox_service.tmux.service import TmuxService
+from devbox_service.web.dashboard import Dashboard
 from devbox_service.wiring import (
     admission,
     gateway_hosts,
@@ -190,6 +189,16 @@ class Services:
         )
         core.snapshot_keepers.append(self.templates.step_snapshots)
         self.sharing = SharingService(AliasStore(database), self.templates, self.settings.base_url)
+        self.dashboard = Dashboard(
+            devboxes=self.devboxes,
+            views=self.devbox_views,
+            checkpoints=self.checkpoints,
+            agent_tokens=self.agent_tokens,
+            guests=self.guest_access,
+            tmux=self.tmux,
+            identities=self.identities,
+            previews=self.previews,
+        )
         issued = await self.identities.bootstrap(data_dir)
         if issued is not None:
             print(
@@ -251,6 +260,11 @@ class Services:
             builds_running=self.template_runs.active_count,
         )
         return exposition([self.requests.render(), *gauges.blocks])
+
+    @property
+    def ssh_port(self) -> int:
+        """The SSH gateway's port (the one it bound when the setting asks for any)."""
+        return self.gateway.port if self.gateway else self.settings.ssh_port
 
     async def readiness(self) -> dict[str, bool]:
         checks = {"store": self._database is not None and await self._database.ping()}
@@ -323,7 +337,3 @@ async def _bounded(part: str, closing: Coroutine[Any, Any, None]) -> None:
         log.warning("stopping %s took too long; going on", part)
     except Exception:
         log.exception("stopping %s failed; going on", part)
-
-
-AppServices = NamedDependency[Services]
-"""Handler parameter `services: AppServices`."""

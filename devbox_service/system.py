@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.datastructures import State
+from litestar.di import NamedDependency
 
 from devbox_service.auth.guards import ADMIN, PUBLIC, allow
 from devbox_service.backends.base import GarbageReport
-from devbox_service.services import AppServices
+from devbox_service.devboxes.background import GarbageCollector
+
+
+@runtime_checkable  # a dependency's value is checked against its type
+class ServiceStatus(Protocol):
+    """What the health, metrics and landing routes read of the running service as a whole."""
+
+    async def readiness(self) -> dict[str, bool]: ...
+
+    async def metrics(self) -> str: ...
+
+    @property
+    def ssh_port(self) -> int: ...
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):
@@ -27,8 +39,8 @@ class HealthController(Controller):
         return Health(status="ok")
 
     @get("/ready", guards=[allow(PUBLIC)])
-    async def ready(self, state: State) -> Response[Any]:
-        checks = await state.services.readiness()
+    async def ready(self, service_status: NamedDependency[ServiceStatus]) -> Response[Any]:
+        checks = await service_status.readiness()
         ok = all(checks.values())
         return Response(
             Health(status="ready" if ok else "not ready", checks=checks),
@@ -43,10 +55,9 @@ async def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 @get("/metrics", guards=[allow(ADMIN)], include_in_schema=False, media_type="text/plain")
-async def metrics(state: State) -> str:
+async def metrics(service_status: NamedDependency[ServiceStatus]) -> str:
     """Prometheus text exposition; service administrators only (their API key)."""
-    text: str = await state.services.metrics()
-    return text
+    return await service_status.metrics()
 
 
 @post(
@@ -56,7 +67,7 @@ async def metrics(state: State) -> str:
     tags=["admin"],
     summary="Collect Garbage",
 )
-async def collect_garbage(services: AppServices) -> GarbageReport:
+async def collect_garbage(garbage: NamedDependency[GarbageCollector]) -> GarbageReport:
     """Remove the VM files nothing references now (also done every
     `DEVBOX_GC_INTERVAL_SECONDS`); service administrators only. What went, and the bytes."""
-    return await services.garbage.run_once()
+    return await garbage.run_once()

@@ -20,6 +20,7 @@ class Role(enum.StrEnum):
 class PrincipalKind(enum.StrEnum):
     USER = "user"  # a user's API key: everything the user and their org may touch
     AGENT = "agent"  # a devbox agent token: one devbox, explicit scopes
+    ANONYMOUS = "anonymous"  # a public route's visitor: no account, handed to no service
 
 
 class Principal(msgspec.Struct, frozen=True, kw_only=True):

@@ -5,17 +5,18 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, delete, get, post
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from devbox_service.auth.agent_tokens import (
     AgentTokenList,
     AgentTokenRequest,
     AgentTokenResponse,
+    AgentTokenService,
     AuditList,
 )
 from devbox_service.auth.guards import USER, CurrentPrincipal, allow
 from devbox_service.devboxes.schemas import DeleteResponse
-from devbox_service.services import AppServices
 
 
 class AgentTokenController(Controller):
@@ -25,18 +26,21 @@ class AgentTokenController(Controller):
     @post("/agent-token", guards=[allow(USER)], status_code=200, summary="Mint Agent Token")
     async def mint(
         self,
-        services: AppServices,
+        agent_tokens: NamedDependency[AgentTokenService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         data: JSONBody[AgentTokenRequest | None] = None,
     ) -> AgentTokenResponse:
-        return await services.agent_tokens.mint(principal, devbox_id, data or AgentTokenRequest())
+        return await agent_tokens.mint(principal, devbox_id, data or AgentTokenRequest())
 
     @get("/agent-tokens", guards=[allow(USER)], summary="List Agent Tokens")
     async def list_tokens(
-        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+        self,
+        agent_tokens: NamedDependency[AgentTokenService],
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
     ) -> AgentTokenList:
-        return AgentTokenList(data=await services.agent_tokens.tokens(principal, devbox_id))
+        return AgentTokenList(data=await agent_tokens.tokens(principal, devbox_id))
 
     @delete(
         "/agent-tokens/{token_id:str}",
@@ -46,12 +50,12 @@ class AgentTokenController(Controller):
     )
     async def revoke(
         self,
-        services: AppServices,
+        agent_tokens: NamedDependency[AgentTokenService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         token_id: FromPath[str],
     ) -> DeleteResponse:
-        await services.agent_tokens.revoke(principal, devbox_id, token_id)
+        await agent_tokens.revoke(principal, devbox_id, token_id)
         return DeleteResponse(id=token_id, object="agent_token")
 
 
@@ -62,9 +66,9 @@ class AuditController(Controller):
     @get("/", guards=[allow(USER)], summary="Agent Token Audit Log")
     async def audit(
         self,
-        services: AppServices,
+        agent_tokens: NamedDependency[AgentTokenService],
         principal: CurrentPrincipal,
         devbox_id: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200,
     ) -> AuditList:
-        return AuditList(data=await services.agent_tokens.audit(principal, devbox_id, limit))
+        return AuditList(data=await agent_tokens.audit(principal, devbox_id, limit))

@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
 from litestar import Controller, Request, delete, get, post, put
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import ServerSentEventMessage
 from litestar.response.base import ASGIResponse
@@ -25,10 +26,10 @@ from devbox_service.devbox_templates.schemas import (
     TemplateListResponse,
     TemplateUpdateRequest,
 )
+from devbox_service.devbox_templates.service import TemplateService
 from devbox_service.devboxes.schemas import DevboxResponse
 from devbox_service.event_streams import event_stream
 from devbox_service.request_bodies import optional_body
-from devbox_service.services import AppServices
 
 T = TypeVar("T")
 
@@ -39,66 +40,78 @@ class TemplateController(Controller):
 
     @get("/", guards=[allow(USER)], summary="List Templates")
     async def list_templates(
-        self, services: AppServices, principal: CurrentPrincipal
+        self, templates: NamedDependency[TemplateService], principal: CurrentPrincipal
     ) -> TemplateListResponse:
-        return TemplateListResponse(data=await services.templates.summaries(principal))
+        return TemplateListResponse(data=await templates.summaries(principal))
 
     @post("/", guards=[allow(USER)], status_code=201, summary="Create Template")
     async def create(
         self,
-        services: AppServices,
+        templates: NamedDependency[TemplateService],
         principal: CurrentPrincipal,
         data: JSONBody[TemplateCreateRequest],
     ) -> TemplateDetail:
-        return await services.templates.create(principal, data)
+        return await templates.create(principal, data)
 
     @get("/by-hash/{content_hash:str}", guards=[allow(USER)], summary="Get Template By Hash")
     async def by_hash(
-        self, services: AppServices, principal: CurrentPrincipal, content_hash: FromPath[str]
+        self,
+        templates: NamedDependency[TemplateService],
+        principal: CurrentPrincipal,
+        content_hash: FromPath[str],
     ) -> TemplateDetail:
-        return await services.templates.by_hash(principal, content_hash)
+        return await templates.by_hash(principal, content_hash)
 
     @get("/{template_id:str}", guards=[allow(USER)], summary="Get Template")
     async def get_template(
-        self, services: AppServices, principal: CurrentPrincipal, template_id: FromPath[str]
+        self,
+        templates: NamedDependency[TemplateService],
+        principal: CurrentPrincipal,
+        template_id: FromPath[str],
     ) -> TemplateDetail:
-        return await services.templates.get(principal, template_id)
+        return await templates.get(principal, template_id)
 
     @put("/{template_id:str}", guards=[allow(USER)], summary="Update Template")
     async def update(
         self,
-        services: AppServices,
+        templates: NamedDependency[TemplateService],
         principal: CurrentPrincipal,
         template_id: FromPath[str],
         data: JSONBody[TemplateUpdateRequest],
     ) -> TemplateDetail:
-        return await services.templates.update(principal, template_id, data)
+        return await templates.update(principal, template_id, data)
 
     @delete("/{template_id:str}", guards=[allow(USER)], summary="Delete Template")
     async def delete_template(
-        self, services: AppServices, principal: CurrentPrincipal, template_id: FromPath[str]
+        self,
+        templates: NamedDependency[TemplateService],
+        principal: CurrentPrincipal,
+        template_id: FromPath[str],
     ) -> None:
-        await services.templates.delete(principal, template_id)
+        await templates.delete(principal, template_id)
 
     @post(
         "/{template_id:str}/cache", guards=[allow(USER)], status_code=202, summary="Cache Template"
     )
     async def cache(
         self,
-        services: AppServices,
+        templates: NamedDependency[TemplateService],
         principal: CurrentPrincipal,
         template_id: FromPath[str],
         request: Request[Any, Any, Any],
     ) -> TemplateCacheStartResponse:
         body = await optional_body(request, TemplateCacheRequest)
-        run_id = await services.templates.cache(principal, template_id, body)
+        run_id = await templates.cache(principal, template_id, body)
         return TemplateCacheStartResponse(run_id=run_id)
 
     @delete("/{template_id:str}/cache", guards=[allow(USER)], summary="Cancel Template Cache")
     async def cancel(
-        self, services: AppServices, principal: CurrentPrincipal, template_id: FromPath[str]
+        self,
+        templates: NamedDependency[TemplateService],
+        principal: CurrentPrincipal,
+        template_id: FromPath[str],
     ) -> None:
-        await services.templates.cancel(principal, template_id)
+        await templates.cancel(principal, template_id)
 
     @post(
         "/{template_id:str}/cache/{run_id:str}/secrets",
@@ -108,19 +121,19 @@ class TemplateController(Controller):
     )
     async def secrets(
         self,
-        services: AppServices,
+        templates: NamedDependency[TemplateService],
         principal: CurrentPrincipal,
         template_id: FromPath[str],
         run_id: FromPath[str],
         data: JSONBody[dict[str, str]],
     ) -> dict[str, str]:
-        await services.templates.answer_secrets(principal, template_id, run_id, data)
+        await templates.answer_secrets(principal, template_id, run_id, data)
         return {"status": "accepted", "run_id": run_id}
 
     @get("/{template_id:str}/events", guards=[allow(USER)], summary="Stream Template Events")
     async def events(
         self,
-        services: AppServices,
+        templates: NamedDependency[TemplateService],
         principal: CurrentPrincipal,
         template_id: FromPath[str],
         request: Request[Any, Any, Any],
@@ -128,9 +141,9 @@ class TemplateController(Controller):
         force: FromQuery[bool] = False,  # accepted for the CLI; a run is never restarted here
     ) -> ASGIApp:
         if "text/event-stream" not in request.headers.get("accept", ""):
-            history = await services.templates.history(principal, template_id, run_id)
+            history = await templates.history(principal, template_id, run_id)
             return ASGIResponse(body=json.dumps(history).encode(), media_type="application/json")
-        events = await services.templates.events(principal, template_id, run_id)
+        events = await templates.events(principal, template_id, run_id)
         return event_stream(request, _sse(events))
 
     @get(
@@ -139,9 +152,12 @@ class TemplateController(Controller):
         summary="Instant Devbox Availability",
     )
     async def availability(
-        self, services: AppServices, principal: CurrentPrincipal, template_id: FromPath[str]
+        self,
+        templates: NamedDependency[TemplateService],
+        principal: CurrentPrincipal,
+        template_id: FromPath[str],
     ) -> InstantDevboxAvailability:
-        return await services.templates.availability(principal, template_id)
+        return await templates.availability(principal, template_id)
 
     @post(
         "/{template_id:str}/instant-devbox",
@@ -151,13 +167,13 @@ class TemplateController(Controller):
     )
     async def instant_devbox(
         self,
-        services: AppServices,
+        templates: NamedDependency[TemplateService],
         principal: CurrentPrincipal,
         template_id: FromPath[str],
         request: Request[Any, Any, Any],
     ) -> DevboxResponse:
         body = await optional_body(request, InstantDevboxRequest)
-        return await services.templates.instant_devbox(principal, template_id, body)
+        return await templates.instant_devbox(principal, template_id, body)
 
 
 async def _sse(

@@ -9,11 +9,14 @@ from typing import Annotated, Any
 
 from litestar import Controller, Router, delete, get, patch, post
 from litestar.datastructures import UploadFile
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, MultipartBody, QueryParameter
 
 from devbox_service.auth.guards import USER, CurrentPrincipal, agent_scope, allow
 from devbox_service.auth.models import Principal
 from devbox_service.auth.scopes import AgentScope
+from devbox_service.devboxes.checkpoints import CheckpointService
+from devbox_service.devboxes.guests import GuestAccess
 from devbox_service.devboxes.schemas import (
     BranchRequest,
     BranchResponse,
@@ -32,7 +35,9 @@ from devbox_service.devboxes.schemas import (
     SuccessResponse,
     UploadResponse,
 )
-from devbox_service.services import AppServices, Services
+from devbox_service.devboxes.service import DevboxService
+from devbox_service.devboxes.uploads import UploadService
+from devbox_service.devboxes.views import DevboxViews
 
 SUMMARY_READ = agent_scope(AgentScope.SUMMARY_READ)
 SNAPSHOT_WRITE = agent_scope(AgentScope.SNAPSHOT_WRITE)
@@ -45,46 +50,55 @@ class DevboxController(Controller):
 
     @get("/", guards=[allow(USER)], summary="List Devboxes")
     async def list_devboxes(
-        self, services: AppServices, principal: CurrentPrincipal
+        self, devbox_views: NamedDependency[DevboxViews], principal: CurrentPrincipal
     ) -> DevboxListResponse:
-        return DevboxListResponse(data=await services.devbox_views.list_summaries(principal))
+        return DevboxListResponse(data=await devbox_views.list_summaries(principal))
 
     @get("/detailed", guards=[allow(USER)], summary="List Devboxes Detailed")
     async def list_detailed(
-        self, services: AppServices, principal: CurrentPrincipal
+        self, devbox_views: NamedDependency[DevboxViews], principal: CurrentPrincipal
     ) -> DevboxDetailListResponse:
-        return DevboxDetailListResponse(data=await services.devbox_views.list_detailed(principal))
+        return DevboxDetailListResponse(data=await devbox_views.list_detailed(principal))
 
     @post("/", guards=[allow(USER)], status_code=200, summary="Create Devbox From Snapshot")
     async def create(
         self,
-        services: AppServices,
+        devboxes: NamedDependency[DevboxService],
         principal: CurrentPrincipal,
         snapshot_id: Annotated[str, QueryParameter(min_length=1)],
         data: JSONBody[CreateDevboxFromSnapshotRequest | None] = None,
     ) -> DevboxResponse:
         request = data or CreateDevboxFromSnapshotRequest()
-        return await services.devboxes.create(
+        return await devboxes.create(
             principal, snapshot_id, name=request.name, metadata=request.metadata
         )
 
     @get("/{devbox_id:str}", guards=[allow(SUMMARY_READ)], summary="Get Devbox")
     async def get_devbox(
-        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+        self,
+        devbox_views: NamedDependency[DevboxViews],
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
     ) -> DevboxResponse:
-        return await services.devbox_views.get(principal, devbox_id)
+        return await devbox_views.get(principal, devbox_id)
 
     @get("/{devbox_id:str}/summary", guards=[allow(SUMMARY_READ)], summary="Get Devbox Summary")
     async def get_summary(
-        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+        self,
+        devbox_views: NamedDependency[DevboxViews],
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
     ) -> DevboxSummaryResponse:
-        return await services.devbox_views.summary(principal, devbox_id)
+        return await devbox_views.summary(principal, devbox_id)
 
     @delete("/{devbox_id:str}", guards=[allow(USER)], status_code=200, summary="Delete Devbox")
     async def delete_devbox(
-        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+        self,
+        devboxes: NamedDependency[DevboxService],
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
     ) -> DeleteResponse:
-        await services.devboxes.delete(principal, devbox_id)
+        await devboxes.delete(principal, devbox_id)
         return DeleteResponse(id=devbox_id)
 
     @post(
@@ -95,12 +109,12 @@ class DevboxController(Controller):
     )
     async def update_metadata(
         self,
-        services: AppServices,
+        devboxes: NamedDependency[DevboxService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         data: JSONBody[dict[str, Any]],
     ) -> SuccessResponse:
-        await services.devboxes.update_metadata(principal, devbox_id, data)
+        await devboxes.update_metadata(principal, devbox_id, data)
         return SuccessResponse(id=devbox_id, message="metadata updated")
 
     @patch(
@@ -108,12 +122,12 @@ class DevboxController(Controller):
     )
     async def set_display_name(
         self,
-        services: AppServices,
+        devboxes: NamedDependency[DevboxService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         data: JSONBody[DisplayNameUpdateRequest],
     ) -> SuccessResponse:
-        await services.devboxes.set_display_name(principal, devbox_id, data.display_name)
+        await devboxes.set_display_name(principal, devbox_id, data.display_name)
         return SuccessResponse(id=devbox_id, message="display name updated")
 
     @post(
@@ -124,44 +138,53 @@ class DevboxController(Controller):
     )
     async def save(
         self,
-        services: AppServices,
+        checkpoints: NamedDependency[CheckpointService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         data: JSONBody[SaveRequest | None] = None,
     ) -> SnapshotResponse:
-        return await services.checkpoints.save(principal, devbox_id, (data or SaveRequest()).name)
+        return await checkpoints.save(principal, devbox_id, (data or SaveRequest()).name)
 
     @post("/{devbox_id:str}/branch", guards=[allow(USER)], status_code=200, summary="Branch Devbox")
     async def branch(
         self,
-        services: AppServices,
+        checkpoints: NamedDependency[CheckpointService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         data: JSONBody[BranchRequest | None] = None,
     ) -> BranchResponse:
         request = data or BranchRequest()
-        instances = await services.checkpoints.branch(
+        instances = await checkpoints.branch(
             principal, devbox_id, name=request.name, count=request.count
         )
         return BranchResponse(instances=instances)
 
     @post("/{devbox_id:str}/pause", guards=[allow(USER)], status_code=200, summary="Pause Devbox")
     async def pause(
-        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+        self,
+        devboxes: NamedDependency[DevboxService],
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
     ) -> DevboxResponse:
-        return await services.devboxes.pause(principal, devbox_id)
+        return await devboxes.pause(principal, devbox_id)
 
     @post("/{devbox_id:str}/resume", guards=[allow(USER)], status_code=200, summary="Resume Devbox")
     async def resume(
-        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+        self,
+        devboxes: NamedDependency[DevboxService],
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
     ) -> DevboxResponse:
-        return await services.devboxes.resume(principal, devbox_id)
+        return await devboxes.resume(principal, devbox_id)
 
     @post("/{devbox_id:str}/reboot", guards=[allow(USER)], status_code=200, summary="Reboot Devbox")
     async def reboot(
-        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+        self,
+        devboxes: NamedDependency[DevboxService],
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
     ) -> DevboxResponse:
-        return await services.devboxes.reboot(principal, devbox_id)
+        return await devboxes.reboot(principal, devbox_id)
 
 
 @dataclass
@@ -182,28 +205,28 @@ class UploadController(Controller):
     @post("/", guards=[allow(USER)], status_code=200, summary="Upload File to Devbox")
     async def upload_file(
         self,
-        services: AppServices,
+        uploads: NamedDependency[UploadService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         data: UploadBody,
         dest_dir: FromQuery[str | None] = None,
     ) -> UploadResponse:
-        return await _upload(services, principal, devbox_id, data, dest_dir, image_only=False)
+        return await _upload(uploads, principal, devbox_id, data, dest_dir, image_only=False)
 
     @post("/image", guards=[allow(USER)], status_code=200, summary="Upload Image to Devbox")
     async def upload_image(
         self,
-        services: AppServices,
+        uploads: NamedDependency[UploadService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         data: UploadBody,
         dest_dir: FromQuery[str | None] = None,
     ) -> UploadResponse:
-        return await _upload(services, principal, devbox_id, data, dest_dir, image_only=True)
+        return await _upload(uploads, principal, devbox_id, data, dest_dir, image_only=True)
 
 
 async def _upload(
-    services: Services,
+    uploads: UploadService,
     principal: Principal,
     devbox_id: FromPath[str],
     form: UploadForm,
@@ -218,7 +241,7 @@ async def _upload(
         while chunk := await form.file.read(UPLOAD_CHUNK):
             yield chunk
 
-    return await services.uploads.upload(
+    return await uploads.upload(
         principal,
         devbox_id,
         filename=form.file.filename,
@@ -244,8 +267,10 @@ class ImageController(Controller):
     tags = ["images"]
 
     @get("/", guards=[allow(USER)], summary="List Images")
-    async def list_images(self, services: AppServices) -> ImageListResponse:
-        return ImageListResponse(data=await services.checkpoints.images())
+    async def list_images(
+        self, checkpoints: NamedDependency[CheckpointService]
+    ) -> ImageListResponse:
+        return ImageListResponse(data=await checkpoints.images())
 
 
 class SnapshotController(Controller):
@@ -254,21 +279,27 @@ class SnapshotController(Controller):
 
     @get("/", guards=[allow(USER)], summary="List Snapshots")
     async def list_snapshots(
-        self, services: AppServices, principal: CurrentPrincipal
+        self, checkpoints: NamedDependency[CheckpointService], principal: CurrentPrincipal
     ) -> SnapshotListResponse:
-        return SnapshotListResponse(data=await services.checkpoints.snapshots(principal))
+        return SnapshotListResponse(data=await checkpoints.snapshots(principal))
 
     @get("/{snapshot_id:str}", guards=[allow(USER)], summary="Get Snapshot")
     async def get_snapshot(
-        self, services: AppServices, principal: CurrentPrincipal, snapshot_id: FromPath[str]
+        self,
+        checkpoints: NamedDependency[CheckpointService],
+        principal: CurrentPrincipal,
+        snapshot_id: FromPath[str],
     ) -> SnapshotResponse:
-        return await services.checkpoints.snapshot(principal, snapshot_id)
+        return await checkpoints.snapshot(principal, snapshot_id)
 
     @delete("/{snapshot_id:str}", guards=[allow(USER)], status_code=200, summary="Delete Snapshot")
     async def delete_snapshot(
-        self, services: AppServices, principal: CurrentPrincipal, snapshot_id: FromPath[str]
+        self,
+        checkpoints: NamedDependency[CheckpointService],
+        principal: CurrentPrincipal,
+        snapshot_id: FromPath[str],
     ) -> DeleteResponse:
-        await services.checkpoints.delete_snapshot(principal, snapshot_id)
+        await checkpoints.delete_snapshot(principal, snapshot_id)
         return DeleteResponse(id=snapshot_id, object="snapshot")
 
 
@@ -282,6 +313,9 @@ class SSHCredentialsController(Controller):
         summary="Get SSH Credentials for Devbox",
     )
     async def ssh_credentials(
-        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+        self,
+        guest_access: NamedDependency[GuestAccess],
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
     ) -> DevboxSSHCredentialsResponse:
-        return await services.guest_access.ssh_credentials(principal, devbox_id)
+        return await guest_access.ssh_credentials(principal, devbox_id)

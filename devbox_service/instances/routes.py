@@ -8,6 +8,7 @@ from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 from litestar import Controller, Request, delete, get, post
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEventMessage
 from litestar.types import ASGIApp
@@ -37,9 +38,10 @@ from devbox_service.instances.schemas import (
     TtlRequest,
     WakeOnRequest,
 )
+from devbox_service.instances.service import InstanceService
+from devbox_service.instances.snapshots import MorphSnapshots
 from devbox_service.instances.views import metadata_filter
 from devbox_service.request_bodies import optional_body
-from devbox_service.services import AppServices
 
 
 def _filter(request: Request[Any, Any, Any]) -> dict[str, str]:
@@ -51,8 +53,8 @@ class ImageCatalogController(Controller):
     tags = ["instances"]
 
     @get("/", guards=[allow(USER)], summary="List Images")
-    async def list_images(self, services: AppServices) -> MorphImageList:
-        return await services.instances.images()
+    async def list_images(self, instances: NamedDependency[InstanceService]) -> MorphImageList:
+        return await instances.images()
 
 
 class InstanceController(Controller):
@@ -61,99 +63,114 @@ class InstanceController(Controller):
 
     @get("/", guards=[allow(USER)], summary="List Instances")
     async def list_instances(
-        self, services: AppServices, principal: CurrentPrincipal, request: Request[Any, Any, Any]
+        self,
+        instances: NamedDependency[InstanceService],
+        principal: CurrentPrincipal,
+        request: Request[Any, Any, Any],
     ) -> InstanceList:
-        return await services.instances.instances(principal, _filter(request))
+        return await instances.instances(principal, _filter(request))
 
     @get("/list", guards=[allow(USER)], summary="List Instances Paginated")
     async def page(
         self,
-        services: AppServices,
+        instances: NamedDependency[InstanceService],
         principal: CurrentPrincipal,
         request: Request[Any, Any, Any],
         page: Annotated[int, QueryParameter(ge=1)] = 1,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
     ) -> InstancePage:
-        return await services.instances.page(principal, _filter(request), page, limit)
+        return await instances.page(principal, _filter(request), page, limit)
 
     @post("/", guards=[allow(USER)], status_code=200, summary="Start Instance")
     async def start(
         self,
-        services: AppServices,
+        instances: NamedDependency[InstanceService],
         principal: CurrentPrincipal,
         snapshot_id: FromQuery[str],
         request: Request[Any, Any, Any],
     ) -> Instance:
         body = await optional_body(request, StartInstanceRequest)
-        return await services.instances.start(principal, snapshot_id, body)
+        return await instances.start(principal, snapshot_id, body)
 
     @get("/{devbox_id:str}", guards=[allow(USER)], summary="Get Instance")
     async def get_instance(
-        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+        self,
+        instances: NamedDependency[InstanceService],
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
     ) -> Instance:
-        return await services.instances.get(principal, devbox_id)
+        return await instances.get(principal, devbox_id)
 
     @delete("/{devbox_id:str}", guards=[allow(USER)], summary="Stop Instance")
     async def stop(
-        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+        self,
+        instances: NamedDependency[InstanceService],
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
     ) -> None:
-        await services.instances.stop(principal, devbox_id)
+        await instances.stop(principal, devbox_id)
 
     @post("/{devbox_id:str}/pause", guards=[allow(USER)], status_code=200, summary="Pause")
     async def pause(
-        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+        self,
+        instances: NamedDependency[InstanceService],
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
     ) -> Instance:
-        return await services.instances.pause(principal, devbox_id)
+        return await instances.pause(principal, devbox_id)
 
     @post("/{devbox_id:str}/resume", guards=[allow(USER)], status_code=200, summary="Resume")
     async def resume(
-        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+        self,
+        instances: NamedDependency[InstanceService],
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
     ) -> Instance:
-        return await services.instances.resume(principal, devbox_id)
+        return await instances.resume(principal, devbox_id)
 
     @post("/{devbox_id:str}/reboot", guards=[allow(USER)], status_code=200, summary="Reboot")
     async def reboot(
         self,
-        services: AppServices,
+        instances: NamedDependency[InstanceService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         request: Request[Any, Any, Any],
     ) -> Instance:
         body = await optional_body(request, BootSnapshotRequest)
-        return await services.instances.reboot(principal, devbox_id, body)
+        return await instances.reboot(principal, devbox_id, body)
 
     @post("/{devbox_id:str}/metadata", guards=[allow(USER)], status_code=200, summary="Metadata")
     async def set_metadata(
         self,
-        services: AppServices,
+        instances: NamedDependency[InstanceService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         data: JSONBody[dict[str, str]],
     ) -> Instance:
-        return await services.instances.set_metadata(principal, devbox_id, data)
+        return await instances.set_metadata(principal, devbox_id, data)
 
     @post("/{devbox_id:str}/exec", guards=[allow(USER)], status_code=200, summary="Exec")
     async def exec(
         self,
-        services: AppServices,
+        instances: NamedDependency[InstanceService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         data: JSONBody[ExecRequest],
         request: Request[Any, Any, Any],
     ) -> ExecResponse:
         key = request.headers.get("idempotency-key")
-        return await services.instances.exec(principal, devbox_id, data.command, key)
+        return await instances.exec(principal, devbox_id, data.command, key)
 
     @post("/{devbox_id:str}/exec/sse", guards=[allow(USER)], status_code=200, summary="Exec SSE")
     async def exec_sse(
         self,
-        services: AppServices,
+        instances: NamedDependency[InstanceService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         data: JSONBody[ExecRequest],
         request: Request[Any, Any, Any],
     ) -> ASGIApp:
-        output = await services.instances.exec_stream(principal, devbox_id, data.command)
+        output = await instances.exec_stream(principal, devbox_id, data.command)
 
         async def events() -> AsyncGenerator[ServerSentEventMessage, None]:
             async for kind, value in output:
@@ -165,34 +182,34 @@ class InstanceController(Controller):
     @post("/{devbox_id:str}/snapshot", guards=[allow(USER)], status_code=200, summary="Snapshot")
     async def snapshot(
         self,
-        services: AppServices,
+        instances: NamedDependency[InstanceService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         request: Request[Any, Any, Any],
         digest: FromQuery[str | None] = None,
     ) -> MorphSnapshot:
         body = await optional_body(request, InstanceSnapshotRequest)
-        return await services.instances.save(principal, devbox_id, digest, body)
+        return await instances.save(principal, devbox_id, digest, body)
 
     @post("/{devbox_id:str}/branch", guards=[allow(USER)], status_code=200, summary="Branch")
     async def branch(
         self,
-        services: AppServices,
+        instances: NamedDependency[InstanceService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         count: Annotated[int, QueryParameter(ge=1, le=16)] = 1,
     ) -> InstanceBranchResponse:
-        return await services.instances.branch(principal, devbox_id, count)
+        return await instances.branch(principal, devbox_id, count)
 
     @post("/{devbox_id:str}/http", guards=[allow(USER)], status_code=200, summary="Expose HTTP")
     async def expose(
         self,
-        services: AppServices,
+        instances: NamedDependency[InstanceService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         data: JSONBody[ExposeRequest],
     ) -> Instance:
-        return await services.instances.expose(principal, devbox_id, data)
+        return await instances.expose(principal, devbox_id, data)
 
     @delete(
         "/{devbox_id:str}/http/{name:str}",
@@ -202,26 +219,26 @@ class InstanceController(Controller):
     )
     async def hide(
         self,
-        services: AppServices,
+        instances: NamedDependency[InstanceService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         name: FromPath[str],
     ) -> Instance:
-        return await services.instances.hide(principal, devbox_id, name)
+        return await instances.hide(principal, devbox_id, name)
 
     @post(
         "/{devbox_id:str}/disk-resize", guards=[allow(USER)], status_code=200, summary="Disk Resize"
     )
     async def disk_resize(
         self,
-        services: AppServices,
+        instances: NamedDependency[InstanceService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         data: JSONBody[DiskResizeRequest],
         request: Request[Any, Any, Any],
     ) -> DiskResizeOperation:
         key = request.headers.get("idempotency-key")
-        return await services.instances.resize_disk(principal, devbox_id, data.disk_size, key)
+        return await instances.resize_disk(principal, devbox_id, data.disk_size, key)
 
     @get(
         "/{devbox_id:str}/disk-resize/{operation_id:str}",
@@ -230,46 +247,52 @@ class InstanceController(Controller):
     )
     async def disk_resize_status(
         self,
-        services: AppServices,
+        instances: NamedDependency[InstanceService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         operation_id: FromPath[str],
     ) -> DiskResizeOperation:
-        return await services.instances.disk_resize(principal, devbox_id, operation_id)
+        return await instances.disk_resize(principal, devbox_id, operation_id)
 
     @post("/{devbox_id:str}/ttl", guards=[allow(USER)], status_code=200, summary="Set TTL")
     async def set_ttl(
         self,
-        services: AppServices,
+        instances: NamedDependency[InstanceService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         data: JSONBody[TtlRequest],
     ) -> Instance:
-        return await services.instances.set_ttl(principal, devbox_id, data)
+        return await instances.set_ttl(principal, devbox_id, data)
 
     @post("/{devbox_id:str}/wake-on", guards=[allow(USER)], status_code=200, summary="Wake On")
     async def wake_on(
         self,
-        services: AppServices,
+        instances: NamedDependency[InstanceService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         data: JSONBody[WakeOnRequest],
     ) -> Instance:
-        return await services.instances.set_wake_on(principal, devbox_id, data)
+        return await instances.set_wake_on(principal, devbox_id, data)
 
     @get("/{devbox_id:str}/ssh/key", guards=[allow(USER)], summary="Get SSH Key")
     async def ssh_key(
-        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+        self,
+        instances: NamedDependency[InstanceService],
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
     ) -> InstanceSshKey:
-        return await services.instances.ssh_key(principal, devbox_id)
+        return await instances.ssh_key(principal, devbox_id)
 
     @post(
         "/{devbox_id:str}/ssh/key", guards=[allow(USER)], status_code=200, summary="Rotate SSH Key"
     )
     async def rotate_ssh_key(
-        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+        self,
+        instances: NamedDependency[InstanceService],
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
     ) -> InstanceSshKey:
-        return await services.instances.rotate_ssh_key(principal, devbox_id)
+        return await instances.rotate_ssh_key(principal, devbox_id)
 
 
 class SnapshotCatalogController(Controller):
@@ -281,76 +304,80 @@ class SnapshotCatalogController(Controller):
     @get("/", guards=[allow(USER)], summary="List Snapshots")
     async def list_snapshots(
         self,
-        services: AppServices,
+        instance_snapshots: NamedDependency[MorphSnapshots],
         principal: CurrentPrincipal,
         request: Request[Any, Any, Any],
         digest: FromQuery[str | None] = None,
     ) -> MorphSnapshotList:
-        return await services.instances.snapshots.listed(principal, digest, _filter(request))
+        return await instance_snapshots.listed(principal, digest, _filter(request))
 
     @get("/list", guards=[allow(USER)], summary="List Snapshots Paginated")
     async def page(
         self,
-        services: AppServices,
+        instance_snapshots: NamedDependency[MorphSnapshots],
         principal: CurrentPrincipal,
         request: Request[Any, Any, Any],
         page: Annotated[int, QueryParameter(ge=1)] = 1,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
         digest: FromQuery[str | None] = None,
     ) -> SnapshotPage:
-        return await services.instances.snapshots.page(
-            principal, digest, _filter(request), page, limit
-        )
+        return await instance_snapshots.page(principal, digest, _filter(request), page, limit)
 
     @post("/", guards=[allow(USER)], status_code=200, summary="Create Snapshot")
     async def create(
         self,
-        services: AppServices,
+        instances: NamedDependency[InstanceService],
         principal: CurrentPrincipal,
         request: Request[Any, Any, Any],
     ) -> MorphSnapshot:
         body = await optional_body(request, CreateSnapshotRequest)
-        return await services.instances.create_snapshot(principal, body)
+        return await instances.create_snapshot(principal, body)
 
     @get("/{snapshot_id:str}", guards=[allow(USER)], summary="Get Snapshot")
     async def get_snapshot(
-        self, services: AppServices, principal: CurrentPrincipal, snapshot_id: FromPath[str]
+        self,
+        instance_snapshots: NamedDependency[MorphSnapshots],
+        principal: CurrentPrincipal,
+        snapshot_id: FromPath[str],
     ) -> MorphSnapshot:
-        return await services.instances.snapshots.get(principal, snapshot_id)
+        return await instance_snapshots.get(principal, snapshot_id)
 
     @delete("/{snapshot_id:str}", guards=[allow(USER)], summary="Delete Snapshot")
     async def delete_snapshot(
-        self, services: AppServices, principal: CurrentPrincipal, snapshot_id: FromPath[str]
+        self,
+        instance_snapshots: NamedDependency[MorphSnapshots],
+        principal: CurrentPrincipal,
+        snapshot_id: FromPath[str],
     ) -> None:
-        await services.instances.snapshots.delete(principal, snapshot_id)
+        await instance_snapshots.delete(principal, snapshot_id)
 
     @post("/{snapshot_id:str}/metadata", guards=[allow(USER)], status_code=200, summary="Metadata")
     async def set_metadata(
         self,
-        services: AppServices,
+        instance_snapshots: NamedDependency[MorphSnapshots],
         principal: CurrentPrincipal,
         snapshot_id: FromPath[str],
         data: JSONBody[dict[str, str]],
     ) -> MorphSnapshot:
-        return await services.instances.snapshots.set_metadata(principal, snapshot_id, data)
+        return await instance_snapshots.set_metadata(principal, snapshot_id, data)
 
     @post("/{snapshot_id:str}/boot", guards=[allow(USER)], status_code=200, summary="Boot")
     async def boot(
         self,
-        services: AppServices,
+        instances: NamedDependency[InstanceService],
         principal: CurrentPrincipal,
         snapshot_id: FromPath[str],
         request: Request[Any, Any, Any],
     ) -> Instance:
         body = await optional_body(request, BootSnapshotRequest)
-        return await services.instances.boot(principal, snapshot_id, body)
+        return await instances.boot(principal, snapshot_id, body)
 
     @post("/{snapshot_id:str}/ttl", guards=[allow(USER)], status_code=200, summary="Snapshot TTL")
     async def set_ttl(
         self,
-        services: AppServices,
+        instance_snapshots: NamedDependency[MorphSnapshots],
         principal: CurrentPrincipal,
         snapshot_id: FromPath[str],
         data: JSONBody[SnapshotTtlRequest],
     ) -> MorphSnapshot:
-        return await services.instances.snapshots.set_ttl(principal, snapshot_id, data.ttl_seconds)
+        return await instance_snapshots.set_ttl(principal, snapshot_id, data.ttl_seconds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Controller, get, post
+from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from devbox_service.auth.guards import USER, CurrentPrincipal, agent_scope, allow
@@ -12,7 +13,7 @@ from devbox_service.notifications.models import (
     NotificationCreate,
     NotificationList,
 )
-from devbox_service.services import AppServices
+from devbox_service.notifications.service import NotificationService
 
 
 class DevboxNotificationController(Controller):
@@ -27,12 +28,12 @@ class DevboxNotificationController(Controller):
     )
     async def post_notification(
         self,
-        services: AppServices,
+        notifications: NamedDependency[NotificationService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         data: JSONBody[NotificationCreate],
     ) -> Notification:
-        return await services.notifications.post(principal, devbox_id, data)
+        return await notifications.post(principal, devbox_id, data)
 
 
 class NotificationController(Controller):
@@ -41,9 +42,9 @@ class NotificationController(Controller):
 
     @get("/", guards=[allow(USER)], summary="List notifications (unread first)")
     async def list_notifications(
-        self, services: AppServices, principal: CurrentPrincipal
+        self, notifications: NamedDependency[NotificationService], principal: CurrentPrincipal
     ) -> NotificationList:
-        return NotificationList(data=await services.notifications.list(principal))
+        return NotificationList(data=await notifications.list(principal))
 
     @post(
         "/{notification_id:str}/read",
@@ -52,6 +53,9 @@ class NotificationController(Controller):
         summary="Mark a notification read",
     )
     async def mark_read(
-        self, services: AppServices, principal: CurrentPrincipal, notification_id: FromPath[str]
+        self,
+        notifications: NamedDependency[NotificationService],
+        principal: CurrentPrincipal,
+        notification_id: FromPath[str],
     ) -> Notification:
-        return await services.notifications.mark_read(principal, notification_id)
+        return await notifications.mark_read(principal, notification_id)

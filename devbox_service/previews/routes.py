@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 from litestar import Controller, HttpMethod, Request, Router, delete, post, route
 from litestar.background_tasks import BackgroundTask
+from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.response.base import ASGIResponse
 from litestar.response.redirect import ASGIRedirectResponse
@@ -17,11 +18,13 @@ from litestar.response.streaming import ASGIStreamingResponse
 from devbox_service.auth.guards import PUBLIC, CurrentPrincipal, agent_scope, allow
 from devbox_service.auth.scopes import AgentScope
 from devbox_service.devboxes.schemas import DevboxResponse
+from devbox_service.devboxes.views import DevboxViews
 from devbox_service.errors import LimitReached, Unreachable
 from devbox_service.previews import proxy
 from devbox_service.previews.models import HttpExposeRequest
 from devbox_service.previews.origins import ORIGIN_KEY
-from devbox_service.services import AppServices
+from devbox_service.previews.proxy import PreviewProxy
+from devbox_service.previews.service import HttpServiceRegistry
 
 HTTP_WRITE = agent_scope(AgentScope.HTTP_WRITE)
 PROXIED_METHODS = [
@@ -48,15 +51,16 @@ class HttpServiceController(Controller):
     )
     async def expose(
         self,
-        services: AppServices,
+        previews: NamedDependency[HttpServiceRegistry],
+        devbox_views: NamedDependency[DevboxViews],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         data: JSONBody[HttpExposeRequest],
     ) -> DevboxResponse:
-        await services.previews.expose(
+        await previews.expose(
             principal, devbox_id, name=data.name, port=data.port, auth_mode=data.auth_mode
         )
-        return await services.devbox_views.get(principal, devbox_id)
+        return await devbox_views.get(principal, devbox_id)
 
     @delete(
         "/{name:str}",
@@ -67,13 +71,14 @@ class HttpServiceController(Controller):
     )
     async def unexpose(
         self,
-        services: AppServices,
+        previews: NamedDependency[HttpServiceRegistry],
+        devbox_views: NamedDependency[DevboxViews],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         name: FromPath[str],
     ) -> DevboxResponse:
-        await services.previews.unexpose(principal, devbox_id, name)
-        return await services.devbox_views.get(principal, devbox_id)
+        await previews.unexpose(principal, devbox_id, name)
+        return await devbox_views.get(principal, devbox_id)
 
 
 @route(
@@ -88,14 +93,15 @@ class HttpServiceController(Controller):
 )
 async def preview(
     request: Request[Any, Any, Any],
-    services: AppServices,
+    previews: NamedDependency[HttpServiceRegistry],
+    preview_proxy: NamedDependency[PreviewProxy],
     devbox_id: FromPath[str],
     name: FromPath[str],
 ) -> ASGIResponse:
     """Forward the request to the devbox's service (waking a paused devbox first) and stream
     the answer back; 502 when nothing answers on the guest port."""
     raw_headers: proxy.Headers = list(request.scope["headers"])
-    target = await services.previews.target(devbox_id, name, proxy.bearer_of(raw_headers))
+    target = await previews.target(devbox_id, name, proxy.bearer_of(raw_headers))
     prefix = f"{proxy.PREVIEW_PREFIX}/{devbox_id}/{name}"
     own_origin = bool(request.scope.get("state", {}).get(ORIGIN_KEY))
     public_prefix = "" if own_origin else prefix  # what the browser sees before the path
@@ -120,7 +126,7 @@ async def preview(
     )
     url = f"http://127.0.0.1:{target.host_port}{rest}{suffix}"
     try:
-        upstream, close = await services.preview_proxy.send(
+        upstream, close = await preview_proxy.send(
             devbox_id, request.method, url, headers, request.stream()
         )
     except proxy.PreviewBusy as exc:

@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import websockets
 from litestar import WebSocket, websocket
+from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromPath
 from websockets.asyncio.client import ClientConnection, connect
@@ -19,7 +20,8 @@ from devbox_service.auth.guards import PUBLIC, allow
 from devbox_service.errors import Unreachable
 from devbox_service.previews import proxy
 from devbox_service.previews.origins import ORIGIN_KEY
-from devbox_service.services import AppServices
+from devbox_service.previews.proxy import PreviewProxy
+from devbox_service.previews.service import HttpServiceRegistry
 
 HANDSHAKE_HEADERS = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
@@ -38,12 +40,13 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 )
 async def preview_socket(
     socket: WebSocket[Any, Any, Any],
-    services: AppServices,
+    previews: NamedDependency[HttpServiceRegistry],
+    preview_proxy: NamedDependency[PreviewProxy],
     devbox_id: FromPath[str],
     name: FromPath[str],
 ) -> None:
     raw_headers: proxy.Headers = list(socket.scope["headers"])
-    target = await services.previews.target(devbox_id, name, proxy.bearer_of(raw_headers))
+    target = await previews.target(devbox_id, name, proxy.bearer_of(raw_headers))
     prefix = f"{proxy.PREVIEW_PREFIX}/{devbox_id}/{name}"
     path = quote(socket.scope["path"])[len(prefix) :] or "/"
     query = socket.scope.get("query_string", b"").decode("latin-1")
@@ -62,7 +65,7 @@ async def preview_socket(
     wanted = [
         p.strip() for p in socket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()
     ]
-    async with services.preview_proxy.slot(devbox_id):
+    async with preview_proxy.slot(devbox_id):
         try:
             upstream = await connect(
                 url,

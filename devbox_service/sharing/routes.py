@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, get, post
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from devbox_service.auth.guards import USER, CurrentPrincipal, allow
 from devbox_service.devbox_templates.schemas import TemplateDetail
-from devbox_service.services import AppServices
 from devbox_service.sharing.models import (
     AliasList,
     AliasResponse,
@@ -19,6 +19,7 @@ from devbox_service.sharing.models import (
     TemplateShareRequest,
     TemplateShareResponse,
 )
+from devbox_service.sharing.service import SharingService
 
 
 class ShareController(Controller):
@@ -30,18 +31,21 @@ class ShareController(Controller):
     )
     async def share(
         self,
-        services: AppServices,
+        sharing: NamedDependency[SharingService],
         principal: CurrentPrincipal,
         template_id: FromPath[str],
         data: JSONBody[TemplateShareRequest],
     ) -> TemplateShareResponse:
-        return await services.sharing.share(principal, template_id, data)
+        return await sharing.share(principal, template_id, data)
 
     @get("/shared/{template_id:str}", guards=[allow(USER)], summary="Get Shared Template")
     async def shared(
-        self, services: AppServices, principal: CurrentPrincipal, template_id: FromPath[str]
+        self,
+        sharing: NamedDependency[SharingService],
+        principal: CurrentPrincipal,
+        template_id: FromPath[str],
     ) -> TemplateDetail:
-        return await services.sharing.shared_template(principal, template_id)
+        return await sharing.shared_template(principal, template_id)
 
 
 class AliasController(Controller):
@@ -49,13 +53,15 @@ class AliasController(Controller):
     tags = ["aliases"]
 
     @get("/", guards=[allow(USER)], summary="List Aliases")
-    async def list_aliases(self, services: AppServices, principal: CurrentPrincipal) -> AliasList:
-        return AliasList(data=await services.sharing.aliases(principal))
+    async def list_aliases(
+        self, sharing: NamedDependency[SharingService], principal: CurrentPrincipal
+    ) -> AliasList:
+        return AliasList(data=await sharing.aliases(principal))
 
     @get("/search", guards=[allow(USER)], summary="Search Aliases")
     async def search(
         self,
-        services: AppServices,
+        sharing: NamedDependency[SharingService],
         principal: CurrentPrincipal,
         q: Annotated[str, QueryParameter(max_length=500)] = "",
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 10,
@@ -63,7 +69,7 @@ class AliasController(Controller):
         include_steps: FromQuery[bool] = False,
         steps_limit: Annotated[int, QueryParameter(ge=0, le=50)] = 5,
     ) -> AliasSearchResponse:
-        found = await services.sharing.search(
+        found = await sharing.search(
             principal,
             q,
             limit=limit,
@@ -75,6 +81,9 @@ class AliasController(Controller):
 
     @get("/{alias:str}", guards=[allow(USER)], summary="Get Alias")
     async def get_alias(
-        self, services: AppServices, principal: CurrentPrincipal, alias: FromPath[str]
+        self,
+        sharing: NamedDependency[SharingService],
+        principal: CurrentPrincipal,
+        alias: FromPath[str],
     ) -> AliasResponse:
-        return await services.sharing.alias(principal, alias)
+        return await sharing.alias(principal, alias)

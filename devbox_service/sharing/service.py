@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import time
 
+import msgspec
+
 from devbox_service.auth.models import Principal
 from devbox_service.devbox_templates.schemas import InstantDevboxRequest, TemplateDetail
 from devbox_service.devbox_templates.service import TemplateService
@@ -23,6 +25,15 @@ from devbox_service.sharing.models import (
 from devbox_service.sharing.store import AliasStore
 
 SHARE_PREFIX = "/s"
+
+
+class SharePage(msgspec.Struct, frozen=True, kw_only=True):
+    """What a share link's page shows: the template, and how to reach the service."""
+
+    alias: str
+    description: str
+    template: TemplateDetail
+    base_url: str
 
 
 def _iso(epoch: float) -> str:
@@ -76,6 +87,17 @@ class SharingService:
                 'its owner to add you, or to share it with "visibility": "public")'
             )
         return record
+
+    async def page(self, principal: Principal | None, alias: str) -> SharePage:
+        """A share link's page for a visitor who may see the alias. Raises NotFound."""
+        record = await self.visible(principal, alias)
+        template = await self._templates.detail_by_id(record.template_id)
+        return SharePage(
+            alias=record.alias,
+            description=record.description or template.description or "",
+            template=template,
+            base_url=self._base_url,
+        )
 
     async def alias(self, principal: Principal, alias: str) -> AliasResponse:
         return await self._response(await self.visible(principal, alias))

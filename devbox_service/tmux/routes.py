@@ -7,12 +7,12 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, Response, delete, get, patch, post
+from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from devbox_service.auth.guards import USER, CurrentPrincipal, allow
-from devbox_service.services import AppServices
 from devbox_service.tmux.models import (
     TmuxDebugInfoResponse,
     TmuxInstallResponse,
@@ -28,6 +28,7 @@ from devbox_service.tmux.models import (
     TmuxWaitRequest,
     TmuxWaitResponse,
 )
+from devbox_service.tmux.service import TmuxService
 
 SocketQuery = Annotated[
     str | None,
@@ -52,71 +53,72 @@ class TmuxController(Controller):
 
     @post("/install", guards=[allow(USER)], status_code=200, summary="Tmux Install")
     async def install(
-        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+        self,
+        tmux: NamedDependency[TmuxService],
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
     ) -> TmuxInstallResponse:
-        return await services.tmux.install(principal, devbox_id)
+        return await tmux.install(principal, devbox_id)
 
     @get("/sessions", guards=[allow(USER)], summary="List Tmux Sessions")
     async def list_sessions(
         self,
-        services: AppServices,
+        tmux: NamedDependency[TmuxService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         tmux_socket: SocketQuery = None,
     ) -> Response[TmuxSessionsList]:
-        installed, sessions = await services.tmux.list_sessions(principal, devbox_id, tmux_socket)
+        installed, sessions = await tmux.list_sessions(principal, devbox_id, tmux_socket)
         return Response(sessions, headers={"x-tmux-installed": "true" if installed else "false"})
 
     @post("/sessions", guards=[allow(USER)], status_code=200, summary="Tmux New Session")
     async def new_session(
         self,
-        services: AppServices,
+        tmux: NamedDependency[TmuxService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         data: JSONBody[TmuxNewSessionRequest],
     ) -> TmuxNewSessionResponse:
-        return await services.tmux.new_session(principal, devbox_id, data.name, data.socket)
+        return await tmux.new_session(principal, devbox_id, data.name, data.socket)
 
     @patch("/sessions/{target:str}/rename", guards=[allow(USER)], summary="Tmux Rename Session")
     async def rename_session(
         self,
-        services: AppServices,
+        tmux: NamedDependency[TmuxService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         target: FromPath[str],
         data: JSONBody[TmuxRenameRequest],
     ) -> TmuxNewSessionResponse:
-        return await services.tmux.rename_session(
-            principal, devbox_id, target, data.new_name, data.socket
-        )
+        return await tmux.rename_session(principal, devbox_id, target, data.new_name, data.socket)
 
     @delete(
         "/sessions/{target:str}", guards=[allow(USER)], status_code=200, summary="Tmux Kill Session"
     )
     async def kill_session(
         self,
-        services: AppServices,
+        tmux: NamedDependency[TmuxService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         target: FromPath[str],
         tmux_socket: SocketQuery = None,
     ) -> TmuxKillResponse:
-        return await services.tmux.kill_session(principal, devbox_id, target, tmux_socket)
+        return await tmux.kill_session(principal, devbox_id, target, tmux_socket)
 
     @post("/send-keys", guards=[allow(USER)], status_code=200, summary="Tmux Send Keys")
     async def send_keys(
         self,
-        services: AppServices,
+        tmux: NamedDependency[TmuxService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         data: JSONBody[TmuxSendKeysRequest],
     ) -> TmuxSendKeysResponse:
-        return await services.tmux.send_keys(principal, devbox_id, data)
+        return await tmux.send_keys(principal, devbox_id, data)
 
     @get("/panes/{pane_id:str}/snapshot", guards=[allow(USER)], summary="Tmux Snapshot")
     async def snapshot(
         self,
-        services: AppServices,
+        tmux: NamedDependency[TmuxService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         pane_id: FromPath[str],
@@ -124,25 +126,25 @@ class TmuxController(Controller):
         ansi: FromQuery[bool] = False,
         tmux_socket: SocketQuery = None,
     ) -> TmuxSnapshotResponse:
-        return await services.tmux.snapshot(
+        return await tmux.snapshot(
             principal, devbox_id, pane_id, lines=lines, ansi=ansi, socket=tmux_socket
         )
 
     @post("/panes/{pane_id:str}/wait", guards=[allow(USER)], status_code=200, summary="Tmux Wait")
     async def wait(
         self,
-        services: AppServices,
+        tmux: NamedDependency[TmuxService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         pane_id: FromPath[str],
         data: JSONBody[TmuxWaitRequest],
     ) -> TmuxWaitResponse:
-        return await services.tmux.wait(principal, devbox_id, pane_id, data)
+        return await tmux.wait(principal, devbox_id, pane_id, data)
 
     @get("/panes/{pane_id:str}/stream", guards=[allow(USER)], summary="Tmux Stream Pane")
     async def stream(
         self,
-        services: AppServices,
+        tmux: NamedDependency[TmuxService],
         principal: CurrentPrincipal,
         devbox_id: FromPath[str],
         pane_id: FromPath[str],
@@ -151,7 +153,7 @@ class TmuxController(Controller):
         max_events: Annotated[int | None, QueryParameter(ge=1)] = None,
         timeout_ms: Annotated[int | None, QueryParameter(ge=1)] = None,
     ) -> ServerSentEvent:
-        events = await services.tmux.stream(
+        events = await tmux.stream(
             principal,
             devbox_id,
             pane_id,
@@ -164,9 +166,12 @@ class TmuxController(Controller):
 
     @get("/debug", guards=[allow(USER)], summary="Tmux Debug Info")
     async def debug(
-        self, services: AppServices, principal: CurrentPrincipal, devbox_id: FromPath[str]
+        self,
+        tmux: NamedDependency[TmuxService],
+        principal: CurrentPrincipal,
+        devbox_id: FromPath[str],
     ) -> TmuxDebugInfoResponse:
-        return await services.tmux.debug(principal, devbox_id)
+        return await tmux.debug(principal, devbox_id)
 
 
 route_handlers: list[type | HTTPRouteHandler] = [TmuxController]

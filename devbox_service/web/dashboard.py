@@ -4,20 +4,29 @@ of the devbox list, the parts of a devbox page, and the list's live changes."""
 from __future__ import annotations
 
 import contextlib
+import enum
 from collections.abc import AsyncIterator
 
 import msgspec
 
-from devbox_service.auth.agent_tokens import AgentTokenInfo
+from devbox_service.auth.agent_tokens import AgentTokenInfo, AgentTokenService
 from devbox_service.auth.models import Principal
+from devbox_service.auth.service import IdentityService
+from devbox_service.devboxes.checkpoints import CheckpointService
+from devbox_service.devboxes.guests import GuestAccess
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus
 from devbox_service.devboxes.schemas import HttpService, SnapshotResponse, TimelineEvent
+from devbox_service.devboxes.service import DevboxService
+from devbox_service.devboxes.views import DevboxViews
 from devbox_service.errors import DevboxServiceError, NotFound, PermissionDenied
-from devbox_service.services import Services
+from devbox_service.previews.service import HttpServiceRegistry
 from devbox_service.tmux.models import TmuxPaneInfo
+from devbox_service.tmux.service import TmuxService
 
 WATCH_RECHECK_SECONDS = 15.0
 """A list page re-reads at least this often, so a change made by another process shows."""
+FIRST_SCREENS = 4
+"""A devbox page renders this many panes' text at once; the rest fill in from their streams."""
 TERMINALS_RECHECK_SECONDS = 1.0
 """A devbox page lists its tmux panes again this often (one round trip on the guest's control
 client): tmux tells no one when a session starts."""
@@ -57,21 +66,75 @@ class DevboxPage(msgspec.Struct, frozen=True, kw_only=True):
     snapshots: list[SnapshotResponse]
     agent_tokens: list[AgentTokenInfo] | None  # None: only the owner manages them
     terminals: Terminals
+    screens: dict[str, str]  # the first panes' text, shown before their streams connect
     may_type: bool
     may_delete: bool
 
 
+class PageAction(enum.StrEnum):
+    """The buttons of a devbox page; each calls the service method its API route calls."""
+
+    PAUSE = "pause"
+    RESUME = "resume"
+    REBOOT = "reboot"
+    SAVE = "save"
+    BRANCH = "branch"
+    DELETE = "delete"
+
+
 class Dashboard:
-    def __init__(self, services: Services) -> None:
-        self._services = services
+    """The devbox pages' one service: it gathers from the domain services what a page shows
+    and runs a page's buttons through the same methods the API routes call."""
+
+    def __init__(
+        self,
+        *,
+        devboxes: DevboxService,
+        views: DevboxViews,
+        checkpoints: CheckpointService,
+        agent_tokens: AgentTokenService,
+        guests: GuestAccess,
+        tmux: TmuxService,
+        identities: IdentityService,
+        previews: HttpServiceRegistry,
+    ) -> None:
+        self._devboxes = devboxes
+        self._views = views
+        self._checkpoints = checkpoints
+        self._agent_tokens = agent_tokens
+        self._guests = guests
+        self._tmux = tmux
+        self._identities = identities
+        self._previews = previews
 
     async def rows(self, principal: Principal) -> list[DevboxRow]:
-        records = await self._services.devboxes.records(principal)
+        records = await self._devboxes.records(principal)
         return await self._rows(principal, records)
 
+    async def record(self, principal: Principal, devbox_id: str) -> DevboxRecord:
+        return await self._devboxes.visible(principal, devbox_id)
+
+    async def act(self, principal: Principal, devbox_id: str, action: PageAction) -> None:
+        match action:
+            case PageAction.PAUSE:
+                await self._devboxes.pause(principal, devbox_id)
+            case PageAction.RESUME:
+                await self._devboxes.resume(principal, devbox_id)
+            case PageAction.REBOOT:
+                await self._devboxes.reboot(principal, devbox_id)
+            case PageAction.SAVE:
+                await self._checkpoints.save(principal, devbox_id, "")
+            case PageAction.BRANCH:
+                await self._checkpoints.branch(principal, devbox_id, name=None, count=1)
+            case PageAction.DELETE:
+                await self._devboxes.delete(principal, devbox_id)
+
+    async def revoke_agent_token(self, principal: Principal, devbox_id: str, token_id: str) -> None:
+        await self._agent_tokens.revoke(principal, devbox_id, token_id)
+
     async def _rows(self, principal: Principal, records: list[DevboxRecord]) -> list[DevboxRow]:
-        names = await self._services.identities.user_names()
-        previews = await self._services.previews.http_services_for([r.id for r in records])
+        names = await self._identities.user_names()
+        previews = await self._previews.http_services_for([r.id for r in records])
         return [
             DevboxRow(
                 id=r.id,
@@ -91,7 +154,7 @@ class Dashboard:
     async def watch(self, principal: Principal) -> AsyncIterator[list[RowChange]]:
         """The list's changes since the page was rendered, as they happen (a first batch
         may repeat what the page shows)."""
-        changes = self._services.devboxes.changes
+        changes = self._devboxes.changes
         seen = changes.version
         shown: dict[str, DevboxRow] = {}
         while True:
@@ -104,23 +167,30 @@ class Dashboard:
             seen = await changes.wait(seen, WATCH_RECHECK_SECONDS)
 
     async def devbox(self, principal: Principal, devbox_id: str) -> DevboxPage:
-        services = self._services
-        record = await services.devboxes.visible(principal, devbox_id)
+        record = await self._devboxes.visible(principal, devbox_id)
         (row,) = await self._rows(principal, [record])
-        view = await services.devbox_views.detail(record)
+        view = await self._views.detail(record)
         snapshots = [
-            s for s in await services.checkpoints.snapshots(principal) if s.instance_id == record.id
+            s for s in await self._checkpoints.snapshots(principal) if s.instance_id == record.id
         ]
         agent_tokens: list[AgentTokenInfo] | None = None
         with contextlib.suppress(PermissionDenied):
-            agent_tokens = await services.agent_tokens.tokens(principal, devbox_id)
+            agent_tokens = await self._agent_tokens.tokens(principal, devbox_id)
+        terminals = await self._terminals(principal, record)
+        screens = {}
+        for pane in terminals.panes[:FIRST_SCREENS]:
+            snapshot = await self._tmux.snapshot(
+                principal, devbox_id, pane.id, lines=200, ansi=False, socket=None
+            )
+            screens[pane.id] = snapshot.content
         return DevboxPage(
             row=row,
             timeline=view.timeline,
             snapshots=snapshots,
             agent_tokens=agent_tokens,
-            terminals=await self._terminals(principal, record),
-            may_type=await services.guest_access.may_type(principal, devbox_id),
+            terminals=terminals,
+            screens=screens,
+            may_type=await self._guests.may_type(principal, devbox_id),
             may_delete=row.mine or principal.role.manages_org,
         )
 
@@ -131,7 +201,7 @@ class Dashboard:
             note = f"Terminals show while the devbox is ready (it is {record.status})."
         else:
             try:
-                panes = await self._services.tmux.panes(principal, record.id)
+                panes = await self._tmux.panes(principal, record.id)
             except DevboxServiceError as exc:
                 note = f"Could not list its tmux panes: {exc.message}"
             if not panes and note is None:
@@ -140,17 +210,24 @@ class Dashboard:
 
     async def watch_terminals(
         self, principal: Principal, devbox_id: str
+    ) -> tuple[bool, AsyncIterator[Terminals]]:
+        """Whether the caller may type into this devbox's terminals (NotFound at once for a
+        devbox they do not see), and its terminals whenever they change."""
+        await self._devboxes.visible(principal, devbox_id)
+        may_type = await self._guests.may_type(principal, devbox_id)
+        return may_type, self._terminal_changes(principal, devbox_id)
+
+    async def _terminal_changes(
+        self, principal: Principal, devbox_id: str
     ) -> AsyncIterator[Terminals]:
-        """A devbox page's terminals whenever they change: sessions started or ended, the
-        devbox paused or resumed (the first one may repeat what the page shows). Ends when
-        the devbox is gone or the caller no longer sees it."""
-        services = self._services
-        changes = services.devboxes.changes
+        """Sessions started or ended, the devbox paused or resumed (the first one may repeat
+        what the page shows). Ends when the devbox is gone or the caller no longer sees it."""
+        changes = self._devboxes.changes
         shown: Terminals | None = None
         while True:
             seen = changes.version
             try:
-                record = await services.devboxes.visible(principal, devbox_id)
+                record = await self._devboxes.visible(principal, devbox_id)
             except NotFound:
                 return
             terminals = await self._terminals(principal, record)

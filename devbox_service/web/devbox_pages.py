@@ -9,16 +9,16 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.response import Redirect, ServerSentEvent, ServerSentEventMessage, Template
 
 from devbox_service.auth.guards import PAGE, CurrentPrincipal, allow
-from devbox_service.auth.models import Principal
 from devbox_service.errors import InvalidInput
-from devbox_service.services import AppServices
 from devbox_service.tmux.keys import key_name
 from devbox_service.tmux.models import MAX_KEYS_BYTES, TmuxSendKeysRequest
-from devbox_service.web.dashboard import Dashboard
+from devbox_service.tmux.service import TmuxService
+from devbox_service.web.dashboard import Dashboard, PageAction
 from devbox_service.web.render import form_text, page, render_row, render_terminal
 
 NOTICES = {
@@ -40,20 +40,24 @@ def _notice(request: Request[Any, Any, Any]) -> str | None:
 
 @get("/devboxes", guards=[allow(PAGE)], include_in_schema=False)
 async def devbox_list(
-    request: Request[Any, Any, Any], services: AppServices, principal: CurrentPrincipal
+    request: Request[Any, Any, Any],
+    dashboard: NamedDependency[Dashboard],
+    principal: CurrentPrincipal,
 ) -> Template:
-    rows = await Dashboard(services).rows(principal)
+    rows = await dashboard.rows(principal)
     return page(request, "devboxes.html", rows=rows, notice=_notice(request))
 
 
 @get("/devboxes/events", guards=[allow(PAGE)], include_in_schema=False)
 async def devbox_list_events(
-    request: Request[Any, Any, Any], services: AppServices, principal: CurrentPrincipal
+    request: Request[Any, Any, Any],
+    dashboard: NamedDependency[Dashboard],
+    principal: CurrentPrincipal,
 ) -> ServerSentEvent:
     """`row` events carry a rendered table row; `gone` events the id of a deleted devbox."""
 
     async def events() -> AsyncIterator[ServerSentEventMessage]:
-        async for batch in Dashboard(services).watch(principal):
+        async for batch in dashboard.watch(principal):
             for change in batch:
                 if change.row is None:
                     yield ServerSentEventMessage(event="gone", data=change.id)
@@ -68,35 +72,27 @@ async def devbox_list_events(
 @get("/devboxes/{devbox_id:str}", guards=[allow(PAGE)], include_in_schema=False)
 async def devbox_page(
     request: Request[Any, Any, Any],
-    services: AppServices,
+    dashboard: NamedDependency[Dashboard],
     principal: CurrentPrincipal,
     devbox_id: FromPath[str],
 ) -> Template:
-    details = await Dashboard(services).devbox(principal, devbox_id)
-    first_screens = {}
-    for pane in details.terminals.panes[:4]:
-        snapshot = await services.tmux.snapshot(
-            principal, devbox_id, pane.id, lines=200, ansi=False, socket=None
-        )
-        first_screens[pane.id] = snapshot.content
-    return page(request, "devbox.html", d=details, screens=first_screens, notice=_notice(request))
+    details = await dashboard.devbox(principal, devbox_id)
+    return page(request, "devbox.html", d=details, notice=_notice(request))
 
 
 @get("/devboxes/{devbox_id:str}/terminals", guards=[allow(PAGE)], include_in_schema=False)
 async def devbox_terminals(
     request: Request[Any, Any, Any],
-    services: AppServices,
+    dashboard: NamedDependency[Dashboard],
     principal: CurrentPrincipal,
     devbox_id: FromPath[str],
 ) -> ServerSentEvent:
     """`terminals` events: the devbox page's panes (each rendered), status and note, whenever
     they change, so a session started after the page opened shows without a reload."""
-    dashboard = Dashboard(services)
-    await services.devboxes.visible(principal, devbox_id)  # 404 before the stream starts
-    may_type = await services.guest_access.may_type(principal, devbox_id)
+    may_type, changes = await dashboard.watch_terminals(principal, devbox_id)  # 404 first
 
     async def events() -> AsyncIterator[ServerSentEventMessage]:
-        async for terminals in dashboard.watch_terminals(principal, devbox_id):
+        async for terminals in changes:
             panes = [
                 {"id": p.id, "html": render_terminal(request, devbox_id, p, may_type=may_type)}
                 for p in terminals.panes
@@ -107,52 +103,44 @@ async def devbox_terminals(
     return ServerSentEvent(events())
 
 
-async def _act(services: AppServices, principal: Principal, devbox_id: str, action: str) -> str:
-    """Run a devbox action; where to go after it."""
-    page_of = f"/devboxes/{devbox_id}"
-    if action == "pause":
-        await services.devboxes.pause(principal, devbox_id)
-        return f"{page_of}?done=paused"
-    if action == "resume":
-        await services.devboxes.resume(principal, devbox_id)
-        return f"{page_of}?done=resumed"
-    if action == "reboot":
-        await services.devboxes.reboot(principal, devbox_id)
-        return f"{page_of}?done=rebooted"
-    if action == "save":
-        await services.checkpoints.save(principal, devbox_id, "")
-        return f"{page_of}?done=saved"
-    if action == "branch":
-        await services.checkpoints.branch(principal, devbox_id, name=None, count=1)
-        return "/devboxes?done=branched"
-    if action == "delete":
-        await services.devboxes.delete(principal, devbox_id)
-        return "/devboxes?done=deleted"
-    raise InvalidInput(
-        f"unknown action {action!r}: use pause, resume, reboot, save, branch or delete"
-    )
+NOTICE_OF = {
+    PageAction.PAUSE: "paused",
+    PageAction.RESUME: "resumed",
+    PageAction.REBOOT: "rebooted",
+    PageAction.SAVE: "saved",
+    PageAction.BRANCH: "branched",  # shown on the list, where the copies are
+    PageAction.DELETE: "deleted",  # shown on the list
+}
 
 
 @post(
     "/devboxes/{devbox_id:str}/actions/{action:str}", guards=[allow(PAGE)], include_in_schema=False
 )
 async def devbox_action(
-    services: AppServices,
+    dashboard: NamedDependency[Dashboard],
     principal: CurrentPrincipal,
     devbox_id: FromPath[str],
     action: FromPath[str],
 ) -> Redirect:
-    return Redirect(await _act(services, principal, devbox_id, action), status_code=303)
+    try:
+        chosen = PageAction(action)
+    except ValueError:
+        names = ", ".join(PageAction)
+        raise InvalidInput(f"unknown action {action!r}: use one of {names}") from None
+    await dashboard.act(principal, devbox_id, chosen)
+    if chosen in (PageAction.BRANCH, PageAction.DELETE):
+        return Redirect(f"/devboxes?done={NOTICE_OF[chosen]}", status_code=303)
+    return Redirect(f"/devboxes/{devbox_id}?done={NOTICE_OF[chosen]}", status_code=303)
 
 
 @get("/devboxes/{devbox_id:str}/delete", guards=[allow(PAGE)], include_in_schema=False)
 async def confirm_delete(
     request: Request[Any, Any, Any],
-    services: AppServices,
+    dashboard: NamedDependency[Dashboard],
     principal: CurrentPrincipal,
     devbox_id: FromPath[str],
 ) -> Template:
-    record = await services.devboxes.visible(principal, devbox_id)
+    record = await dashboard.record(principal, devbox_id)
     return page(request, "confirm_delete.html", devbox=record)
 
 
@@ -162,12 +150,12 @@ async def confirm_delete(
     include_in_schema=False,
 )
 async def revoke_agent_token(
-    services: AppServices,
+    dashboard: NamedDependency[Dashboard],
     principal: CurrentPrincipal,
     devbox_id: FromPath[str],
     token_id: FromPath[str],
 ) -> Redirect:
-    await services.agent_tokens.revoke(principal, devbox_id, token_id)
+    await dashboard.revoke_agent_token(principal, devbox_id, token_id)
     return Redirect(f"/devboxes/{devbox_id}?done=revoked", status_code=303)
 
 
@@ -177,13 +165,13 @@ async def revoke_agent_token(
     include_in_schema=False,
 )
 async def pane_stream(
-    services: AppServices,
+    tmux: NamedDependency[TmuxService],
     principal: CurrentPrincipal,
     devbox_id: FromPath[str],
     pane_id: FromPath[str],
 ) -> ServerSentEvent:
     """The pane's screen whenever it changes (the terminal view redraws from each)."""
-    screens = await services.tmux.stream(
+    screens = await tmux.stream(
         principal,
         devbox_id,
         pane_id,
@@ -217,7 +205,7 @@ class TypedKeys(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 )
 async def pane_keys(
     request: Request[Any, Any, Any],
-    services: AppServices,
+    tmux: NamedDependency[TmuxService],
     principal: CurrentPrincipal,
     devbox_id: FromPath[str],
     pane_id: FromPath[str],
@@ -239,7 +227,7 @@ async def pane_keys(
     if typed.key is not None:
         requests.append(TmuxSendKeysRequest(pane_id=pane_id, sequence=[typed.key]))
     for keys in requests:
-        await services.tmux.send_keys(principal, devbox_id, keys)
+        await tmux.send_keys(principal, devbox_id, keys)
     if form_post:
         return Redirect(f"/devboxes/{devbox_id}", status_code=303)
     return Response(None, status_code=204)

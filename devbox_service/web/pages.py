@@ -6,18 +6,24 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Router, get
+from litestar.di import NamedDependency
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 
 from devbox_service.auth.guards import PUBLIC, allow, signed_in
 from devbox_service.errors import NotAuthenticated
-from devbox_service.services import AppServices
+from devbox_service.settings import Settings
+from devbox_service.system import ServiceStatus
 from devbox_service.web import devbox_pages, sign_in, template_pages
 from devbox_service.web.render import PAGE_EXCEPTION_HANDLERS, PAGE_HEADERS, STATIC_DIR, page
 
 
 @get("/", guards=[allow(PUBLIC)], include_in_schema=False)
-async def index(request: Request[Any, Any, Any], services: AppServices) -> Template | Redirect:
+async def index(
+    request: Request[Any, Any, Any],
+    settings: NamedDependency[Settings],
+    service_status: NamedDependency[ServiceStatus],
+) -> Template | Redirect:
     """Where a browser pointed at the service lands: the dashboard when signed in; otherwise
     how to reach the service, and whether it is ready."""
     try:
@@ -25,15 +31,14 @@ async def index(request: Request[Any, Any, Any], services: AppServices) -> Templ
         return Redirect("/devboxes", status_code=303)
     except NotAuthenticated:
         pass
-    settings = services.settings
-    checks = await services.readiness()
+    checks = await service_status.readiness()
     return page(
         request,
         "index.html",
         ready=all(checks.values()),
         base_url=settings.base_url,
         ssh_host=settings.ssh_host,
-        ssh_port=services.gateway.port if services.gateway else settings.ssh_port,
+        ssh_port=service_status.ssh_port,
     )
 
 

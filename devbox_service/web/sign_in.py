@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from litestar import Request, get, post
 from litestar.datastructures import Cookie
+from litestar.di import NamedDependency
 from litestar.params import FromQuery
 from litestar.response import Redirect, Template
 
@@ -22,19 +23,20 @@ from devbox_service.auth.guards import PAGE, PUBLIC, allow
 from devbox_service.auth.web_sessions import (
     SESSION_COOKIE,
     SIGN_IN_COOKIE,
+    WebSessions,
     check_csrf,
     csrf_token,
 )
 from devbox_service.errors import DevboxServiceError
 from devbox_service.http_errors import status_for
-from devbox_service.services import AppServices
+from devbox_service.settings import Settings
 from devbox_service.web.render import form_text, page
 
 SIGN_IN_FORM_SECONDS = 3600
 
 
-def _secure(request: Request[Any, Any, Any], services: AppServices) -> bool:
-    return request.url.scheme == "https" or services.settings.base_url.startswith("https:")
+def _secure(request: Request[Any, Any, Any], settings: Settings) -> bool:
+    return request.url.scheme == "https" or settings.base_url.startswith("https:")
 
 
 def _safe_next(target: str) -> str:
@@ -47,7 +49,7 @@ def _safe_next(target: str) -> str:
 
 def _sign_in_form(
     request: Request[Any, Any, Any],
-    services: AppServices,
+    settings: Settings,
     next_path: str,
     error: str | None = None,
     status_code: int = 200,
@@ -69,7 +71,7 @@ def _sign_in_form(
             path="/sign-in",
             httponly=True,
             samesite="strict",
-            secure=_secure(request, services),
+            secure=_secure(request, settings),
         )
     )
     return response
@@ -77,21 +79,27 @@ def _sign_in_form(
 
 @get("/sign-in", guards=[allow(PUBLIC)], include_in_schema=False)
 async def sign_in_form(
-    request: Request[Any, Any, Any], services: AppServices, next: FromQuery[str] = "/devboxes"
+    request: Request[Any, Any, Any],
+    settings: NamedDependency[Settings],
+    next: FromQuery[str] = "/devboxes",
 ) -> Template:
-    return _sign_in_form(request, services, next)
+    return _sign_in_form(request, settings, next)
 
 
 @post("/sign-in", guards=[allow(PUBLIC)], include_in_schema=False, status_code=303)
-async def sign_in(request: Request[Any, Any, Any], services: AppServices) -> Template | Redirect:
+async def sign_in(
+    request: Request[Any, Any, Any],
+    settings: NamedDependency[Settings],
+    web_sessions: NamedDependency[WebSessions],
+) -> Template | Redirect:
     form = await request.form()
     next_path = form_text(form, "next", 2000) or "/devboxes"
     try:
         check_csrf(request.cookies.get(SIGN_IN_COOKIE), form_text(form, "csrf_token", 200))
-        signed_in = await services.web_sessions.sign_in(form_text(form, "api_key", 500))
+        signed_in = await web_sessions.sign_in(form_text(form, "api_key", 500))
     except DevboxServiceError as exc:
         return _sign_in_form(
-            request, services, next_path, error=exc.message, status_code=status_for(exc)
+            request, settings, next_path, error=exc.message, status_code=status_for(exc)
         )
     response = Redirect(_safe_next(next_path), status_code=303)
     response.cookies.append(
@@ -102,7 +110,7 @@ async def sign_in(request: Request[Any, Any, Any], services: AppServices) -> Tem
             path="/",
             httponly=True,
             samesite="lax",
-            secure=_secure(request, services),
+            secure=_secure(request, settings),
         )
     )
     response.delete_cookie(SIGN_IN_COOKIE, path="/sign-in")
@@ -110,8 +118,10 @@ async def sign_in(request: Request[Any, Any, Any], services: AppServices) -> Tem
 
 
 @post("/sign-out", guards=[allow(PAGE)], include_in_schema=False, status_code=303)
-async def sign_out(request: Request[Any, Any, Any], services: AppServices) -> Redirect:
-    await services.web_sessions.sign_out(request.cookies.get(SESSION_COOKIE))
+async def sign_out(
+    request: Request[Any, Any, Any], web_sessions: NamedDependency[WebSessions]
+) -> Redirect:
+    await web_sessions.sign_out(request.cookies.get(SESSION_COOKIE))
     response = Redirect("/sign-in", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, get, post
+from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.response import Redirect, ServerSentEvent, ServerSentEventMessage, Template
 
@@ -33,9 +34,9 @@ from devbox_service.devbox_templates.schemas import (
     TemplateCacheRequest,
     TemplateStepModel,
 )
+from devbox_service.devbox_templates.service import TemplateService
 from devbox_service.errors import NotAuthenticated, NotFound
-from devbox_service.services import AppServices
-from devbox_service.sharing.service import SHARE_PREFIX
+from devbox_service.sharing.service import SHARE_PREFIX, SharingService
 from devbox_service.web.render import form_text, page
 
 
@@ -103,29 +104,33 @@ def build_view(steps: list[TemplateStepModel], history: list[dict[str, Any]]) ->
 
 @get("/templates", guards=[allow(PAGE)], include_in_schema=False)
 async def template_list(
-    request: Request[Any, Any, Any], services: AppServices, principal: CurrentPrincipal
+    request: Request[Any, Any, Any],
+    templates: NamedDependency[TemplateService],
+    principal: CurrentPrincipal,
 ) -> Template:
-    templates = await services.templates.summaries(principal)
-    return page(request, "templates.html", templates=templates)
+    summaries = await templates.summaries(principal)
+    return page(request, "templates.html", templates=summaries)
 
 
 @get("/templates/{template_id:str}", guards=[allow(PAGE)], include_in_schema=False)
 async def template_page(
     request: Request[Any, Any, Any],
-    services: AppServices,
+    templates: NamedDependency[TemplateService],
     principal: CurrentPrincipal,
     template_id: FromPath[str],
 ) -> Template:
-    template = await services.templates.get(principal, template_id)
-    availability = await services.templates.availability(principal, template_id)
+    template = await templates.get(principal, template_id)
+    availability = await templates.availability(principal, template_id)
     return page(request, "template.html", template=template, availability=availability)
 
 
 @post("/templates/{template_id:str}/build", guards=[allow(PAGE)], include_in_schema=False)
 async def build_template(
-    services: AppServices, principal: CurrentPrincipal, template_id: FromPath[str]
+    templates: NamedDependency[TemplateService],
+    principal: CurrentPrincipal,
+    template_id: FromPath[str],
 ) -> Redirect:
-    run_id = await services.templates.cache(principal, template_id, TemplateCacheRequest())
+    run_id = await templates.cache(principal, template_id, TemplateCacheRequest())
     return Redirect(f"/templates/{template_id}/builds/{run_id}", status_code=303)
 
 
@@ -136,13 +141,13 @@ async def build_template(
 )
 async def build_page(
     request: Request[Any, Any, Any],
-    services: AppServices,
+    templates: NamedDependency[TemplateService],
     principal: CurrentPrincipal,
     template_id: FromPath[str],
     run_id: FromPath[str],
 ) -> Template:
-    template = await services.templates.get(principal, template_id)
-    history = await services.templates.history(principal, template_id, run_id)
+    template = await templates.get(principal, template_id)
+    history = await templates.history(principal, template_id, run_id)
     return page(
         request,
         "build.html",
@@ -158,13 +163,13 @@ async def build_page(
     include_in_schema=False,
 )
 async def build_events(
-    services: AppServices,
+    templates: NamedDependency[TemplateService],
     principal: CurrentPrincipal,
     template_id: FromPath[str],
     run_id: FromPath[str],
 ) -> ServerSentEvent:
     """The run's events from the first (the page skips those it was rendered with)."""
-    events = await services.templates.events(principal, template_id, run_id)
+    events = await templates.events(principal, template_id, run_id)
 
     async def messages() -> AsyncIterator[ServerSentEventMessage]:
         async for event in events:
@@ -180,7 +185,7 @@ async def build_events(
 )
 async def answer_secret(
     request: Request[Any, Any, Any],
-    services: AppServices,
+    templates: NamedDependency[TemplateService],
     principal: CurrentPrincipal,
     template_id: FromPath[str],
     run_id: FromPath[str],
@@ -188,15 +193,17 @@ async def answer_secret(
     form = await request.form()
     name = form_text(form, "name", 200)
     value = form_text(form, "value", 64 * 1024)
-    await services.templates.answer_secrets(principal, template_id, run_id, {name: value})
+    await templates.answer_secrets(principal, template_id, run_id, {name: value})
     return Redirect(f"/templates/{template_id}/builds/{run_id}", status_code=303)
 
 
 @post("/templates/{template_id:str}/start", guards=[allow(PAGE)], include_in_schema=False)
 async def start_from_template(
-    services: AppServices, principal: CurrentPrincipal, template_id: FromPath[str]
+    templates: NamedDependency[TemplateService],
+    principal: CurrentPrincipal,
+    template_id: FromPath[str],
 ) -> Redirect:
-    devbox = await services.templates.instant_devbox(principal, template_id, InstantDevboxRequest())
+    devbox = await templates.instant_devbox(principal, template_id, InstantDevboxRequest())
     return Redirect(f"/devboxes/{devbox.id}?done=started", status_code=303)
 
 
@@ -209,7 +216,7 @@ async def _maybe_signed_in(request: Request[Any, Any, Any]) -> Principal | None:
 
 @get(SHARE_PREFIX + "/{alias:str}", guards=[allow(PUBLIC)], include_in_schema=False)
 async def share_page(
-    request: Request[Any, Any, Any], services: AppServices, alias: FromPath[str]
+    request: Request[Any, Any, Any], sharing: NamedDependency[SharingService], alias: FromPath[str]
 ) -> Template:
     """What a short link opens: the template, and (signed in) a button to start from it. A
     public share shows to anyone; an org share only to the org's signed-in members. A visitor
@@ -217,28 +224,27 @@ async def share_page(
     says nothing of which org aliases exist)."""
     principal = await _maybe_signed_in(request)
     try:
-        record = await services.sharing.visible(principal, alias)
+        shared = await sharing.page(principal, alias)
     except NotFound:
         if principal is None:
             raise SignInRequired(
                 "sign in to open this share link: it is shared with its organization"
             ) from None
         raise
-    template = await services.templates.detail_by_id(record.template_id)
     return page(
         request,
         "share.html",
-        alias=record.alias,
-        description=record.description or template.description or "",
-        template=template,
-        base_url=services.settings.base_url,
+        alias=shared.alias,
+        description=shared.description,
+        template=shared.template,
+        base_url=shared.base_url,
         signed_in_user=principal,
     )
 
 
 @post(SHARE_PREFIX + "/{alias:str}/start", guards=[allow(PAGE)], include_in_schema=False)
 async def start_from_share(
-    services: AppServices, principal: CurrentPrincipal, alias: FromPath[str]
+    sharing: NamedDependency[SharingService], principal: CurrentPrincipal, alias: FromPath[str]
 ) -> Redirect:
-    devbox = await services.sharing.start(principal, alias)
+    devbox = await sharing.start(principal, alias)
     return Redirect(f"/devboxes/{devbox.id}?done=started", status_code=303)

@@ -20,7 +20,7 @@ from support import Api, create_devbox, mint_agent_token
 from devbox_service.auth import tokens
 from devbox_service.auth.web_sessions import SESSION_COOKIE, SIGN_IN_COOKIE
 from devbox_service.tmux.models import TmuxPaneInfo
-from devbox_service.web.dashboard import Dashboard, RowChange
+from devbox_service.web.dashboard import RowChange
 
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 """What a browser asks for when it opens a page or submits a form."""
@@ -495,7 +495,7 @@ async def test_the_live_list_yields_changed_rows_and_deleted_ones(fake_api: Api)
     steady = await new_devbox(fake_api, "steady-box")
     admin = fake_api.auth(fake_api.admin_key)
     principal = await fake_api.services.identities.authenticate(fake_api.admin_key)
-    changes = Dashboard(fake_api.services).watch(principal)
+    changes = fake_api.services.dashboard.watch(principal)
     assert isinstance(changes, AsyncGenerator)
     try:
         first: list[RowChange] = await asyncio.wait_for(anext(changes), HANG_GUARD)
@@ -627,7 +627,7 @@ async def test_the_devbox_page_follows_its_terminals_without_a_reload(fake_api: 
     shown = await get(fake_api, f"/devboxes/{devbox_id}")
     assert f'data-events="/devboxes/{devbox_id}/terminals"' in shown.text
     principal = await fake_api.services.identities.authenticate(fake_api.admin_key)
-    changes = Dashboard(fake_api.services).watch_terminals(principal, devbox_id)
+    changes = (await fake_api.services.dashboard.watch_terminals(principal, devbox_id))[1]
     assert isinstance(changes, AsyncGenerator)
     try:
         first = await asyncio.wait_for(anext(changes), HANG_GUARD)
@@ -664,7 +664,7 @@ async def test_the_terminals_stream_is_for_those_who_see_the_devbox(fake_api: Ap
     # A member of the org follows them (read-only views; typing is the owner's).
     member = await fake_api.new_user("terminals-member", org="default")
     principal = await fake_api.services.identities.authenticate(member)
-    changes = Dashboard(fake_api.services).watch_terminals(principal, devbox_id)
+    changes = (await fake_api.services.dashboard.watch_terminals(principal, devbox_id))[1]
     assert isinstance(changes, AsyncGenerator)
     try:
         assert (await asyncio.wait_for(anext(changes), HANG_GUARD)).status == "ready"
