@@ -1,9 +1,9 @@
 """Template rules: who sees which template (its organization), what a spec may say, what a
-template looks like with its per-step cache state, and devboxes started from its build."""
+template looks like with its per-step cache state, and which devboxes it may start (starting
+them is `instant.InstantDevboxes`', once the check here has passed)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator
@@ -12,8 +12,8 @@ from typing import Any
 import msgspec
 
 from devbox_service.auth.models import Principal
-from devbox_service.devbox_templates.builds import inject_secrets
 from devbox_service.devbox_templates.events import RunEvents
+from devbox_service.devbox_templates.instant import InstantDevboxes
 from devbox_service.devbox_templates.models import (
     RunRecord,
     StepStatus,
@@ -22,7 +22,6 @@ from devbox_service.devbox_templates.models import (
 )
 from devbox_service.devbox_templates.runs import BuildRuns, fingerprints
 from devbox_service.devbox_templates.schemas import (
-    AvailabilityReason,
     InstantDevboxAvailability,
     InstantDevboxRequest,
     TemplateCacheRequest,
@@ -38,7 +37,7 @@ from devbox_service.devbox_templates.spec import (
     ExposeHttpServiceStep,
     TemplateSpec,
     TmuxSessionStep,
-    parse,
+    parse_off_loop,
     step_title,
     step_type,
 )
@@ -49,14 +48,8 @@ from devbox_service.devboxes.schemas import DevboxResponse
 from devbox_service.devboxes.service import DevboxService
 from devbox_service.errors import Conflict, NotFound
 from devbox_service.ids import new_id
-from devbox_service.previews.models import HttpServiceAuthMode
 from devbox_service.previews.service import HttpServiceRegistry
 from devbox_service.secrets.service import SecretService
-
-
-async def parse_off_loop(text: str) -> TemplateSpec:
-    """YAML parsing is CPU work: a worker thread keeps one large spec from stalling others."""
-    return await asyncio.to_thread(parse, text)
 
 
 class TemplateService:
@@ -75,11 +68,14 @@ class TemplateService:
         self._store = store
         self._events = events
         self._runs = runs
-        self._devboxes = devboxes
         self._checkpoints = checkpoints
-        self._guests = guests
-        self._secrets = secrets
-        self._previews = previews
+        self._instant = InstantDevboxes(
+            devboxes=devboxes,
+            checkpoints=checkpoints,
+            guests=guests,
+            secrets=secrets,
+            previews=previews,
+        )
 
     # reading
 
@@ -308,7 +304,7 @@ class TemplateService:
             raise NotFound.of("run", wanted or "(none yet)")
         return run
 
-    # devboxes from the template
+    # devboxes from the template: who sees it is checked here, the rest is `InstantDevboxes`
 
     async def availability(
         self, principal: Principal, template_id: str
@@ -319,27 +315,17 @@ class TemplateService:
             return InstantDevboxAvailability(
                 template_id=template_id, available=False, reason="forbidden"
             )
-        reason = await self._unavailable(principal, template)
+        reason = await self._instant.unavailable(principal, template)
         return InstantDevboxAvailability(
             template_id=template_id, available=reason is None, reason=reason
         )
 
-    async def _unavailable(
-        self, principal: Principal, template: TemplateRecord
-    ) -> AvailabilityReason | None:
-        """Why the caller cannot start a devbox from the template now (None: they can)."""
-        if template.status is not TemplateStatus.READY or not template.final_snapshot_id:
-            return "not_ready"
-        if await self._missing_secrets(principal, await parse_off_loop(template.yaml)):
-            return "requires_build"
-        return None
-
     async def instant_devbox(
         self, principal: Principal, template_id: str, request: InstantDevboxRequest
     ) -> DevboxResponse:
-        """A devbox from the template's final snapshot: its files, processes and tmux
-        sessions; its HTTP services exposed and the caller's secrets set once it is up."""
-        return await self._instant(principal, await self.visible(principal, template_id), request)
+        """A devbox from the template's final snapshot (see `InstantDevboxes.start`)."""
+        template = await self.visible(principal, template_id)
+        return await self._instant.start(principal, template, request)
 
     async def instant_devbox_shared(
         self, principal: Principal, template_id: str, request: InstantDevboxRequest
@@ -349,58 +335,4 @@ class TemplateService:
         template = await self._store.get(template_id)
         if template is None:
             raise NotFound.of("template", template_id)
-        return await self._instant(principal, template, request)
-
-    async def _instant(
-        self, principal: Principal, template: TemplateRecord, request: InstantDevboxRequest
-    ) -> DevboxResponse:
-        reason = await self._unavailable(principal, template)
-        if reason is not None or not template.final_snapshot_id:
-            raise Conflict(
-                f"template {template.id} cannot start a devbox now: {reason}", state=reason
-            )
-        spec = await parse_off_loop(template.yaml)
-        snapshot = await self._checkpoints.snapshot_info(template.final_snapshot_id)
-
-        async def set_up(devbox_id: str) -> None:
-            for step in spec.steps:
-                if isinstance(step, ExposeHttpServiceStep):
-                    mode = HttpServiceAuthMode(step.auth_mode) if step.auth_mode else None
-                    await self._previews.expose(
-                        principal, devbox_id, name=step.name, port=step.port, auth_mode=mode
-                    )
-            await inject_secrets(
-                self._guests, principal, devbox_id, await self._saved_secrets(principal, spec)
-            )
-
-        metadata = {"template_id": template.id, **(request.metadata or {})}
-        started = await self._devboxes.start_from(
-            principal,
-            snapshot,
-            name=request.name or template.name,
-            metadata=metadata,
-            after_ready=set_up,
-        )
-        if request.handoff_ttl_seconds is not None:
-            return await self._devboxes.set_ttl(
-                principal, started.id, request.handoff_ttl_seconds, request.handoff_ttl_action
-            )
-        return started
-
-    async def _saved_secrets(self, principal: Principal, spec: TemplateSpec) -> dict[str, str]:
-        found: dict[str, str] = {}
-        for step in spec.steps:
-            if isinstance(step, ExportSecretStep):
-                try:
-                    found[step.name] = (await self._secrets.read(principal, step.name)).value
-                except NotFound:
-                    continue
-        return found
-
-    async def _missing_secrets(self, principal: Principal, spec: TemplateSpec) -> list[str]:
-        saved = await self._saved_secrets(principal, spec)
-        return [
-            s.name
-            for s in spec.steps
-            if isinstance(s, ExportSecretStep) and not s.optional and s.name not in saved
-        ]
+        return await self._instant.start(principal, template, request)

@@ -8,6 +8,7 @@ how a small document expands into a huge one ("billion laughs"), and templates d
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from typing import Annotated, Any, Literal
@@ -158,6 +159,12 @@ def parse(text: str) -> TemplateSpec:
         return msgspec.convert(data, TemplateSpec)
     except msgspec.ValidationError as exc:
         raise _located(str(exc), lines) from exc
+
+
+async def parse_off_loop(text: str) -> TemplateSpec:
+    """`parse` on a worker thread: YAML parsing is CPU work, and one large spec would stall
+    the other requests."""
+    return await asyncio.to_thread(parse, text)
 
 
 def _normalise(index: int, step: object, lines: dict[int, int]) -> dict[str, Any]:

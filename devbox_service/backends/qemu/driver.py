@@ -5,9 +5,10 @@ has a boot snapshot (booted, sshd up) cached beside it. Saves freeze the current
 under a new overlay and write memory to a file; restores put a fresh overlay on the frozen
 layer. A clock step and an RNG reseed over the virtio-serial agent follow every restore.
 
-The class is assembled from its parts (`boot_snapshots`, `snapshots`, `instances`, all over
-`backend_state`); what lives here is what a service restart needs: adopting the VMs and
-files an earlier process left, and reconciling them with the service's records.
+The class is assembled from its parts (`boot_snapshots`, `snapshots`, `instances`,
+`instance_host`, all over `backend_state`); what lives here is what a service restart needs:
+adopting the VMs and files an earlier process left, and reconciling them with the service's
+records.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from devbox_service.backends.qemu.backend_state import LIVE
 from devbox_service.backends.qemu.boot_snapshots import BootSnapshots
 from devbox_service.backends.qemu.config import QemuConfig
 from devbox_service.backends.qemu.garbage import Garbage
+from devbox_service.backends.qemu.instance_host import InstanceHost
 from devbox_service.backends.qemu.instances import Instances
 from devbox_service.backends.qemu.machine import Machine
 from devbox_service.backends.qemu.session import live_chain
@@ -44,7 +46,7 @@ from devbox_service.backends.qemu.warm_pool import LAUNCHED_IN, WarmPool
 log = logging.getLogger(__name__)
 
 
-class QemuBackend(Instances, Snapshots, BootSnapshots, WarmPool, Garbage, VMBackend):
+class QemuBackend(Instances, InstanceHost, Snapshots, BootSnapshots, WarmPool, Garbage, VMBackend):
     """VMs as local QEMU processes; see the package docstrings for the file layout."""
 
     name = "qemu"

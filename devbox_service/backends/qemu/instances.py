@@ -2,7 +2,8 @@
 
 Instances start by restoring a snapshot (`-incoming`) onto a fresh overlay of its frozen disk;
 a clock step and an RNG reseed over the agent follow every restore. Only a stopped instance,
-which has nothing in memory, boots cold from its disk.
+which has nothing in memory, boots cold from its disk. Port forwards and process usage, which
+move no instance between states, are `instance_host`'s.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from devbox_service.backends.base import (
     GuestUnreachable,
     InstanceInfo,
     InstanceState,
-    InstanceStats,
     InvalidState,
     MachineSpec,
     check_id,
@@ -40,8 +40,6 @@ from devbox_service.backends.qemu.util import (
     fsync_path,
     kill_strays,
     pid_alive,
-    proc_pss_kb,
-    proc_usage,
     run,
     tail,
 )
@@ -341,62 +339,3 @@ class Instances(BackendState):
         self._machines[rec.id] = machine
         rec.pid, rec.started_at, rec.state = machine.pid, time.time(), InstanceState.RUNNING
         self._write_instance(rec)
-
-    async def expose_port(self, instance_id: str, guest_port: int) -> int:
-        if not 0 < guest_port < 65536:
-            raise BackendError("guest port out of range", guest_port=guest_port)
-        async with self._locked(instance_id) as rec:
-            if guest_port == 22:
-                return rec.launch.ssh_port
-            if guest_port in rec.launch.forwards:
-                return rec.launch.forwards[guest_port]
-            for attempt in range(3):
-                host_port = free_port()
-                machine = self._machines.get(instance_id)
-                if machine is None:
-                    break  # applied on the command line at the next wake
-                try:
-                    await machine.hmp(f"hostfwd_add n0 tcp:127.0.0.1:{host_port}-:{guest_port}")
-                    break
-                except BackendError:
-                    if attempt == 2:
-                        raise
-            forwards = {**rec.launch.forwards, guest_port: host_port}
-            rec.launch = msgspec.structs.replace(rec.launch, forwards=forwards)
-            self._write_instance(rec)
-            return host_port
-
-    async def unexpose_port(self, instance_id: str, guest_port: int) -> None:
-        async with self._locked(instance_id) as rec:
-            host_port = rec.launch.forwards.get(guest_port)
-            if host_port is None:
-                return
-            machine = self._machines.get(instance_id)
-            if machine is not None:
-                await machine.hmp(f"hostfwd_remove n0 tcp:127.0.0.1:{host_port}", "removed")
-            forwards = {g: h for g, h in rec.launch.forwards.items() if g != guest_port}
-            rec.launch = msgspec.structs.replace(rec.launch, forwards=forwards)
-            self._write_instance(rec)
-
-    async def memory_mb(self, instance_id: str) -> float:
-        rec = self._instance(instance_id)
-        if rec.state not in LIVE or rec.pid is None:
-            raise InvalidState("the VM has no process", state=rec.state)
-        try:
-            return round(proc_pss_kb(rec.pid) / 1024, 1)
-        except (FileNotFoundError, StopIteration) as exc:
-            raise InvalidState("the VM process is gone", state="stopped") from exc
-
-    async def stats(self, instance_id: str) -> InstanceStats:
-        rec = self._instance(instance_id)
-        if rec.state not in LIVE or rec.pid is None:
-            return InstanceStats(rss_mb=0.0, cpu_seconds=0.0, uptime_seconds=0.0)
-        try:
-            rss_kb, cpu = proc_usage(rec.pid)
-        except (FileNotFoundError, StopIteration, IndexError) as exc:
-            raise InvalidState("the VM process is gone", state="stopped") from exc
-        return InstanceStats(
-            rss_mb=round(rss_kb / 1024, 1),
-            cpu_seconds=cpu,
-            uptime_seconds=max(0.0, time.time() - rec.started_at),
-        )
