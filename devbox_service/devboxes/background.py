@@ -12,16 +12,17 @@ from typing import Any
 
 from devbox_service.backends import base as backend_api
 from devbox_service.backends.base import InstanceState
+from devbox_service.devboxes import machines
 from devbox_service.devboxes.core import DevboxCore
-from devbox_service.devboxes.finishing import complete_reboot, complete_resume, complete_save
-from devbox_service.devboxes.lifecycle import STATUS_OF_INSTANCE
+from devbox_service.devboxes.lifecycle import Action
 from devbox_service.devboxes.models import (
     DevboxRecord,
     DevboxStatus,
     SnapshotKind,
+    SnapshotRecord,
     SnapshotStatus,
 )
-from devbox_service.errors import Failed
+from devbox_service.errors import DevboxServiceError, Failed
 
 log = logging.getLogger("devbox_service.devboxes")
 
@@ -38,8 +39,10 @@ async def recover(core: DevboxCore) -> None:
     """After a restart: make every record match the VMs that really exist, and finish the
     work that was accepted. Statuses and pending snapshots are the record of intent, written
     before the caller was answered: a `provisioning` devbox is booted (create, branch), a
-    `rebooting` one rebooted, a `resuming` one resumed, a `deleting` one deleted, and a
-    pending save written again from its VM. Then the backend removes what no record owns."""
+    `rebooting` one rebooted, a `resuming` one resumed (by the core's one resume path: see
+    `DevboxCore.carry_on`), a `deleting` one deleted, and a pending save written again from
+    its VM. Then the backend removes what no record owns. Every status is the core's to
+    write; nothing else runs yet, so no lock is taken."""
     if not core.has_backend:
         return
     backend = core.backend
@@ -48,6 +51,7 @@ async def recover(core: DevboxCore) -> None:
     known_snapshots |= {i.boot_snapshot_id for i in await backend.list_images()}
     unfinished: dict[str, list[str]] = {}  # snapshot id -> devboxes whose boot was cut short
     redo: list[tuple[str, Coroutine[Any, Any, None]]] = []
+    carried: list[DevboxRecord] = []  # a reboot or resume under way
     for record in await core.store.all():
         instance = instances.get(record.id)
         if (
@@ -71,16 +75,11 @@ async def recover(core: DevboxCore) -> None:
             except Failed as exc:  # stays `deleting`: tried again at the next start
                 log.warning("an interrupted deletion failed again: %s", exc.message)
         elif instance is None:
-            if record.status is not DevboxStatus.ERROR:
-                await core.store.update(record.id, status=DevboxStatus.ERROR, error=LOST_VM)
-        elif record.status is DevboxStatus.REBOOTING:
-            redo.append((record.id, complete_reboot(core, record.id, record.memory_mb)))
-        elif record.status is DevboxStatus.RESUMING:
-            redo.append((record.id, complete_resume(core, record.id)))
+            await core.fail(record.id, LOST_VM)
+        elif record.status in (DevboxStatus.REBOOTING, DevboxStatus.RESUMING):
+            carried.append(record)
         else:
-            actual = STATUS_OF_INSTANCE.get(instance.state, record.status)
-            if actual is not record.status:  # unchanged records keep their updated_at
-                await core.store.update(record.id, status=actual)
+            await core.adopt(record, instance.state)
     for snapshot in await core.snapshots.all():
         if snapshot.status is not SnapshotStatus.PENDING:
             if snapshot.id not in known_snapshots:
@@ -100,9 +99,31 @@ async def recover(core: DevboxCore) -> None:
     for snapshot_id, devbox_ids in unfinished.items():
         log.info("finishing interrupted boots", extra={"devboxes": devbox_ids})
         core.start_boot(devbox_ids, snapshot_id)
+    for record in carried:
+        log.info("finishing interrupted work", extra={"devbox_id": record.id})
+        core.carry_on(record)
     for devbox_id, work in redo:
         log.info("finishing interrupted work", extra={"devbox_id": devbox_id})
-        core.run_in_background([devbox_id], work)
+        core.tasks.run([devbox_id], work)
+
+
+async def complete_save(core: DevboxCore, snapshot: SnapshotRecord) -> None:
+    """A save a restart cut short, written again from the running VM; the snapshot
+    record goes if that cannot be done (the caller was never told it was saved)."""
+    assert snapshot.devbox_id is not None
+    async with core.held(snapshot.devbox_id):
+        try:
+            await machines.in_memory(core.backend, snapshot.devbox_id)
+            await core.backend.save(snapshot.devbox_id, snapshot.id)
+        except DevboxServiceError as exc:
+            log.warning(
+                "an interrupted save could not be finished: %s",
+                exc,
+                extra={"snapshot_id": snapshot.id},
+            )
+            await core.snapshots.delete(snapshot.id)
+            return
+        await core.settle_snapshot(snapshot)
 
 
 async def _bootable(backend: backend_api.VMBackend, snapshot_id: str, known: set[str]) -> bool:
@@ -185,26 +206,10 @@ async def standby(core: DevboxCore, devbox_id: str, *, pause_first: bool) -> boo
     """Save a paused devbox's VM (a ready one's too, paused first, if `pause_first`) to disk
     and end its process; it stays `paused` and wakes as a paused one does. False when it was
     in no such state; a failed standby leaves it paused, with its process."""
-    backend = core.backend
-    async with core.locks[devbox_id]:
-        current = await core.store.get(devbox_id)
-        wanted = {DevboxStatus.PAUSED} | ({DevboxStatus.READY} if pause_first else set())
-        if current is None or current.status not in wanted:
+    async with core.held(devbox_id) as current:
+        if current is None:
             return False
-        instance = await backend.get_instance(devbox_id)
-        if instance.state is InstanceState.RUNNING and pause_first:
-            await backend.pause(devbox_id)
-            await core.store.update(devbox_id, status=DevboxStatus.PAUSED)
-        elif instance.state is not InstanceState.PAUSED:
-            return False
-        try:
-            await backend.standby(devbox_id)
-        except backend_api.BackendError as exc:
-            log.warning("standby failed", extra={"devbox": devbox_id, "error": str(exc)})
-            with contextlib.suppress(backend_api.BackendError):
-                await backend.pause(devbox_id)  # a failed standby resumes it
-            return False
-    return True
+        return await core.apply(current, Action.STOP_VM if pause_first else Action.STANDBY)
 
 
 class VmWatch(Periodic):
@@ -221,28 +226,19 @@ class VmWatch(Periodic):
 
     async def check(self) -> list[str]:
         """The ids of devboxes found without their VM process (now `error`)."""
-        backend = self._core.backend
         crashed = []
         for record in await self._core.store.all():
             if record.status not in (DevboxStatus.READY, DevboxStatus.PAUSED):
                 continue
-            async with self._core.locks[record.id]:
-                current = await self._core.store.get(record.id)
+            async with self._core.held(record.id) as current:
                 if current is None or current.status not in (
                     DevboxStatus.READY,
                     DevboxStatus.PAUSED,
                 ):
                     continue
-                try:
-                    instance = await backend.get_instance(record.id)
-                except backend_api.NotFound:
-                    instance = None
-                if instance is not None and (
-                    instance.state not in (InstanceState.RUNNING, InstanceState.PAUSED)
-                    or await self._core.vm_alive(record.id)
-                ):
+                if not await machines.vm_gone(self._core.backend, record.id):
                     continue
-                await self._core.store.update(record.id, status=DevboxStatus.ERROR, error=CRASHED)
+                await self._core.fail(record.id, CRASHED)
                 log.warning("a devbox's VM process is gone", extra={"devbox": record.id})
                 crashed.append(record.id)
         return crashed

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from devbox_service.auth.models import Principal
 from devbox_service.backends import base as backend_api
 from devbox_service.backends.base import MachineSpec
+from devbox_service.devboxes import machines
 from devbox_service.devboxes.core import DevboxCore
 from devbox_service.devboxes.lifecycle import Action, require
 from devbox_service.devboxes.models import (
@@ -120,7 +121,7 @@ class CheckpointService:
         )
         await self._core.snapshots.insert(snapshot)
         try:
-            await self._core.in_memory(record.id)
+            await machines.in_memory(self._core.backend, record.id)
             await self._core.backend.save(record.id, snapshot.id)
         except BaseException:
             await self._core.snapshots.delete(snapshot.id)
@@ -137,8 +138,8 @@ class CheckpointService:
     async def save_unlisted(self, devbox_id: str) -> backend_api.SnapshotInfo:
         """A checkpoint no user lists (a template step's): its owner keeps the id, and must
         register it with `core.snapshot_keepers` so start-up recovery keeps it."""
-        async with self._core.locks[devbox_id]:
-            await self._core.in_memory(devbox_id)
+        async with self._core.held(devbox_id):
+            await machines.in_memory(self._core.backend, devbox_id)
             return await self._core.backend.save(devbox_id, new_id("snapshot"))
 
     async def delete_unlisted(self, snapshot_id: str) -> None:

@@ -1,27 +1,29 @@
 """What the devbox services share: the stores, the VM backend, one lock per devbox, the
 background task each devbox may have, and how a devbox is recorded and destroyed.
 
-Every change of a devbox's VM happens under that devbox's lock, so two requests (or a request
-and a background task) never drive one VM at once.
+The core is the only writer of a devbox's status (`apply` and a few named siblings, by the
+table in `lifecycle`) and the only holder of its lock (`locked`, `held`): every change of a
+devbox's VM happens under that lock, so two requests (or a request and a background task)
+never drive one VM at once, and no other module can skip the table.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from devbox_service.auth import tokens
 from devbox_service.auth.models import Principal
 from devbox_service.backends import base as backend_api
 from devbox_service.backends.base import InstanceState, MachineSpec, VMBackend
-from devbox_service.devboxes.lifecycle import TRANSITIONS, Action, require
+from devbox_service.devboxes import machines
+from devbox_service.devboxes.lifecycle import STATUS_OF_INSTANCE, TRANSITIONS, Action, require
 from devbox_service.devboxes.models import (
     DevboxRecord,
     DevboxStatus,
@@ -31,11 +33,11 @@ from devbox_service.devboxes.models import (
     SnapshotStatus,
 )
 from devbox_service.devboxes.quotas import Admission
-from devbox_service.devboxes.records import new_credentials, new_event
+from devbox_service.devboxes.records import new_credentials, new_event, new_record
 from devbox_service.devboxes.snapshot_store import SnapshotStore
 from devbox_service.devboxes.store import DevboxStore
-from devbox_service.errors import Conflict, Failed, NotFound, Unavailable
-from devbox_service.ids import new_id
+from devbox_service.devboxes.tasks import BackgroundTasks
+from devbox_service.errors import Conflict, DevboxServiceError, Failed, NotFound, Unavailable
 from devbox_service.secrets.box import SecretBox
 
 log = logging.getLogger("devbox_service.devboxes")
@@ -62,8 +64,8 @@ class DevboxCore:
         self.admission = admission
         self.box = secret_box
         self._backend = backend
-        self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.tasks = BackgroundTasks()
         self.clock: Callable[[], float] = time.time  # tests move time forward for TTLs
         self._destroy_listeners: list[DestroyListener] = []
         self._required_listeners: set[DestroyListener] = set()
@@ -101,7 +103,7 @@ class DevboxCore:
         """The devbox's lock, held, and its record as read under it. Visibility is checked
         first, so requests for unknown ids never add to the lock table."""
         await self.visible(principal, devbox_id)
-        async with self.locks[devbox_id]:
+        async with self._locks[devbox_id]:
             yield await self.visible(principal, devbox_id)
 
     async def insert(
@@ -118,26 +120,10 @@ class DevboxCore:
     ) -> DevboxRecord:
         """A new `provisioning` devbox with fresh SSH gateway credentials (kept sealed; the
         access token is found by its hash) and its first timeline entry."""
-        now = time.time()
         credentials = new_credentials()
-        record = DevboxRecord(
-            id=new_id("devbox"),
-            org_id=principal.org_id,
-            user_id=principal.user_id,
-            name=name,
-            status=DevboxStatus.PROVISIONING,
-            base_snapshot_id=snapshot_id,
-            image_id=image_id,
-            current_save_id=None,
-            parent_id=parent_id,
-            vcpus=spec.vcpus,
-            memory_mb=spec.memory_mb,
-            disk_mb=spec.disk_mb,
-            metadata=metadata,
-            error=None,
-            created_at=now,
-            updated_at=now,
-            ssh_credentials_sealed=self.box.seal(json.dumps(credentials)),
+        sealed = self.box.seal(json.dumps(credentials))
+        record = new_record(
+            principal, snapshot_id, image_id, spec, name, metadata, parent_id, sealed
         )
         event = new_event(record.id, EventType.CREATE, snapshot_id, created_detail)
         token_hash = tokens.hash_secret(credentials["access_token"])
@@ -159,38 +145,6 @@ class DevboxCore:
             ssh_token_hash=tokens.hash_secret(credentials["access_token"]),
         )
 
-    # VM states the API does not show
-
-    async def bring_back(self, devbox_id: str) -> None:
-        """Resume a paused VM, or restore one that idled into standby (processes kept; the
-        host must have the memory for it again: LimitReached otherwise)."""
-        instance = await self.backend.get_instance(devbox_id)
-        if instance.state is InstanceState.RUNNING and await self.vm_alive(devbox_id):
-            return  # nothing to bring back
-        if instance.state is InstanceState.PAUSED and await self.vm_alive(devbox_id):
-            await self.backend.resume(devbox_id)
-            return
-        await self.wake(devbox_id, instance.spec.memory_mb)
-
-    async def vm_alive(self, devbox_id: str) -> bool:
-        """Does the devbox's VM process still run? (A crash is only noticed when asked.)"""
-        try:
-            await self.backend.stats(devbox_id)
-        except backend_api.InvalidState as exc:
-            return exc.state != InstanceState.STOPPED
-        return True
-
-    async def wake(self, devbox_id: str, memory_mb: int) -> None:
-        """Standby restores memory; a VM whose process died boots again from its disk. The
-        host must have the memory for it again: LimitReached otherwise."""
-        instance = await self.backend.get_instance(devbox_id)
-        if instance.state in (InstanceState.RUNNING, InstanceState.PAUSED):
-            with contextlib.suppress(backend_api.InvalidState):
-                await self.backend.stop(devbox_id)  # a dead process: the backend notices it
-        async with self.admission.guard():
-            await self.admission.check_memory(self.backend, 1, memory_mb)
-            await self.backend.wake(devbox_id)
-
     async def use_snapshot(self, snapshot_id: str) -> None:
         """A snapshot was used (booted, or found by its digest): its TTL counts from now."""
         snapshot = await self.snapshots.get(snapshot_id)
@@ -201,35 +155,134 @@ class DevboxCore:
                 ttl_waiting_for=None,
             )
 
-    # the one way to pause or resume, and to wait for a status
+    # the one writer of a devbox's status: the transition table in `lifecycle` decides
+
+    @contextlib.asynccontextmanager
+    async def held(self, devbox_id: str) -> AsyncIterator[DevboxRecord | None]:
+        """`locked` for the service's own work (background passes, wake on SSH): the lock,
+        and the record read under it (None when it is gone)."""
+        async with self._locks[devbox_id]:
+            yield await self.store.get(devbox_id)
 
     async def apply(
-        self, record: DevboxRecord, action: Action, *, detail: dict[str, Any] | None = None
+        self,
+        record: DevboxRecord,
+        action: Action,
+        *,
+        detail: dict[str, Any] | None = None,
+        resize: dict[str, int] | None = None,
     ) -> bool:
-        """Pause or resume a devbox whose lock the caller holds (`record` read under it): the
-        transition table decides (Conflict if it does not fit, False for a no-op), the
-        intermediate status is written, the backend does the work, then the final status and
-        the timeline event (`detail` names who asked, e.g. a wake on SSH). A failure puts the
-        status back as it was and raises."""
-        transition = TRANSITIONS[action]
-        assert transition.during and transition.after and transition.event
+        """Carry out `action` on a devbox whose lock the caller holds (`record` read under
+        it): the transition table decides (Conflict if it does not fit, False for a no-op),
+        the intermediate status is written, the backend does the work, then the final status
+        and the timeline event (`detail` names who asked, e.g. a wake on SSH). A failed pause
+        or resume puts the status back as it was and raises. A reboot (`resize`: new size
+        columns, already admitted) answers once `rebooting` and finishes in the background."""
         if not require(record, action):
             return False
         await self.has_vm(record)
-        await self.store.update(record.id, status=transition.during)
+        transition = TRANSITIONS[action]
+        if action is Action.REBOOT:
+            event, resized = new_event(record.id, EventType.REBOOT), resize or {}
+            await self.store.update(record.id, status=transition.during, event=event, **resized)
+            self.tasks.run([record.id], self._finish_reboot(record.id))
+            return True
+        if action in (Action.STANDBY, Action.STOP_VM):
+            return await self._standby(record, pause_first=action is Action.STOP_VM)
+        if action not in (Action.PAUSE, Action.RESUME):
+            raise AssertionError(f"{action} is not applied here")
+        await self._switch(record.id, action, record.status, detail)
+        return True
+
+    async def _switch(
+        self, devbox_id: str, action: Action, before: DevboxStatus, detail: dict[str, Any] | None
+    ) -> None:
+        """Pause or resume: the one path, also for a resume a restart cut short."""
+        transition = TRANSITIONS[action]
+        assert transition.during and transition.after and transition.event
+        await self.store.update(devbox_id, status=transition.during)
         try:
             if action is Action.RESUME:
-                await self.bring_back(record.id)
-            elif action is Action.PAUSE:
-                await self.backend.pause(record.id)
+                await machines.bring_back(self.backend, self.admission, devbox_id)
             else:
-                raise AssertionError(f"{action} is not applied here")
+                await self.backend.pause(devbox_id)
         except BaseException:
-            await self.store.update(record.id, status=record.status)
+            await self.store.update(devbox_id, status=before)
             raise
-        event = new_event(record.id, transition.event, detail=detail)
-        await self.store.update(record.id, status=transition.after, event=event)
+        event = new_event(devbox_id, transition.event, detail=detail)
+        await self.store.update(devbox_id, status=transition.after, event=event)
+
+    async def _finish_reboot(self, devbox_id: str) -> None:
+        """The guest of a devbox already `rebooting` restarts; then `ready`, or `error` saying
+        why (the old guest is gone half-way: there is no status to go back to)."""
+        async with self._locks[devbox_id]:
+            try:
+                record = await self.record(devbox_id)
+                await machines.reboot(self.backend, self.admission, devbox_id, record.spec)
+            except DevboxServiceError as exc:
+                await self.fail(devbox_id, f"the reboot failed: {exc}")
+                return
+            await self.store.update(devbox_id, status=TRANSITIONS[Action.REBOOT].after)
+
+    async def _resume_again(self, devbox_id: str) -> None:
+        """A resume a restart cut short, by the one resume path. Its status before is taken
+        as `paused` (what a resume mostly starts from), so a failure leaves it `paused`, as a
+        failed resume asked for now does: its owner resumes again, and a VM whose process
+        died is marked `error` by the VM watch. The reason is logged."""
+        async with self._locks[devbox_id]:
+            try:
+                await self._switch(devbox_id, Action.RESUME, DevboxStatus.PAUSED, None)
+            except DevboxServiceError as exc:
+                log.warning(
+                    "a resume cut short by a restart failed again",
+                    extra={"devbox": devbox_id, "error": str(exc)},
+                )
+
+    async def _standby(self, record: DevboxRecord, *, pause_first: bool) -> bool:
+        """Memory to disk, process ended; it stays `paused` and wakes as a paused one does.
+        False when its VM is in no state for it, or standby failed (it stays paused)."""
+        instance = await self.backend.get_instance(record.id)
+        if instance.state is InstanceState.RUNNING and pause_first:
+            await self.backend.pause(record.id)
+            await self.store.update(record.id, status=DevboxStatus.PAUSED)
+        elif instance.state is not InstanceState.PAUSED:
+            return False
+        return await machines.standby(self.backend, record.id)
+
+    async def fail(self, devbox_id: str, reason: str) -> bool:
+        """`error` with the reason, for what nobody asked for: a VM that crashed, was lost in
+        a restart, did not boot or reboot. The caller holds the lock (or is recovery); False
+        when it is in error already (the first reason stays), deleting or gone."""
+        record = await self.store.get(devbox_id)
+        if record is None or not require(record, Action.FAIL):
+            return False
+        await self.store.update(devbox_id, status=TRANSITIONS[Action.FAIL].after, error=reason)
         return True
+
+    async def adopt(self, record: DevboxRecord, state: InstanceState) -> None:
+        """At start-up, before any request: the VM's state is the truth (one paused behind
+        the service's back; standby shows as paused). An unchanged record keeps updated_at."""
+        require(record, Action.ADOPT)
+        actual = STATUS_OF_INSTANCE.get(state, record.status)
+        if actual is not record.status:
+            await self.store.update(record.id, status=actual)
+
+    def carry_on(self, record: DevboxRecord) -> None:
+        """At start-up: a reboot or resume a restart cut short is finished in the background,
+        by the path one asked for now takes."""
+        if record.status is DevboxStatus.REBOOTING:
+            self.tasks.run([record.id], self._finish_reboot(record.id))
+        elif record.status is DevboxStatus.RESUMING:
+            self.tasks.run([record.id], self._resume_again(record.id))
+
+    async def delete(self, devbox_id: str) -> None:
+        """Its background work cancelled, then under its lock `deleting`, and `destroy`."""
+        await self.tasks.cancel(devbox_id)
+        async with self._locks[devbox_id]:
+            if await self.store.get(devbox_id) is None:
+                return
+            await self.store.update(devbox_id, status=TRANSITIONS[Action.DELETE].during)
+            await self.destroy(devbox_id)
 
     async def has_vm(self, record: DevboxRecord) -> None:
         """A devbox in error whose boot failed has no VM to bring back: say what to do."""
@@ -281,36 +334,12 @@ class DevboxCore:
                 event=new_event(devbox_id, EventType.SAVE, snapshot.id, detail),
             )
 
-    async def in_memory(self, devbox_id: str) -> None:
-        """Save and branch need the VM process: bring a standby VM back, still paused."""
-        if (await self.backend.get_instance(devbox_id)).state is InstanceState.STANDBY:
-            await self.backend.wake(devbox_id)
-            await self.backend.pause(devbox_id)
-
     # background work
-
-    def run_in_background(self, devbox_ids: Sequence[str], work: Coroutine[Any, Any, None]) -> None:
-        """Run `work` as the devboxes' background task (cancelled if one is deleted)."""
-        task = asyncio.create_task(work)
-        for devbox_id in devbox_ids:
-            self._tasks[devbox_id] = task
-            task.add_done_callback(functools.partial(self._forget_task, devbox_id))
 
     @property
     def busy(self) -> bool:
         """Is background work (a boot, a reboot, a recovery) under way?"""
-        return bool(self._tasks)
-
-    def _forget_task(self, devbox_id: str, task: asyncio.Task[None]) -> None:
-        if self._tasks.get(devbox_id) is task:
-            del self._tasks[devbox_id]
-
-    async def cancel_background(self, devbox_id: str) -> None:
-        task = self._tasks.pop(devbox_id, None)
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        return self.tasks.busy
 
     def start_boot(
         self, devbox_ids: Sequence[str], snapshot_id: str, after_ready: ReadyHook | None = None
@@ -322,44 +351,21 @@ class DevboxCore:
         async def boot_all() -> None:
             async with contextlib.AsyncExitStack() as stack:
                 for devbox_id in devbox_ids:
-                    await stack.enter_async_context(self.locks[devbox_id])
-                try:
-                    await self.backend.branch(snapshot_id, list(devbox_ids))
-                except Exception as exc:
-                    log.warning(
-                        "boot failed", extra={"devboxes": list(devbox_ids), "error": str(exc)}
-                    )
-                    for devbox_id in devbox_ids:
-                        with contextlib.suppress(backend_api.BackendError):
-                            await self.backend.delete(devbox_id)
-                        await self.store.update(
-                            devbox_id, status=DevboxStatus.ERROR, error=f"boot failed: {exc}"
-                        )
-                    return
+                    await stack.enter_async_context(self._locks[devbox_id])
+                sizes = {i: (await self.record(i)).disk_mb for i in devbox_ids}
+                failed = await machines.boot(self.backend, snapshot_id, sizes)
                 for devbox_id in devbox_ids:
-                    await self._grow_as_recorded(devbox_id)
+                    if devbox_id in failed:
+                        await self.fail(devbox_id, failed[devbox_id])
+                    else:
+                        await self.store.update(devbox_id, status=DevboxStatus.READY)
             for devbox_id in devbox_ids if after_ready is not None else ():
                 try:
                     await after_ready(devbox_id)  # type: ignore[misc]
                 except Exception:
                     log.exception("setting up a new devbox failed", extra={"devbox": devbox_id})
 
-        self.run_in_background(devbox_ids, boot_all())
-
-    async def _grow_as_recorded(self, devbox_id: str) -> None:
-        """`ready`, once the disk is as large as recorded (a boot may ask for a larger disk
-        than its snapshot's); `error` with the reason, and no VM, if it cannot grow."""
-        record = await self.record(devbox_id)
-        try:
-            await self.backend.grow_disk(devbox_id, record.disk_mb)
-        except backend_api.BackendError as exc:
-            with contextlib.suppress(backend_api.BackendError):
-                await self.backend.delete(devbox_id)
-            await self.store.update(
-                devbox_id, status=DevboxStatus.ERROR, error=f"the disk did not grow: {exc}"
-            )
-            return
-        await self.store.update(devbox_id, status=DevboxStatus.READY)
+        self.tasks.run(devbox_ids, boot_all())
 
     # removal
 
@@ -387,12 +393,7 @@ class DevboxCore:
             with contextlib.suppress(backend_api.NotFound):
                 await self._backend.delete(devbox_id)
         await self.store.delete(devbox_id)
-        self.locks.pop(devbox_id, None)
+        self._locks.pop(devbox_id, None)
 
     async def close(self) -> None:
-        tasks = {t for t in self._tasks.values() if not t.done()}
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self.tasks.close()

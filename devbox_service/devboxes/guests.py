@@ -193,11 +193,12 @@ class GuestAccess:
                 state=record.status.value,
             )
         if record.status is DevboxStatus.PAUSED:
-            async with self._core.locks[devbox_id]:
-                record = await self._core.record(devbox_id)
-                if record.status is DevboxStatus.PAUSED:
+            async with self._core.held(devbox_id) as held:
+                if held is None:
+                    raise NotFound.of("devbox", devbox_id)
+                if held.status is DevboxStatus.PAUSED:
                     detail = {"name": f"resumed by {woken_by}"}
-                    await self._core.apply(record, Action.RESUME, detail=detail)
+                    await self._core.apply(held, Action.RESUME, detail=detail)
         current = await self._core.wait(devbox_id, _settled, SETTLE_TIMEOUT)
         if current is None or current.status is not DevboxStatus.READY:
             state = current.status.value if current else "deleted"

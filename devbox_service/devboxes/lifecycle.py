@@ -1,4 +1,8 @@
-"""The devbox state machine: which action may start from which status, in one table."""
+"""The devbox state machine: which action may start from which status, in one table.
+
+`DevboxCore` alone carries the actions out (and alone writes statuses): requests, wake on
+SSH/HTTP, recovery, standby and the TTL reaper all go through it, so the table holds for all.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,12 @@ class Action(enum.StrEnum):
     SAVE = "save"
     BRANCH = "branch"
     USE = "use"  # anything that needs the guest up: uploads, tmux, SSH from the service
+    DELETE = "delete"
+    # what the service does by itself, never asked for over the API
+    STANDBY = "standby"  # a paused devbox's memory to disk (idle policy); still `paused`
+    STOP_VM = "stop_vm"  # an operator's `stop-vms`: paused first if ready, then standby
+    FAIL = "fail"  # the VM crashed, was lost, or did not boot: `error` with the reason
+    ADOPT = "adopt"  # after a restart: the status the VM was found in
 
 
 class Transition(NamedTuple):
@@ -25,7 +35,10 @@ class Transition(NamedTuple):
     during: DevboxStatus | None = None  # the status while the backend works
     after: DevboxStatus | None = None  # the status once it is done
     event: EventType | None = None  # the timeline entry it leaves
+    failed: DevboxStatus | None = None  # what a failure leaves (None: the status before)
 
+
+ALL = frozenset(DevboxStatus)
 
 TRANSITIONS: dict[Action, Transition] = {
     Action.PAUSE: Transition(
@@ -42,11 +55,12 @@ TRANSITIONS: dict[Action, Transition] = {
         DevboxStatus.READY,
         EventType.RESUME,
     ),
-    Action.REBOOT: Transition(
+    Action.REBOOT: Transition(  # answered once `rebooting`; finished in the background
         frozenset({DevboxStatus.READY, DevboxStatus.ERROR}),
         during=DevboxStatus.REBOOTING,
         after=DevboxStatus.READY,
         event=EventType.REBOOT,
+        failed=DevboxStatus.ERROR,  # the guest is gone half-way: nothing to go back to
     ),
     Action.SAVE: Transition(
         frozenset({DevboxStatus.READY, DevboxStatus.PAUSED}), event=EventType.SAVE
@@ -55,6 +69,24 @@ TRANSITIONS: dict[Action, Transition] = {
         frozenset({DevboxStatus.READY, DevboxStatus.PAUSED}), event=EventType.BRANCH
     ),
     Action.USE: Transition(frozenset({DevboxStatus.READY})),
+    Action.DELETE: Transition(ALL, during=DevboxStatus.DELETING),
+    # background passes skip a devbox they do not fit (no-op), they never answer a 409
+    Action.STANDBY: Transition(
+        frozenset({DevboxStatus.PAUSED}), ALL - {DevboxStatus.PAUSED}, after=DevboxStatus.PAUSED
+    ),
+    Action.STOP_VM: Transition(
+        frozenset({DevboxStatus.READY, DevboxStatus.PAUSED}),
+        ALL - {DevboxStatus.READY, DevboxStatus.PAUSED},
+        after=DevboxStatus.PAUSED,
+    ),
+    Action.FAIL: Transition(  # the first reason stays; a deletion is not interrupted
+        ALL - {DevboxStatus.ERROR, DevboxStatus.DELETING},
+        frozenset({DevboxStatus.ERROR, DevboxStatus.DELETING}),
+        after=DevboxStatus.ERROR,
+    ),
+    Action.ADOPT: Transition(  # work under way (rebooting, resuming, deleting) is finished
+        ALL - {DevboxStatus.REBOOTING, DevboxStatus.RESUMING, DevboxStatus.DELETING}
+    ),
 }
 
 STATUS_OF_INSTANCE = {

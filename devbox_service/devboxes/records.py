@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from devbox_service.auth.models import Principal
-from devbox_service.devboxes.models import DevboxRecord, EventRecord, EventType
+from devbox_service.backends.base import MachineSpec
+from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventRecord, EventType
 from devbox_service.errors import PermissionDenied
 from devbox_service.ids import new_id
 
@@ -32,6 +33,39 @@ def new_credentials() -> dict[str, str]:
         .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         .decode(),
     }
+
+
+def new_record(
+    principal: Principal,
+    snapshot_id: str,
+    image_id: str | None,
+    spec: MachineSpec,
+    name: str,
+    metadata: dict[str, Any],
+    parent_id: str | None,
+    credentials_sealed: str,
+) -> DevboxRecord:
+    """A devbox as created: `provisioning` until its boot is done."""
+    now = time.time()
+    return DevboxRecord(
+        id=new_id("devbox"),
+        org_id=principal.org_id,
+        user_id=principal.user_id,
+        name=name,
+        status=DevboxStatus.PROVISIONING,
+        base_snapshot_id=snapshot_id,
+        image_id=image_id,
+        current_save_id=None,
+        parent_id=parent_id,
+        vcpus=spec.vcpus,
+        memory_mb=spec.memory_mb,
+        disk_mb=spec.disk_mb,
+        metadata=metadata,
+        error=None,
+        created_at=now,
+        updated_at=now,
+        ssh_credentials_sealed=credentials_sealed,
+    )
 
 
 def require_owner_or_admin(principal: Principal, record: DevboxRecord, action: str) -> None:

@@ -15,10 +15,9 @@ from devbox_service.auth.models import Principal
 from devbox_service.backends.base import MachineSpec, SnapshotInfo
 from devbox_service.devboxes.checkpoints import CheckpointService
 from devbox_service.devboxes.core import DestroyListener, DevboxCore, ReadyHook
-from devbox_service.devboxes.finishing import complete_reboot
 from devbox_service.devboxes.lifecycle import Action, require
-from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventType
-from devbox_service.devboxes.records import new_event, require_owner_or_admin
+from devbox_service.devboxes.models import DevboxRecord, DevboxStatus
+from devbox_service.devboxes.records import require_owner_or_admin
 from devbox_service.devboxes.schemas import DevboxResponse
 from devbox_service.devboxes.sizes import require_growth
 from devbox_service.devboxes.store import Changes
@@ -168,8 +167,7 @@ class DevboxService:
                 await self.remove(record.id)
                 acted.append(record.id)
                 continue
-            async with self._core.locks[record.id]:
-                current = await self._core.store.get(record.id)
+            async with self._core.held(record.id) as current:
                 if current is None or current.status is not DevboxStatus.READY:
                     if current is not None and current.status is DevboxStatus.PAUSED:
                         await self._core.store.update(record.id, ttl_expire_at=None)
@@ -186,21 +184,11 @@ class DevboxService:
         new `spec` it is a cold reboot into it (the disk kept, grown if asked). Raises
         NotFound, Conflict, InvalidSpec (a smaller disk), LimitReached."""
         async with self._core.locked(principal, devbox_id) as record:
-            require(record, Action.REBOOT)
+            require(record, Action.REBOOT)  # a 409 before any size is looked at
             await self._core.has_vm(record)
-            admission = self._core.admission
-            async with admission.guard():
+            async with self._core.admission.guard():
                 resized = await self._admit_resize(principal, record, spec)
-                await self._core.store.update(
-                    devbox_id,
-                    status=DevboxStatus.REBOOTING,
-                    event=new_event(devbox_id, EventType.REBOOT),
-                    **resized,
-                )
-
-        self._core.run_in_background(
-            [devbox_id], complete_reboot(self._core, devbox_id, record.memory_mb)
-        )
+                await self._core.apply(record, Action.REBOOT, resize=resized)
         return await self._views.get(principal, devbox_id)
 
     async def _admit_resize(
@@ -227,19 +215,11 @@ class DevboxService:
         """Only the owner or an org admin. Raises NotFound, PermissionDenied."""
         record = await self._core.visible(principal, devbox_id)
         require_owner_or_admin(principal, record, "delete it")
-        await self._core.cancel_background(devbox_id)
-        async with self._core.locks[devbox_id]:
-            await self._core.store.update(devbox_id, status=DevboxStatus.DELETING)
-            await self._core.destroy(devbox_id)
+        await self._core.delete(devbox_id)
 
     async def remove(self, devbox_id: str) -> None:
         """Delete a devbox the service made for its own work (a template's build devbox)."""
-        await self._core.cancel_background(devbox_id)
-        async with self._core.locks[devbox_id]:
-            if await self._core.store.get(devbox_id) is None:
-                return
-            await self._core.store.update(devbox_id, status=DevboxStatus.DELETING)
-            await self._core.destroy(devbox_id)
+        await self._core.delete(devbox_id)
 
     # record fields
 

@@ -12,7 +12,7 @@ from litestar.testing import AsyncTestClient
 from support import Api, create_devbox, wait_ready, wait_status
 
 from devbox_service.app import create_app
-from devbox_service.backends.base import InstanceState
+from devbox_service.backends.base import BackendError, InstanceState
 from devbox_service.backends.memory import MemoryBackend
 from devbox_service.devboxes.background import CRASHED, LOST_VM
 from devbox_service.devboxes.models import (
@@ -211,3 +211,27 @@ async def test_work_accepted_before_a_restart_is_finished_after_it(
             ).json()["timeline"]
             assert [e["snapshot_id"] for e in timeline if e["type"] == "save"] == [snapshot_id]
         assert {s.id for s in await fake_backend.list_snapshots()} >= set(pending.values())
+
+
+async def test_a_resume_cut_short_that_fails_again_leaves_the_devbox_paused(
+    make_settings: Callable[..., Settings], fake_backend: MemoryBackend
+) -> None:
+    """Recovery resumes by the one resume path, so a failure there rolls back as a failed
+    resume asked for now does: `paused`, no resume in the timeline, ready to resume again."""
+    settings = make_settings(vm_backend="qemu", ssh_port=0)
+    async with AsyncTestClient(create_app(settings, backend=fake_backend)) as client:
+        await wait_ready(client)
+        api = Api(client, settings)
+        devbox_id = (await create_devbox(api, await image_id(api)))["id"]
+        await fake_backend.pause(devbox_id)
+        await api.services.devbox_core.store.update(devbox_id, status=DevboxStatus.RESUMING)
+    fake_backend.fail_next("resume", BackendError("the host is out of memory"))
+
+    async with AsyncTestClient(create_app(settings, backend=fake_backend)) as client:
+        await wait_ready(client)
+        api = Api(client, settings)
+        shown = await wait_status(api, api.admin_key, devbox_id, "paused")
+        assert "resume" not in [e["type"] for e in shown["timeline"]]
+        auth = api.auth(api.admin_key)
+        resumed = await client.post(f"/api/devboxes/{devbox_id}/resume", headers=auth)
+        assert resumed.status_code == 200 and resumed.json()["status"] == "ready", resumed.text

@@ -19,6 +19,11 @@ EXPECTED: dict[Action, tuple[set[DevboxStatus], set[DevboxStatus]]] = {
     Action.SAVE: ({S.READY, S.PAUSED}, set()),
     Action.BRANCH: ({S.READY, S.PAUSED}, set()),
     Action.USE: ({S.READY}, set()),
+    Action.DELETE: (set(S), set()),
+    Action.STANDBY: ({S.PAUSED}, set(S) - {S.PAUSED}),
+    Action.STOP_VM: ({S.READY, S.PAUSED}, set(S) - {S.READY, S.PAUSED}),
+    Action.FAIL: (set(S) - {S.ERROR, S.DELETING}, {S.ERROR, S.DELETING}),
+    Action.ADOPT: (set(S) - {S.REBOOTING, S.RESUMING, S.DELETING}, set()),
 }
 
 
