@@ -125,18 +125,21 @@ class DevboxService:
 
     async def pause(self, principal: Principal, devbox_id: str) -> DevboxResponse:
         """Raises NotFound, Conflict; a backend failure leaves the devbox as it was."""
-        return await self._transition(principal, devbox_id, Action.PAUSE)
+        await self.switch(principal, devbox_id, Action.PAUSE)
+        return await self._views.get(principal, devbox_id)
 
     async def resume(self, principal: Principal, devbox_id: str) -> DevboxResponse:
         """From memory, or from standby on disk. Raises NotFound, Conflict."""
-        return await self._transition(principal, devbox_id, Action.RESUME)
+        await self.switch(principal, devbox_id, Action.RESUME)
+        return await self._views.get(principal, devbox_id)
 
-    async def _transition(
-        self, principal: Principal, devbox_id: str, action: Action
-    ) -> DevboxResponse:
+    async def switch(self, principal: Principal, devbox_id: str, action: Action) -> None:
+        """Pause or resume without building the devbox view (the instance API renders its
+        own from the record)."""
+        if action not in (Action.PAUSE, Action.RESUME):
+            raise AssertionError(f"{action} is not a switch")
         async with self._core.locked(principal, devbox_id) as record:
             await self._core.apply(record, action)
-        return await self._views.get(principal, devbox_id)
 
     # TTLs
 
@@ -180,6 +183,13 @@ class DevboxService:
     async def reboot(
         self, principal: Principal, devbox_id: str, spec: MachineSpec | None = None
     ) -> DevboxResponse:
+        """The devbox view once the reboot started (see `start_reboot`)."""
+        await self.start_reboot(principal, devbox_id, spec)
+        return await self._views.get(principal, devbox_id)
+
+    async def start_reboot(
+        self, principal: Principal, devbox_id: str, spec: MachineSpec | None = None
+    ) -> None:
         """Answers at once as `rebooting`; the guest comes back in the background. With a
         new `spec` it is a cold reboot into it (the disk kept, grown if asked). Raises
         NotFound, Conflict, InvalidSpec (a smaller disk), LimitReached."""
@@ -189,7 +199,6 @@ class DevboxService:
             async with self._core.admission.guard():
                 resized = await self._admit_resize(principal, record, spec)
                 await self._core.apply(record, Action.REBOOT, resize=resized)
-        return await self._views.get(principal, devbox_id)
 
     async def _admit_resize(
         self, principal: Principal, record: DevboxRecord, spec: MachineSpec | None

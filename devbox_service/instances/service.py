@@ -14,6 +14,7 @@ from devbox_service.backends.base import MachineSpec
 from devbox_service.devboxes.checkpoints import DEFAULT_IMAGE, CheckpointService
 from devbox_service.devboxes.disk_resizes import DiskResizes
 from devbox_service.devboxes.guests import GuestAccess
+from devbox_service.devboxes.lifecycle import Action
 from devbox_service.devboxes.models import DevboxRecord
 from devbox_service.devboxes.service import DevboxService
 from devbox_service.devboxes.sizes import SizeLimits, requested_spec
@@ -170,11 +171,11 @@ class InstanceService:
         await self._devboxes.delete(principal, instance_id)
 
     async def pause(self, principal: Principal, instance_id: str) -> Instance:
-        await self._devboxes.pause(principal, instance_id)
+        await self._devboxes.switch(principal, instance_id, Action.PAUSE)
         return await self.get(principal, instance_id)
 
     async def resume(self, principal: Principal, instance_id: str) -> Instance:
-        await self._devboxes.resume(principal, instance_id)
+        await self._devboxes.switch(principal, instance_id, Action.RESUME)
         return await self.get(principal, instance_id)
 
     async def reboot(
@@ -186,7 +187,7 @@ class InstanceService:
         if request.metadata is not None:
             await self._devboxes.update_metadata(principal, instance_id, request.metadata)
         await self._set_ttl_asked(principal, instance_id, request)
-        await self._devboxes.reboot(principal, instance_id, spec)
+        await self._devboxes.start_reboot(principal, instance_id, spec)
         return await self.get(principal, instance_id)
 
     async def boot(
