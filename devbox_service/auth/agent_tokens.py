@@ -12,11 +12,12 @@ from msgspec import Meta
 from devbox_service.auth import scopes, tokens
 from devbox_service.auth.agent_token_store import AgentTokenStore
 from devbox_service.auth.models import AgentTokenRecord, AuditEntry, Principal
+from devbox_service.auth.policy import Act
 from devbox_service.auth.scopes import AgentScope
 from devbox_service.devboxes.guests import GuestAccess
 from devbox_service.devboxes.models import DevboxRecord
 from devbox_service.devboxes.service import DevboxService
-from devbox_service.errors import DevboxServiceError, NotFound, PermissionDenied, Unreachable
+from devbox_service.errors import DevboxServiceError, NotFound, Unreachable
 from devbox_service.ids import new_id
 
 SecretName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
@@ -85,17 +86,14 @@ class AgentTokenService:
         await self._store.revoke_all(devbox_id)
 
     async def _owned(self, principal: Principal, devbox_id: str) -> DevboxRecord:
-        record = await self._devboxes.visible(principal, devbox_id)
-        if record.user_id != principal.user_id:
-            raise PermissionDenied("only the devbox's owner may manage its agent tokens")
-        return record
+        return await self._devboxes.visible(principal, devbox_id, Act.AGENT_TOKENS)
 
     async def mint(
         self, principal: Principal, devbox_id: str, request: AgentTokenRequest
     ) -> AgentTokenResponse:
         await self._owned(principal, devbox_id)
         if request.inject:
-            await self._guests.usable(principal, devbox_id)
+            await self._guests.usable(principal, devbox_id, Act.AGENT_TOKENS)
         granted = scopes.granted(
             request.scopes,
             injected=request.inject,

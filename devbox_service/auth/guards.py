@@ -14,6 +14,7 @@ import msgspec
 from litestar.di import NamedDependency
 
 from devbox_service.auth.models import Principal, PrincipalKind, Role
+from devbox_service.auth.policy import POLICY, SNAPSHOT_ACTS, Act
 from devbox_service.auth.scopes import AgentScope
 from devbox_service.auth.web_sessions import SESSION_COOKIE, WebSessions, check_csrf
 from devbox_service.errors import NotAuthenticated, PermissionDenied
@@ -27,9 +28,9 @@ if TYPE_CHECKING:
 
 
 class GuardedDevboxes(Protocol):
-    """What the guard asks of the devboxes: may this caller see one, and note an action."""
+    """What the guard asks of the devboxes: may this caller do this to one, and note it."""
 
-    async def visible(self, principal: Principal, devbox_id: str) -> object: ...
+    async def visible(self, principal: Principal, devbox_id: str, act: Act) -> object: ...
 
     async def touch(self, devbox_id: str) -> None: ...
 
@@ -72,15 +73,23 @@ class Access(msgspec.Struct, frozen=True, kw_only=True):
     page: a dashboard page: the signed-in user of the session cookie (never a bearer
     token, so agent tokens never reach it), and the session's CSRF token on every write.
     admin: only service administrators' user keys.
-    scope: agent tokens holding this scope may call it, for the devbox named in the path.
-    Otherwise any user API key may call it (finer ownership checks live in the services,
-    which answer 404 for resources outside the caller's organization).
+    act: what the route does to the devbox (or snapshot) in its path; the one policy table
+    (`auth/policy.py`) says who may, and which scope an agent token of that devbox needs.
+    The devbox front door decides, with the same table, before a body is read.
+    scope: for a route about no one devbox (secrets, say): agent tokens holding it may call.
+    Otherwise any user API key may call it (the services answer 404 for resources outside
+    the caller's organization).
     """
 
     public: bool = False
     page: bool = False
     admin: bool = False
+    act: Act | None = None
     scope: AgentScope | None = None
+
+    @property
+    def agent_scope(self) -> AgentScope | None:
+        return POLICY[self.act].scope if self.act is not None else self.scope
 
 
 PUBLIC = Access(public=True)
@@ -91,6 +100,18 @@ ADMIN = Access(admin=True)
 
 def agent_scope(scope: AgentScope) -> Access:
     return Access(scope=scope)
+
+
+def on_devbox(act: Act) -> Access:
+    """A route about the devbox in its path that does `act` to it."""
+    assert act not in SNAPSHOT_ACTS, act
+    return Access(act=act)
+
+
+def on_snapshot(act: Act) -> Access:
+    """A route about the snapshot in its path (its service asks the policy)."""
+    assert act in SNAPSHOT_ACTS, act
+    return Access(act=act)
 
 
 class AccessGuard:
@@ -111,13 +132,13 @@ class AccessGuard:
             if method not in SAFE_METHODS:
                 await _check_form_token(connection)
             connection.scope.setdefault("state", {})[PRINCIPAL_KEY] = principal
-            await self._devbox_visible(services, principal, devbox_id, method)
+            await self._devbox_visible(services, principal, devbox_id, method, Act.VIEW)
             return
         principal = await services.identities.authenticate(bearer_token(connection))
         connection.scope.setdefault("state", {})[PRINCIPAL_KEY] = principal
         if principal.kind is not PrincipalKind.AGENT:
             check(self.access, principal, devbox_id)
-            await self._devbox_visible(services, principal, devbox_id, method)
+            await self._devbox_visible(services, principal, devbox_id, method, self.access.act)
             return
         route = connection.scope.get("path_template", connection.url.path)
         try:
@@ -128,30 +149,40 @@ class AccessGuard:
             )
             raise
         await services.identities.agent_tokens.audit(
-            principal, method=method, route=route, allowed=True, reason=self.access.scope or ""
+            principal,
+            method=method,
+            route=route,
+            allowed=True,
+            reason=self.access.agent_scope or "",
         )
-        await self._devbox_visible(services, principal, devbox_id, method)
+        await self._devbox_visible(services, principal, devbox_id, method, self.access.act)
 
     @staticmethod
     async def _devbox_visible(
-        services: GuardServices, principal: Principal, devbox_id: str | None, method: str
+        services: GuardServices,
+        principal: Principal,
+        devbox_id: str | None,
+        method: str,
+        act: Act | None,
     ) -> None:
-        """A route about a devbox answers 404 for one the caller may not see before its body
-        is read (an upload of another org's devbox is refused, not buffered first). Requests
-        without a body are checked by the service they call, as every other request is. An
-        action (not a read: a dashboard watching keeps nothing alive) restarts the TTL."""
+        """A route about a devbox is refused (404 for one the caller may not see, 403 for an
+        act the policy keeps from them) before its body is read: an upload by a member is
+        refused, not buffered first. Requests without a body are decided by the service they
+        call, as every other request is. An action (not a read: a dashboard watching keeps
+        nothing alive) restarts the TTL."""
         if devbox_id is not None and method not in SAFE_METHODS:
-            await services.devboxes.visible(principal, devbox_id)
+            await services.devboxes.visible(principal, devbox_id, act or Act.VIEW)
             await services.devboxes.touch(devbox_id)  # an action restarts its TTL
 
 
 def check(access: Access, principal: Principal, devbox_id: str | None) -> None:
     """Apply a route's rule to an authenticated principal (pure; unit-tested directly)."""
     if principal.kind is PrincipalKind.AGENT:
-        if access.scope is None or access.admin:
+        scope = access.agent_scope
+        if scope is None or access.admin:
             raise PermissionDenied("Agent tokens cannot call this route; use a user API key")
-        if access.scope not in principal.scopes:
-            raise PermissionDenied(f"Insufficient scope: this route requires '{access.scope}'")
+        if scope not in principal.scopes:
+            raise PermissionDenied(f"Insufficient scope: this route requires '{scope}'")
         if devbox_id is not None and devbox_id != principal.devbox_id:
             raise PermissionDenied("Token is scoped to a different devbox")
         return

@@ -15,7 +15,8 @@ from devbox_service.auth.agent_tokens import (
     AgentTokenService,
     AuditList,
 )
-from devbox_service.auth.guards import USER, CurrentPrincipal, allow
+from devbox_service.auth.guards import USER, CurrentPrincipal, allow, on_devbox
+from devbox_service.auth.policy import Act
 from devbox_service.devboxes.schemas import DeleteResponse
 
 
@@ -23,7 +24,12 @@ class AgentTokenController(Controller):
     path = "/api/devboxes/{devbox_id:str}"
     tags = ["agent tokens"]
 
-    @post("/agent-token", guards=[allow(USER)], status_code=200, summary="Mint Agent Token")
+    @post(
+        "/agent-token",
+        guards=[allow(on_devbox(Act.AGENT_TOKENS))],
+        status_code=200,
+        summary="Mint Agent Token",
+    )
     async def mint(
         self,
         agent_tokens: NamedDependency[AgentTokenService],
@@ -33,7 +39,7 @@ class AgentTokenController(Controller):
     ) -> AgentTokenResponse:
         return await agent_tokens.mint(principal, devbox_id, data or AgentTokenRequest())
 
-    @get("/agent-tokens", guards=[allow(USER)], summary="List Agent Tokens")
+    @get("/agent-tokens", guards=[allow(on_devbox(Act.AGENT_TOKENS))], summary="List Agent Tokens")
     async def list_tokens(
         self,
         agent_tokens: NamedDependency[AgentTokenService],
@@ -44,7 +50,7 @@ class AgentTokenController(Controller):
 
     @delete(
         "/agent-tokens/{token_id:str}",
-        guards=[allow(USER)],
+        guards=[allow(on_devbox(Act.AGENT_TOKENS))],
         status_code=200,
         summary="Revoke Agent Token",
     )

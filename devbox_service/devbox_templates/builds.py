@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import NamedTuple, Protocol
 
 from devbox_service.auth.models import Principal
+from devbox_service.auth.policy import Act
 from devbox_service.backends.base import SSHEndpoint
 from devbox_service.devbox_templates.events import (
     AwaitingInputEvent,
@@ -172,7 +173,7 @@ class StepRunner:
         return None
 
     async def _shell(self, index: int, script: str, *, with_env: bool = True) -> None:
-        endpoint = await self.guests.guest_endpoint(self.principal, self.devbox_id)
+        endpoint = await self.guests.guest_endpoint(self.principal, self.devbox_id, Act.EXEC)
         prefix = env_exports(self.env) if with_env else ""
         command = f"cd /root && {prefix}exec bash -l -c {shlex.quote(script)}"
         tail: list[str] = []

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 
 from devbox_service.auth.models import Principal
+from devbox_service.auth.policy import Act, authorize
 from devbox_service.backends import base as backend_api
 from devbox_service.backends.base import MachineSpec
 from devbox_service.devboxes import machines
@@ -28,7 +29,6 @@ from devbox_service.errors import (
     Conflict,
     InvalidSpec,
     NotFound,
-    PermissionDenied,
     Unavailable,
 )
 from devbox_service.ids import new_id
@@ -47,7 +47,7 @@ class CheckpointService:
     async def save(self, principal: Principal, devbox_id: str, name: str) -> SnapshotResponse:
         """Checkpoint memory and disk; answers once the snapshot is ready (clients never poll
         a snapshot)."""
-        async with self._core.locked(principal, devbox_id) as record:
+        async with self._core.locked(principal, devbox_id, Act.SAVE) as record:
             require(record, Action.SAVE)
             async with self._core.admission.guard():
                 await self._core.admission.check_snapshot(principal)
@@ -60,7 +60,10 @@ class CheckpointService:
         self, principal: Principal, devbox_id: str, *, name: str | None, count: int
     ) -> list[DevboxResponse]:
         """Checkpoint the parent, then boot `count` copies of that moment concurrently."""
-        async with self._core.locked(principal, devbox_id) as parent, self._admitted() as admit:
+        async with (
+            self._core.locked(principal, devbox_id, Act.BRANCH) as parent,
+            self._admitted() as admit,
+        ):
             require(parent, Action.BRANCH)
             spec = MachineSpec(
                 vcpus=parent.vcpus, memory_mb=parent.memory_mb, disk_mb=parent.disk_mb
@@ -152,12 +155,28 @@ class CheckpointService:
     async def bootable(self, principal: Principal, ref: str) -> backend_api.SnapshotInfo:
         """What `snapshot_id=` names: an image (`default` or Morph's `morphvm-minimal` for the
         one marked default), its boot snapshot, or a ready snapshot of the caller's
-        organization. Raises NotFound, Conflict (not ready), Unavailable."""
-        return await self.bootable_in(principal.org_id, ref)
+        organization the policy lets the caller boot (a saved snapshot holds its owner's
+        memory). Raises NotFound, PermissionDenied, Conflict (not ready), Unavailable."""
+        return await self.bootable_in(principal.org_id, ref, principal)
 
-    async def bootable_in(self, org_id: str, ref: str) -> backend_api.SnapshotInfo:
-        backend = self._core.backend
-        images = await backend.list_images()
+    async def bootable_in(
+        self, org_id: str, ref: str, principal: Principal | None = None
+    ) -> backend_api.SnapshotInfo:
+        """`bootable` for the service's own work (a template of `org_id`) when `principal`
+        is None. A listed snapshot is looked up (and the policy asked) before the backend, so
+        the answer to a caller who may not boot it never depends on the VMs."""
+        listed = await self._core.snapshots.get(ref)
+        if listed is not None and listed.org_id == org_id:
+            if principal is not None:
+                await self._visible(principal, listed.id, Act.SNAPSHOT_BOOT)
+            if listed.status is not SnapshotStatus.READY:
+                raise Conflict(
+                    f"snapshot {ref} is {listed.status.value}", state=listed.status.value
+                )
+            return await self._core.backend.get_snapshot(listed.id)
+        if listed is not None and principal is not None:
+            await self._visible(principal, listed.id, Act.SNAPSHOT_BOOT)  # NotFound
+        images = await self._core.backend.list_images()
         snapshot_id = next(
             (
                 i.boot_snapshot_id
@@ -167,19 +186,10 @@ class CheckpointService:
             None,
         )
         if snapshot_id is None:
-            snapshot = await self._core.snapshots.get(ref)
-            if snapshot is None or snapshot.org_id != org_id:
-                if not images:
-                    raise Unavailable(
-                        "no guest image is ready yet; GET /health/ready says when it is"
-                    )
-                raise NotFound.of("snapshot", ref)
-            if snapshot.status is not SnapshotStatus.READY:
-                raise Conflict(
-                    f"snapshot {ref} is {snapshot.status.value}", state=snapshot.status.value
-                )
-            snapshot_id = snapshot.id
-        return await backend.get_snapshot(snapshot_id)
+            if not images:
+                raise Unavailable("no guest image is ready yet; GET /health/ready says when it is")
+            raise NotFound.of("snapshot", ref)
+        return await self._core.backend.get_snapshot(snapshot_id)
 
     async def in_size(
         self, principal: Principal, snapshot: backend_api.SnapshotInfo, spec: MachineSpec
@@ -226,16 +236,24 @@ class CheckpointService:
         return [snapshot_response(s) for s in await self._core.snapshots.for_org(principal.org_id)]
 
     async def snapshot(self, principal: Principal, snapshot_id: str) -> SnapshotResponse:
-        return snapshot_response(await self._visible(principal, snapshot_id))
+        return snapshot_response(await self._visible(principal, snapshot_id, Act.SNAPSHOT_VIEW))
 
     async def delete_snapshot(self, principal: Principal, snapshot_id: str) -> None:
         """Devboxes booted from the snapshot keep running: the backend keeps what they need."""
-        snapshot = await self._visible(principal, snapshot_id)
-        if snapshot.user_id != principal.user_id and not principal.role.manages_org:
-            raise PermissionDenied("only the snapshot's owner or an org admin may delete it")
+        await self._visible(principal, snapshot_id, Act.SNAPSHOT_DELETE)
         with contextlib.suppress(backend_api.NotFound):
             await self._core.backend.delete_snapshot(snapshot_id)
         await self._core.snapshots.delete(snapshot_id)
+
+    async def use_snapshot(self, snapshot_id: str) -> None:
+        """A snapshot was used (booted, or found by its digest): its TTL counts from now."""
+        snapshot = await self._core.snapshots.get(snapshot_id)
+        if snapshot is not None and snapshot.ttl_seconds is not None:
+            await self._core.snapshots.set_ttl(
+                snapshot_id,
+                ttl_expire_at=self._core.clock() + snapshot.ttl_seconds,
+                ttl_waiting_for=None,
+            )
 
     async def count_all(self) -> int:
         """Snapshots of every organization (for the metrics)."""
@@ -248,7 +266,7 @@ class CheckpointService:
 
     async def record(self, principal: Principal, snapshot_id: str) -> SnapshotRecord:
         """Raises NotFound (also for other organizations' snapshots)."""
-        return await self._visible(principal, snapshot_id)
+        return await self._visible(principal, snapshot_id, Act.SNAPSHOT_VIEW)
 
     async def by_digest(self, principal: Principal, digest: str) -> SnapshotRecord | None:
         """The organization's ready snapshot with this digest (another org's never shows);
@@ -256,12 +274,13 @@ class CheckpointService:
         found = await self._core.snapshots.by_digest(principal.org_id, digest)
         if found is None:
             return None
-        await self._core.use_snapshot(found.id)
+        await self.use_snapshot(found.id)
         return await self._core.snapshots.get(found.id)
 
     async def set_ttl(self, principal: Principal, snapshot_id: str, seconds: int | None) -> None:
-        """Reclaim the snapshot after `seconds` without use (None: keep it). Raises NotFound."""
-        await self._visible(principal, snapshot_id)
+        """Reclaim the snapshot after `seconds` without use (None: keep it). Raises NotFound,
+        PermissionDenied (a TTL can delete it: the same people as DELETE)."""
+        await self._visible(principal, snapshot_id, Act.SNAPSHOT_EDIT)
         expire_at = None if seconds is None else self._core.clock() + seconds
         await self._core.snapshots.set_ttl(
             snapshot_id, ttl_seconds=seconds, ttl_expire_at=expire_at, ttl_waiting_for=None
@@ -310,9 +329,9 @@ class CheckpointService:
         metadata: dict[str, str],
     ) -> SnapshotRecord:
         """Set the snapshot's digest and replace its metadata. Raises NotFound."""
-        await self._visible(principal, snapshot_id)
+        await self._visible(principal, snapshot_id, Act.SNAPSHOT_EDIT)
         await self._core.snapshots.label(snapshot_id, digest, metadata)
-        return await self._visible(principal, snapshot_id)
+        return await self._visible(principal, snapshot_id, Act.SNAPSHOT_VIEW)
 
     async def image_of(self, snapshot_id: str) -> str:
         """The image a snapshot's disk descends from ('' when the backend lost it)."""
@@ -321,8 +340,18 @@ class CheckpointService:
         except backend_api.NotFound:
             return ""
 
-    async def _visible(self, principal: Principal, snapshot_id: str) -> SnapshotRecord:
+    async def _visible(self, principal: Principal, snapshot_id: str, act: Act) -> SnapshotRecord:
+        """The snapshot if the one policy lets the caller do `act` to it (NotFound for
+        another organization's)."""
         snapshot = await self._core.snapshots.get(snapshot_id)
-        if snapshot is None or snapshot.org_id != principal.org_id:
+        if snapshot is None:
             raise NotFound.of("snapshot", snapshot_id)
+        authorize(
+            principal,
+            act,
+            user_id=snapshot.user_id,
+            org_id=snapshot.org_id,
+            devbox_id=snapshot.devbox_id,  # an agent token relates to its devbox's snapshots
+            resource=("snapshot", snapshot_id),
+        )
         return snapshot

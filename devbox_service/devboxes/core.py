@@ -20,6 +20,7 @@ from typing import Any
 
 from devbox_service.auth import tokens
 from devbox_service.auth.models import Principal
+from devbox_service.auth.policy import Act, authorize
 from devbox_service.backends import base as backend_api
 from devbox_service.backends.base import InstanceState, MachineSpec, VMBackend
 from devbox_service.devboxes import machines
@@ -91,20 +92,31 @@ class DevboxCore:
             raise NotFound.of("devbox", devbox_id)
         return record
 
-    async def visible(self, principal: Principal, devbox_id: str) -> DevboxRecord:
-        """The devbox if the caller's organization holds it; 404 (not 403) otherwise."""
+    async def visible(self, principal: Principal, devbox_id: str, act: Act) -> DevboxRecord:
+        """The devbox if the one policy lets the caller do `act` to it: NotFound (not 403)
+        when the caller may not see it, PermissionDenied naming who may otherwise."""
         record = await self.store.get(devbox_id)
-        if record is None or record.org_id != principal.org_id:
+        if record is None:
             raise NotFound.of("devbox", devbox_id)
+        authorize(
+            principal,
+            act,
+            user_id=record.user_id,
+            org_id=record.org_id,
+            devbox_id=record.id,
+            resource=("devbox", devbox_id),
+        )
         return record
 
     @contextlib.asynccontextmanager
-    async def locked(self, principal: Principal, devbox_id: str) -> AsyncIterator[DevboxRecord]:
-        """The devbox's lock, held, and its record as read under it. Visibility is checked
+    async def locked(
+        self, principal: Principal, devbox_id: str, act: Act
+    ) -> AsyncIterator[DevboxRecord]:
+        """The devbox's lock, held, and its record as read under it. The policy is asked
         first, so requests for unknown ids never add to the lock table."""
-        await self.visible(principal, devbox_id)
+        await self.visible(principal, devbox_id, act)
         async with self._locks[devbox_id]:
-            yield await self.visible(principal, devbox_id)
+            yield await self.visible(principal, devbox_id, act)
 
     async def insert(
         self,
@@ -131,29 +143,6 @@ class DevboxCore:
             await self.store.insert(tx, record, event, ssh_token_hash=token_hash)
         self.store.changes.bump()
         return record
-
-    def credentials(self, record: DevboxRecord) -> dict[str, str]:
-        assert record.ssh_credentials_sealed is not None
-        sealed: dict[str, str] = json.loads(self.box.open_sealed(record.ssh_credentials_sealed))
-        return sealed
-
-    async def set_credentials(self, devbox_id: str, credentials: dict[str, str]) -> None:
-        """Replace a devbox's gateway credentials (the old ones stop working at once)."""
-        await self.store.update(
-            devbox_id,
-            ssh_credentials_sealed=self.box.seal(json.dumps(credentials)),
-            ssh_token_hash=tokens.hash_secret(credentials["access_token"]),
-        )
-
-    async def use_snapshot(self, snapshot_id: str) -> None:
-        """A snapshot was used (booted, or found by its digest): its TTL counts from now."""
-        snapshot = await self.snapshots.get(snapshot_id)
-        if snapshot is not None and snapshot.ttl_seconds is not None:
-            await self.snapshots.set_ttl(
-                snapshot_id,
-                ttl_expire_at=self.clock() + snapshot.ttl_seconds,
-                ttl_waiting_for=None,
-            )
 
     # the one writer of a devbox's status: the transition table in `lifecycle` decides
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from devbox_service.auth.models import Principal
+from devbox_service.auth.policy import Act
 from devbox_service.backends import base as backend_api
 from devbox_service.db import Database
 from devbox_service.db.records import Table
@@ -20,7 +21,7 @@ from devbox_service.devboxes.models import (
     DiskResizeStatus,
     EventType,
 )
-from devbox_service.devboxes.records import new_event, require_owner_or_admin
+from devbox_service.devboxes.records import new_event
 from devbox_service.devboxes.sizes import SizeLimits, require_growth
 from devbox_service.errors import Conflict, InvalidSpec, NotFound
 from devbox_service.ids import new_id
@@ -95,8 +96,7 @@ class DiskResizes:
         Only the owner or an org admin (the owner's quota pays). Raises NotFound,
         PermissionDenied, InvalidSpec (smaller, too large), Conflict (not running, key
         reused for another size), LimitReached (disk quota)."""
-        async with self._core.locked(principal, devbox_id) as record:
-            require_owner_or_admin(principal, record, "grow its disk")
+        async with self._core.locked(principal, devbox_id, Act.RESIZE) as record:
             known = await self._store.by_key(devbox_id, key)
             if known is not None:
                 if known.requested_mb != disk_mb:
@@ -128,7 +128,7 @@ class DiskResizes:
     async def get(
         self, principal: Principal, devbox_id: str, operation_id: str
     ) -> DiskResizeRecord:
-        await self._core.visible(principal, devbox_id)
+        await self._core.visible(principal, devbox_id, Act.VIEW)
         operation = await self._store.get(devbox_id, operation_id)
         if operation is None:
             raise NotFound.of("disk resize", operation_id)

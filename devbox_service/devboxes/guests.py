@@ -8,12 +8,14 @@ Each gets one narrow method here instead of the VM backend: they never see a VM,
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Protocol
 
 from devbox_service.auth import tokens
 from devbox_service.auth.models import Principal
+from devbox_service.auth.policy import Act, permits
 from devbox_service.backends import base as backend_api
 from devbox_service.backends.base import SSHEndpoint
 from devbox_service.devboxes.core import DestroyListener, DevboxCore
@@ -62,14 +64,15 @@ class GuestAccess:
         """Call `listener(devbox_id)` before a devbox's VM goes (to close connections)."""
         self._core.on_destroy(listener)
 
-    async def usable(self, principal: Principal, devbox_id: str) -> None:
-        """Raises NotFound, Conflict (the devbox's guest is not up)."""
-        require(await self._core.visible(principal, devbox_id), Action.USE)
+    async def usable(self, principal: Principal, devbox_id: str, act: Act) -> None:
+        """Raises NotFound, PermissionDenied (the policy keeps `act` from the caller),
+        Conflict (the devbox's guest is not up)."""
+        require(await self._core.visible(principal, devbox_id, act), Action.USE)
 
-    async def guest_endpoint(self, principal: Principal, devbox_id: str) -> SSHEndpoint:
-        """Where the service reaches the guest of a devbox this principal may use.
-        Raises NotFound, Conflict (not ready), Unavailable (no backend)."""
-        await self.usable(principal, devbox_id)
+    async def guest_endpoint(self, principal: Principal, devbox_id: str, act: Act) -> SSHEndpoint:
+        """Where the service reaches the guest of a devbox this principal may do `act` to.
+        Raises NotFound, PermissionDenied, Conflict (not ready), Unavailable (no backend)."""
+        await self.usable(principal, devbox_id, act)
         return (await self._core.backend.get_instance(devbox_id)).ssh
 
     async def write_file(
@@ -81,7 +84,7 @@ class GuestAccess:
         mode: int = 0o644,
     ) -> None:
         """Write a whole file into the guest (readers never see half of it)."""
-        endpoint = await self.guest_endpoint(principal, devbox_id)
+        endpoint = await self.guest_endpoint(principal, devbox_id, Act.UPLOAD)
         await self._files.write_file(endpoint, path, data, mode)
 
     async def _forget_connection(self, devbox_id: str) -> None:
@@ -90,26 +93,34 @@ class GuestAccess:
                 await self._files.forget((await self._core.backend.get_instance(devbox_id)).ssh)
 
     async def may_type(self, principal: Principal, devbox_id: str) -> bool:
-        """Typing into a devbox's terminals is its owner's (and the owner's agent tokens'):
-        org members see the screens but do not drive another person's agent."""
-        record = await self._core.visible(principal, devbox_id)
-        return record.user_id == principal.user_id
-
-    async def require_typist(self, principal: Principal, devbox_id: str) -> None:
-        """Raises NotFound, PermissionDenied (not the owner)."""
-        if not await self.may_type(principal, devbox_id):
-            raise PermissionDenied("only the devbox's owner may type into its terminals")
+        """Whether the policy lets the caller type into the devbox's terminals (a page
+        shows the keyboard only then). Raises NotFound for a devbox they do not see."""
+        record = await self._core.visible(principal, devbox_id, Act.WATCH)
+        return permits(principal, Act.TYPE, record)
 
     # the SSH gateway
+
+    def _credentials(self, record: DevboxRecord) -> dict[str, str]:
+        assert record.ssh_credentials_sealed is not None
+        sealed: dict[str, str] = json.loads(
+            self._core.box.open_sealed(record.ssh_credentials_sealed)
+        )
+        return sealed
+
+    async def _set_credentials(self, devbox_id: str, credentials: dict[str, str]) -> None:
+        """Replace a devbox's gateway credentials (the old ones stop working at once)."""
+        await self._core.store.update(
+            devbox_id,
+            ssh_credentials_sealed=self._core.box.seal(json.dumps(credentials)),
+            ssh_token_hash=tokens.hash_secret(credentials["access_token"]),
+        )
 
     async def ssh_credentials(
         self, principal: Principal, devbox_id: str
     ) -> DevboxSSHCredentialsResponse:
         """Only the owner. Raises NotFound, PermissionDenied."""
-        record = await self._core.visible(principal, devbox_id)
-        if record.user_id != principal.user_id:
-            raise PermissionDenied("only the devbox's owner may read its SSH credentials")
-        credentials = self._core.credentials(record)
+        record = await self._core.visible(principal, devbox_id, Act.SSH)
+        credentials = self._credentials(record)
         return DevboxSSHCredentialsResponse(
             access_token=credentials["access_token"], password=credentials["password"]
         )
@@ -117,23 +128,19 @@ class GuestAccess:
     async def ssh_key(self, principal: Principal, devbox_id: str) -> dict[str, str]:
         """The gateway credentials with the devbox's key pair (one is made for a devbox from
         before key pairs). Only the owner. Raises NotFound, PermissionDenied."""
-        async with self._core.locked(principal, devbox_id) as record:
-            if record.user_id != principal.user_id:
-                raise PermissionDenied("only the devbox's owner may read its SSH key")
-            credentials = self._core.credentials(record)
+        async with self._core.locked(principal, devbox_id, Act.SSH) as record:
+            credentials = self._credentials(record)
             if "private_key" not in credentials:
                 fresh = new_credentials()
                 credentials |= {k: fresh[k] for k in ("private_key", "public_key")}
-                await self._core.set_credentials(devbox_id, credentials)
+                await self._set_credentials(devbox_id, credentials)
             return credentials
 
     async def rotate_ssh_key(self, principal: Principal, devbox_id: str) -> dict[str, str]:
         """New credentials; the old token, password and key stop working at once."""
-        async with self._core.locked(principal, devbox_id) as record:
-            if record.user_id != principal.user_id:
-                raise PermissionDenied("only the devbox's owner may rotate its SSH key")
+        async with self._core.locked(principal, devbox_id, Act.SSH):
             credentials = new_credentials()
-            await self._core.set_credentials(devbox_id, credentials)
+            await self._set_credentials(devbox_id, credentials)
             return credentials
 
     async def authenticate_devbox_key(self, devbox_id: str, public_key: str) -> str | None:
@@ -143,7 +150,7 @@ class GuestAccess:
             return None
         if not await self._is_member(record.org_id, record.user_id):
             return None
-        known = self._core.credentials(record).get("public_key", "")
+        known = self._credentials(record).get("public_key", "")
         offered = " ".join(public_key.split()[:2])
         matches = bool(known) and secrets.compare_digest(" ".join(known.split()[:2]), offered)
         return record.id if matches else None
@@ -156,7 +163,7 @@ class GuestAccess:
             return None
         if not await self._is_member(record.org_id, record.user_id):
             return None
-        expected = self._core.credentials(record)["password"]
+        expected = self._credentials(record)["password"]
         return record.id if secrets.compare_digest(expected, password) else None
 
     async def authenticate_api_key_login(self, username: str) -> str | None:
@@ -167,12 +174,12 @@ class GuestAccess:
             return None
         try:
             principal = await self._authenticate(key)
-            record = await self._core.visible(principal, devbox_id)
-        except (NotAuthenticated, NotFound):
+            record = await self._core.visible(principal, devbox_id, Act.SSH)
+        except (NotAuthenticated, NotFound, PermissionDenied):
             return None
         if record.status is DevboxStatus.DELETING:
             return None
-        return record.id if record.user_id == principal.user_id else None
+        return record.id
 
     async def connect_target(self, devbox_id: str, *, woken_by: str = "SSH") -> SSHEndpoint:
         """Where the guest's sshd is; a paused devbox is resumed first (wake on SSH, or on
@@ -209,7 +216,7 @@ class GuestAccess:
 
     async def expose_port(self, principal: Principal, devbox_id: str, guest_port: int) -> int:
         """Forward a guest port of a usable devbox; the host loopback port it got."""
-        record = await self._core.visible(principal, devbox_id)
+        record = await self._core.visible(principal, devbox_id, Act.EXPOSE)
         require(record, Action.USE)
         return await self._core.backend.expose_port(devbox_id, guest_port)
 

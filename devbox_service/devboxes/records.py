@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from devbox_service.auth.models import Principal
 from devbox_service.backends.base import MachineSpec
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventRecord, EventType
-from devbox_service.errors import PermissionDenied
 from devbox_service.ids import new_id
 
 
@@ -66,12 +65,6 @@ def new_record(
         updated_at=now,
         ssh_credentials_sealed=credentials_sealed,
     )
-
-
-def require_owner_or_admin(principal: Principal, record: DevboxRecord, action: str) -> None:
-    """What costs the owner (deleting, resizing) is the owner's or an org admin's to do."""
-    if record.user_id != principal.user_id and not principal.role.manages_org:
-        raise PermissionDenied(f"only the devbox's owner or an org admin may {action}")
 
 
 def new_event(

@@ -12,9 +12,15 @@ from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, MultipartBody, QueryParameter
 
-from devbox_service.auth.guards import USER, CurrentPrincipal, agent_scope, allow
+from devbox_service.auth.guards import (
+    USER,
+    CurrentPrincipal,
+    allow,
+    on_devbox,
+    on_snapshot,
+)
 from devbox_service.auth.models import Principal
-from devbox_service.auth.scopes import AgentScope
+from devbox_service.auth.policy import Act
 from devbox_service.devboxes.checkpoints import CheckpointService
 from devbox_service.devboxes.guests import GuestAccess
 from devbox_service.devboxes.schemas import (
@@ -38,10 +44,6 @@ from devbox_service.devboxes.schemas import (
 from devbox_service.devboxes.service import DevboxService
 from devbox_service.devboxes.uploads import UploadService
 from devbox_service.devboxes.views import DevboxViews
-
-SUMMARY_READ = agent_scope(AgentScope.SUMMARY_READ)
-SNAPSHOT_WRITE = agent_scope(AgentScope.SNAPSHOT_WRITE)
-METADATA_WRITE = agent_scope(AgentScope.METADATA_WRITE)
 
 
 class DevboxController(Controller):
@@ -73,7 +75,7 @@ class DevboxController(Controller):
             principal, snapshot_id, name=request.name, metadata=request.metadata
         )
 
-    @get("/{devbox_id:str}", guards=[allow(SUMMARY_READ)], summary="Get Devbox")
+    @get("/{devbox_id:str}", guards=[allow(on_devbox(Act.VIEW))], summary="Get Devbox")
     async def get_devbox(
         self,
         devbox_views: NamedDependency[DevboxViews],
@@ -82,7 +84,11 @@ class DevboxController(Controller):
     ) -> DevboxResponse:
         return await devbox_views.get(principal, devbox_id)
 
-    @get("/{devbox_id:str}/summary", guards=[allow(SUMMARY_READ)], summary="Get Devbox Summary")
+    @get(
+        "/{devbox_id:str}/summary",
+        guards=[allow(on_devbox(Act.VIEW))],
+        summary="Get Devbox Summary",
+    )
     async def get_summary(
         self,
         devbox_views: NamedDependency[DevboxViews],
@@ -91,7 +97,12 @@ class DevboxController(Controller):
     ) -> DevboxSummaryResponse:
         return await devbox_views.summary(principal, devbox_id)
 
-    @delete("/{devbox_id:str}", guards=[allow(USER)], status_code=200, summary="Delete Devbox")
+    @delete(
+        "/{devbox_id:str}",
+        guards=[allow(on_devbox(Act.DELETE))],
+        status_code=200,
+        summary="Delete Devbox",
+    )
     async def delete_devbox(
         self,
         devboxes: NamedDependency[DevboxService],
@@ -103,7 +114,7 @@ class DevboxController(Controller):
 
     @post(
         "/{devbox_id:str}/metadata",
-        guards=[allow(METADATA_WRITE)],
+        guards=[allow(on_devbox(Act.CONFIGURE))],
         status_code=200,
         summary="Update Devbox Metadata",
     )
@@ -118,7 +129,9 @@ class DevboxController(Controller):
         return SuccessResponse(id=devbox_id, message="metadata updated")
 
     @patch(
-        "/{devbox_id:str}/display_name", guards=[allow(USER)], summary="Update Devbox Display Name"
+        "/{devbox_id:str}/display_name",
+        guards=[allow(on_devbox(Act.CONFIGURE))],
+        summary="Update Devbox Display Name",
     )
     async def set_display_name(
         self,
@@ -132,7 +145,7 @@ class DevboxController(Controller):
 
     @post(
         "/{devbox_id:str}/save",
-        guards=[allow(SNAPSHOT_WRITE)],
+        guards=[allow(on_devbox(Act.SAVE))],
         status_code=200,
         summary="Save Devbox",
     )
@@ -145,7 +158,12 @@ class DevboxController(Controller):
     ) -> SnapshotResponse:
         return await checkpoints.save(principal, devbox_id, (data or SaveRequest()).name)
 
-    @post("/{devbox_id:str}/branch", guards=[allow(USER)], status_code=200, summary="Branch Devbox")
+    @post(
+        "/{devbox_id:str}/branch",
+        guards=[allow(on_devbox(Act.BRANCH))],
+        status_code=200,
+        summary="Branch Devbox",
+    )
     async def branch(
         self,
         checkpoints: NamedDependency[CheckpointService],
@@ -159,7 +177,12 @@ class DevboxController(Controller):
         )
         return BranchResponse(instances=instances)
 
-    @post("/{devbox_id:str}/pause", guards=[allow(USER)], status_code=200, summary="Pause Devbox")
+    @post(
+        "/{devbox_id:str}/pause",
+        guards=[allow(on_devbox(Act.OPERATE))],
+        status_code=200,
+        summary="Pause Devbox",
+    )
     async def pause(
         self,
         devboxes: NamedDependency[DevboxService],
@@ -168,7 +191,12 @@ class DevboxController(Controller):
     ) -> DevboxResponse:
         return await devboxes.pause(principal, devbox_id)
 
-    @post("/{devbox_id:str}/resume", guards=[allow(USER)], status_code=200, summary="Resume Devbox")
+    @post(
+        "/{devbox_id:str}/resume",
+        guards=[allow(on_devbox(Act.OPERATE))],
+        status_code=200,
+        summary="Resume Devbox",
+    )
     async def resume(
         self,
         devboxes: NamedDependency[DevboxService],
@@ -177,7 +205,12 @@ class DevboxController(Controller):
     ) -> DevboxResponse:
         return await devboxes.resume(principal, devbox_id)
 
-    @post("/{devbox_id:str}/reboot", guards=[allow(USER)], status_code=200, summary="Reboot Devbox")
+    @post(
+        "/{devbox_id:str}/reboot",
+        guards=[allow(on_devbox(Act.OPERATE))],
+        status_code=200,
+        summary="Reboot Devbox",
+    )
     async def reboot(
         self,
         devboxes: NamedDependency[DevboxService],
@@ -202,7 +235,9 @@ class UploadController(Controller):
     path = "/api/devboxes/{devbox_id:str}/uploads"
     tags = ["devboxes"]
 
-    @post("/", guards=[allow(USER)], status_code=200, summary="Upload File to Devbox")
+    @post(
+        "/", guards=[allow(on_devbox(Act.UPLOAD))], status_code=200, summary="Upload File to Devbox"
+    )
     async def upload_file(
         self,
         uploads: NamedDependency[UploadService],
@@ -213,7 +248,12 @@ class UploadController(Controller):
     ) -> UploadResponse:
         return await _upload(uploads, principal, devbox_id, data, dest_dir, image_only=False)
 
-    @post("/image", guards=[allow(USER)], status_code=200, summary="Upload Image to Devbox")
+    @post(
+        "/image",
+        guards=[allow(on_devbox(Act.UPLOAD))],
+        status_code=200,
+        summary="Upload Image to Devbox",
+    )
     async def upload_image(
         self,
         uploads: NamedDependency[UploadService],
@@ -283,7 +323,9 @@ class SnapshotController(Controller):
     ) -> SnapshotListResponse:
         return SnapshotListResponse(data=await checkpoints.snapshots(principal))
 
-    @get("/{snapshot_id:str}", guards=[allow(USER)], summary="Get Snapshot")
+    @get(
+        "/{snapshot_id:str}", guards=[allow(on_snapshot(Act.SNAPSHOT_VIEW))], summary="Get Snapshot"
+    )
     async def get_snapshot(
         self,
         checkpoints: NamedDependency[CheckpointService],
@@ -292,7 +334,12 @@ class SnapshotController(Controller):
     ) -> SnapshotResponse:
         return await checkpoints.snapshot(principal, snapshot_id)
 
-    @delete("/{snapshot_id:str}", guards=[allow(USER)], status_code=200, summary="Delete Snapshot")
+    @delete(
+        "/{snapshot_id:str}",
+        guards=[allow(on_snapshot(Act.SNAPSHOT_DELETE))],
+        status_code=200,
+        summary="Delete Snapshot",
+    )
     async def delete_snapshot(
         self,
         checkpoints: NamedDependency[CheckpointService],
@@ -309,7 +356,7 @@ class SSHCredentialsController(Controller):
 
     @get(
         "/{devbox_id:str}/ssh-credentials",
-        guards=[allow(USER)],
+        guards=[allow(on_devbox(Act.SSH))],
         summary="Get SSH Credentials for Devbox",
     )
     async def ssh_credentials(

@@ -12,12 +12,12 @@ from typing import Any
 import msgspec
 
 from devbox_service.auth.models import Principal
+from devbox_service.auth.policy import Act, authorize
 from devbox_service.backends.base import MachineSpec, SnapshotInfo
 from devbox_service.devboxes.checkpoints import CheckpointService
 from devbox_service.devboxes.core import DestroyListener, DevboxCore, ReadyHook
 from devbox_service.devboxes.lifecycle import Action, require
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus
-from devbox_service.devboxes.records import require_owner_or_admin
 from devbox_service.devboxes.schemas import DevboxResponse
 from devbox_service.devboxes.sizes import require_growth
 from devbox_service.devboxes.store import Changes
@@ -40,10 +40,10 @@ class DevboxService:
 
     # for other domains: which devbox a caller may reach
 
-    async def visible(self, principal: Principal, devbox_id: str) -> DevboxRecord:
-        """The devbox if the caller's organization holds it. Raises NotFound (also for other
-        organizations' devboxes)."""
-        return await self._core.visible(principal, devbox_id)
+    async def visible(self, principal: Principal, devbox_id: str, act: Act) -> DevboxRecord:
+        """The devbox if the one policy lets the caller do `act` to it. Raises NotFound (also
+        for other organizations' devboxes), PermissionDenied."""
+        return await self._core.visible(principal, devbox_id, act)
 
     async def records(self, principal: Principal) -> list[DevboxRecord]:
         """Every devbox of the caller's organization, oldest first."""
@@ -111,7 +111,7 @@ class DevboxService:
                 parent_id=None,
                 created_detail={"name": "created"},
             )
-        await self._core.use_snapshot(snapshot.id)
+        await self._checkpoints.use_snapshot(snapshot.id)
         self._core.start_boot([record.id], snapshot.id, after_ready)
         return await self._views.detail(record)
 
@@ -126,19 +126,19 @@ class DevboxService:
     async def pause(self, principal: Principal, devbox_id: str) -> DevboxResponse:
         """Raises NotFound, Conflict; a backend failure leaves the devbox as it was."""
         await self.switch(principal, devbox_id, Action.PAUSE)
-        return await self._views.get(principal, devbox_id)
+        return await self._views.get(principal, devbox_id, Act.OPERATE)
 
     async def resume(self, principal: Principal, devbox_id: str) -> DevboxResponse:
         """From memory, or from standby on disk. Raises NotFound, Conflict."""
         await self.switch(principal, devbox_id, Action.RESUME)
-        return await self._views.get(principal, devbox_id)
+        return await self._views.get(principal, devbox_id, Act.OPERATE)
 
     async def switch(self, principal: Principal, devbox_id: str, action: Action) -> None:
         """Pause or resume without building the devbox view (the instance API renders its
         own from the record)."""
         if action not in (Action.PAUSE, Action.RESUME):
             raise AssertionError(f"{action} is not a switch")
-        async with self._core.locked(principal, devbox_id) as record:
+        async with self._core.locked(principal, devbox_id, Act.OPERATE) as record:
             await self._core.apply(record, action)
 
     # TTLs
@@ -148,7 +148,7 @@ class DevboxService:
     ) -> DevboxResponse:
         """Pause or stop the devbox after `seconds` without activity (None: never); an
         action left out keeps the current one (stop when there is none)."""
-        async with self._core.locked(principal, devbox_id) as record:
+        async with self._core.locked(principal, devbox_id, Act.SET_TTL) as record:
             if seconds is None:
                 await self._core.store.update(
                     devbox_id, ttl_seconds=None, ttl_action=None, ttl_expire_at=None
@@ -160,7 +160,7 @@ class DevboxService:
                     ttl_action=action or record.ttl_action or "stop",
                     ttl_expire_at=self._core.clock() + seconds,
                 )
-        return await self._views.get(principal, devbox_id)
+        return await self._views.get(principal, devbox_id, Act.SET_TTL)
 
     async def expire(self, now: float) -> list[str]:
         """Carry out the TTL of every devbox idle past its expiry; the ids acted on."""
@@ -185,7 +185,7 @@ class DevboxService:
     ) -> DevboxResponse:
         """The devbox view once the reboot started (see `start_reboot`)."""
         await self.start_reboot(principal, devbox_id, spec)
-        return await self._views.get(principal, devbox_id)
+        return await self._views.get(principal, devbox_id, Act.OPERATE)
 
     async def start_reboot(
         self, principal: Principal, devbox_id: str, spec: MachineSpec | None = None
@@ -193,7 +193,7 @@ class DevboxService:
         """Answers at once as `rebooting`; the guest comes back in the background. With a
         new `spec` it is a cold reboot into it (the disk kept, grown if asked). Raises
         NotFound, Conflict, InvalidSpec (a smaller disk), LimitReached."""
-        async with self._core.locked(principal, devbox_id) as record:
+        async with self._core.locked(principal, devbox_id, Act.OPERATE) as record:
             require(record, Action.REBOOT)  # a 409 before any size is looked at
             await self._core.has_vm(record)
             async with self._core.admission.guard():
@@ -207,7 +207,14 @@ class DevboxService:
         once the host has the memory and the caller the disk quota for it."""
         if spec is None or spec == record.spec:
             return {}
-        require_owner_or_admin(principal, record, "change its size")
+        authorize(
+            principal,
+            Act.RESIZE,
+            user_id=record.user_id,
+            org_id=record.org_id,
+            devbox_id=record.id,
+            resource=("devbox", record.id),
+        )
         require_growth(record.disk_mb, spec.disk_mb)
         admission = self._core.admission
         if spec.memory_mb > record.memory_mb:
@@ -222,8 +229,7 @@ class DevboxService:
 
     async def delete(self, principal: Principal, devbox_id: str) -> None:
         """Only the owner or an org admin. Raises NotFound, PermissionDenied."""
-        record = await self._core.visible(principal, devbox_id)
-        require_owner_or_admin(principal, record, "delete it")
+        await self._core.visible(principal, devbox_id, Act.DELETE)
         await self._core.delete(devbox_id)
 
     async def remove(self, devbox_id: str) -> None:
@@ -237,7 +243,7 @@ class DevboxService:
     ) -> None:
         """Merged into what is there. Raises PayloadTooLarge past METADATA_MAX_BYTES in total
         (every list response carries it)."""
-        async with self._core.locked(principal, devbox_id) as record:
+        async with self._core.locked(principal, devbox_id, Act.CONFIGURE) as record:
             merged = {**record.metadata, **metadata}
             size = len(json.dumps(merged))
             if size > METADATA_MAX_BYTES:
@@ -251,14 +257,14 @@ class DevboxService:
         self, principal: Principal, devbox_id: str, *, ssh: bool | None, http: bool | None
     ) -> None:
         """Whether a paused devbox wakes for SSH / HTTP; None leaves one as it is."""
-        async with self._core.locked(principal, devbox_id):
+        async with self._core.locked(principal, devbox_id, Act.CONFIGURE):
             if ssh is not None:
                 await self._core.store.update(devbox_id, wake_on_ssh=ssh)
             if http is not None:
                 await self._core.store.update(devbox_id, wake_on_http=http)
 
     async def set_display_name(self, principal: Principal, devbox_id: str, name: str) -> None:
-        async with self._core.locked(principal, devbox_id) as record:
+        async with self._core.locked(principal, devbox_id, Act.CONFIGURE) as record:
             await self._core.store.update(
                 devbox_id, name=name, metadata={**record.metadata, "display_name": name}
             )

@@ -7,6 +7,7 @@ import posixpath
 from collections.abc import AsyncIterator
 
 from devbox_service.auth.models import Principal
+from devbox_service.auth.policy import Act
 from devbox_service.devboxes.guests import GuestAccess
 from devbox_service.devboxes.schemas import UploadResponse
 from devbox_service.errors import InvalidInput, PayloadTooLarge
@@ -39,7 +40,9 @@ class UploadService:
     ) -> UploadResponse:
         """The file streams into the guest as it is read. Raises NotFound, Conflict (devbox
         not ready), then InvalidInput (name, directory, not an image), PayloadTooLarge."""
-        await self._guests.usable(principal, devbox_id)  # who may write, before what is written
+        await self._guests.usable(
+            principal, devbox_id, Act.UPLOAD
+        )  # who may write, before what is written
         if size > self._max_bytes:
             raise PayloadTooLarge(f"the file is {size} bytes; the limit is {self._max_bytes}")
         name = safe_filename(filename)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from devbox_service.auth.models import Principal
+from devbox_service.auth.policy import Act, authorize
 from devbox_service.db.cache import VersionedCache
 from devbox_service.devboxes.core import DevboxCore
 from devbox_service.devboxes.models import DevboxRecord, EventRecord, EventType, SnapshotRecord
@@ -22,7 +23,6 @@ from devbox_service.devboxes.schemas import (
     TimelineEvent,
     WakeOn,
 )
-from devbox_service.errors import NotFound
 
 GUEST_IP = "10.0.2.15"
 
@@ -39,7 +39,7 @@ class DevboxViews:
     def __init__(self, core: DevboxCore, http_services: HttpServiceLister) -> None:
         self._core = core
         self._http_services = http_services
-        self._views: VersionedCache[str, tuple[str, DevboxResponse]] = VersionedCache(
+        self._views: VersionedCache[str, tuple[tuple[str, str], DevboxResponse]] = VersionedCache(
             core.store.database
         )
 
@@ -52,21 +52,31 @@ class DevboxViews:
         records = await self._core.store.list_for_org(principal.org_id)
         return await self.details(records)
 
-    async def get(self, principal: Principal, devbox_id: str) -> DevboxResponse:
-        """The most read answer of the API: kept until the database changes at all."""
+    async def get(
+        self, principal: Principal, devbox_id: str, act: Act = Act.VIEW
+    ) -> DevboxResponse:
+        """The most read answer of the API: kept until the database changes at all. After a
+        change it is read under the act that changed it (an agent token that may expose a
+        port sees the answer without the read scope)."""
         known, version = self._views.lookup(devbox_id)
         if known is not None:
-            org_id, view = known
-            if org_id != principal.org_id:
-                raise NotFound.of("devbox", devbox_id)
+            (user_id, org_id), view = known
+            authorize(
+                principal,
+                act,
+                user_id=user_id,
+                org_id=org_id,
+                devbox_id=devbox_id,
+                resource=("devbox", devbox_id),
+            )
             return view
-        record = await self._core.visible(principal, devbox_id)
+        record = await self._core.visible(principal, devbox_id, act)
         view = await self.detail(record)
-        self._views.store(devbox_id, (record.org_id, view), version)
+        self._views.store(devbox_id, ((record.user_id, record.org_id), view), version)
         return view
 
     async def summary(self, principal: Principal, devbox_id: str) -> DevboxSummaryResponse:
-        record = await self._core.visible(principal, devbox_id)
+        record = await self._core.visible(principal, devbox_id, Act.VIEW)
         events, services = await self._extras([record])
         return summary(record, events[record.id], services[record.id])
 

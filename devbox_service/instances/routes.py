@@ -13,7 +13,8 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEventMessage
 from litestar.types import ASGIApp
 
-from devbox_service.auth.guards import USER, CurrentPrincipal, allow
+from devbox_service.auth.guards import USER, CurrentPrincipal, allow, on_devbox, on_snapshot
+from devbox_service.auth.policy import Act
 from devbox_service.event_streams import event_stream
 from devbox_service.instances.schemas import (
     BootSnapshotRequest,
@@ -92,7 +93,7 @@ class InstanceController(Controller):
         body = await optional_body(request, StartInstanceRequest)
         return await instances.start(principal, snapshot_id, body)
 
-    @get("/{devbox_id:str}", guards=[allow(USER)], summary="Get Instance")
+    @get("/{devbox_id:str}", guards=[allow(on_devbox(Act.VIEW))], summary="Get Instance")
     async def get_instance(
         self,
         instances: NamedDependency[InstanceService],
@@ -101,7 +102,7 @@ class InstanceController(Controller):
     ) -> Instance:
         return await instances.get(principal, devbox_id)
 
-    @delete("/{devbox_id:str}", guards=[allow(USER)], summary="Stop Instance")
+    @delete("/{devbox_id:str}", guards=[allow(on_devbox(Act.DELETE))], summary="Stop Instance")
     async def stop(
         self,
         instances: NamedDependency[InstanceService],
@@ -110,7 +111,12 @@ class InstanceController(Controller):
     ) -> None:
         await instances.stop(principal, devbox_id)
 
-    @post("/{devbox_id:str}/pause", guards=[allow(USER)], status_code=200, summary="Pause")
+    @post(
+        "/{devbox_id:str}/pause",
+        guards=[allow(on_devbox(Act.OPERATE))],
+        status_code=200,
+        summary="Pause",
+    )
     async def pause(
         self,
         instances: NamedDependency[InstanceService],
@@ -119,7 +125,12 @@ class InstanceController(Controller):
     ) -> Instance:
         return await instances.pause(principal, devbox_id)
 
-    @post("/{devbox_id:str}/resume", guards=[allow(USER)], status_code=200, summary="Resume")
+    @post(
+        "/{devbox_id:str}/resume",
+        guards=[allow(on_devbox(Act.OPERATE))],
+        status_code=200,
+        summary="Resume",
+    )
     async def resume(
         self,
         instances: NamedDependency[InstanceService],
@@ -128,7 +139,12 @@ class InstanceController(Controller):
     ) -> Instance:
         return await instances.resume(principal, devbox_id)
 
-    @post("/{devbox_id:str}/reboot", guards=[allow(USER)], status_code=200, summary="Reboot")
+    @post(
+        "/{devbox_id:str}/reboot",
+        guards=[allow(on_devbox(Act.OPERATE))],
+        status_code=200,
+        summary="Reboot",
+    )
     async def reboot(
         self,
         instances: NamedDependency[InstanceService],
@@ -139,7 +155,12 @@ class InstanceController(Controller):
         body = await optional_body(request, BootSnapshotRequest)
         return await instances.reboot(principal, devbox_id, body)
 
-    @post("/{devbox_id:str}/metadata", guards=[allow(USER)], status_code=200, summary="Metadata")
+    @post(
+        "/{devbox_id:str}/metadata",
+        guards=[allow(on_devbox(Act.CONFIGURE))],
+        status_code=200,
+        summary="Metadata",
+    )
     async def set_metadata(
         self,
         instances: NamedDependency[InstanceService],
@@ -149,7 +170,12 @@ class InstanceController(Controller):
     ) -> Instance:
         return await instances.set_metadata(principal, devbox_id, data)
 
-    @post("/{devbox_id:str}/exec", guards=[allow(USER)], status_code=200, summary="Exec")
+    @post(
+        "/{devbox_id:str}/exec",
+        guards=[allow(on_devbox(Act.EXEC))],
+        status_code=200,
+        summary="Exec",
+    )
     async def exec(
         self,
         instances: NamedDependency[InstanceService],
@@ -161,7 +187,12 @@ class InstanceController(Controller):
         key = request.headers.get("idempotency-key")
         return await instances.exec(principal, devbox_id, data.command, key)
 
-    @post("/{devbox_id:str}/exec/sse", guards=[allow(USER)], status_code=200, summary="Exec SSE")
+    @post(
+        "/{devbox_id:str}/exec/sse",
+        guards=[allow(on_devbox(Act.EXEC))],
+        status_code=200,
+        summary="Exec SSE",
+    )
     async def exec_sse(
         self,
         instances: NamedDependency[InstanceService],
@@ -179,7 +210,12 @@ class InstanceController(Controller):
 
         return event_stream(request, events())
 
-    @post("/{devbox_id:str}/snapshot", guards=[allow(USER)], status_code=200, summary="Snapshot")
+    @post(
+        "/{devbox_id:str}/snapshot",
+        guards=[allow(on_devbox(Act.SAVE))],
+        status_code=200,
+        summary="Snapshot",
+    )
     async def snapshot(
         self,
         instances: NamedDependency[InstanceService],
@@ -191,7 +227,12 @@ class InstanceController(Controller):
         body = await optional_body(request, InstanceSnapshotRequest)
         return await instances.save(principal, devbox_id, digest, body)
 
-    @post("/{devbox_id:str}/branch", guards=[allow(USER)], status_code=200, summary="Branch")
+    @post(
+        "/{devbox_id:str}/branch",
+        guards=[allow(on_devbox(Act.BRANCH))],
+        status_code=200,
+        summary="Branch",
+    )
     async def branch(
         self,
         instances: NamedDependency[InstanceService],
@@ -201,7 +242,12 @@ class InstanceController(Controller):
     ) -> InstanceBranchResponse:
         return await instances.branch(principal, devbox_id, count)
 
-    @post("/{devbox_id:str}/http", guards=[allow(USER)], status_code=200, summary="Expose HTTP")
+    @post(
+        "/{devbox_id:str}/http",
+        guards=[allow(on_devbox(Act.EXPOSE))],
+        status_code=200,
+        summary="Expose HTTP",
+    )
     async def expose(
         self,
         instances: NamedDependency[InstanceService],
@@ -213,7 +259,7 @@ class InstanceController(Controller):
 
     @delete(
         "/{devbox_id:str}/http/{name:str}",
-        guards=[allow(USER)],
+        guards=[allow(on_devbox(Act.EXPOSE))],
         status_code=200,
         summary="Hide HTTP",
     )
@@ -227,7 +273,10 @@ class InstanceController(Controller):
         return await instances.hide(principal, devbox_id, name)
 
     @post(
-        "/{devbox_id:str}/disk-resize", guards=[allow(USER)], status_code=200, summary="Disk Resize"
+        "/{devbox_id:str}/disk-resize",
+        guards=[allow(on_devbox(Act.RESIZE))],
+        status_code=200,
+        summary="Disk Resize",
     )
     async def disk_resize(
         self,
@@ -242,7 +291,7 @@ class InstanceController(Controller):
 
     @get(
         "/{devbox_id:str}/disk-resize/{operation_id:str}",
-        guards=[allow(USER)],
+        guards=[allow(on_devbox(Act.VIEW))],
         summary="Disk Resize Status",
     )
     async def disk_resize_status(
@@ -254,7 +303,12 @@ class InstanceController(Controller):
     ) -> DiskResizeOperation:
         return await instances.disk_resize(principal, devbox_id, operation_id)
 
-    @post("/{devbox_id:str}/ttl", guards=[allow(USER)], status_code=200, summary="Set TTL")
+    @post(
+        "/{devbox_id:str}/ttl",
+        guards=[allow(on_devbox(Act.SET_TTL))],
+        status_code=200,
+        summary="Set TTL",
+    )
     async def set_ttl(
         self,
         instances: NamedDependency[InstanceService],
@@ -264,7 +318,12 @@ class InstanceController(Controller):
     ) -> Instance:
         return await instances.set_ttl(principal, devbox_id, data)
 
-    @post("/{devbox_id:str}/wake-on", guards=[allow(USER)], status_code=200, summary="Wake On")
+    @post(
+        "/{devbox_id:str}/wake-on",
+        guards=[allow(on_devbox(Act.CONFIGURE))],
+        status_code=200,
+        summary="Wake On",
+    )
     async def wake_on(
         self,
         instances: NamedDependency[InstanceService],
@@ -274,7 +333,7 @@ class InstanceController(Controller):
     ) -> Instance:
         return await instances.set_wake_on(principal, devbox_id, data)
 
-    @get("/{devbox_id:str}/ssh/key", guards=[allow(USER)], summary="Get SSH Key")
+    @get("/{devbox_id:str}/ssh/key", guards=[allow(on_devbox(Act.SSH))], summary="Get SSH Key")
     async def ssh_key(
         self,
         instances: NamedDependency[InstanceService],
@@ -284,7 +343,10 @@ class InstanceController(Controller):
         return await instances.ssh_key(principal, devbox_id)
 
     @post(
-        "/{devbox_id:str}/ssh/key", guards=[allow(USER)], status_code=200, summary="Rotate SSH Key"
+        "/{devbox_id:str}/ssh/key",
+        guards=[allow(on_devbox(Act.SSH))],
+        status_code=200,
+        summary="Rotate SSH Key",
     )
     async def rotate_ssh_key(
         self,
@@ -333,7 +395,9 @@ class SnapshotCatalogController(Controller):
         body = await optional_body(request, CreateSnapshotRequest)
         return await instances.create_snapshot(principal, body)
 
-    @get("/{snapshot_id:str}", guards=[allow(USER)], summary="Get Snapshot")
+    @get(
+        "/{snapshot_id:str}", guards=[allow(on_snapshot(Act.SNAPSHOT_VIEW))], summary="Get Snapshot"
+    )
     async def get_snapshot(
         self,
         instance_snapshots: NamedDependency[MorphSnapshots],
@@ -342,7 +406,11 @@ class SnapshotCatalogController(Controller):
     ) -> MorphSnapshot:
         return await instance_snapshots.get(principal, snapshot_id)
 
-    @delete("/{snapshot_id:str}", guards=[allow(USER)], summary="Delete Snapshot")
+    @delete(
+        "/{snapshot_id:str}",
+        guards=[allow(on_snapshot(Act.SNAPSHOT_DELETE))],
+        summary="Delete Snapshot",
+    )
     async def delete_snapshot(
         self,
         instance_snapshots: NamedDependency[MorphSnapshots],
@@ -351,7 +419,12 @@ class SnapshotCatalogController(Controller):
     ) -> None:
         await instance_snapshots.delete(principal, snapshot_id)
 
-    @post("/{snapshot_id:str}/metadata", guards=[allow(USER)], status_code=200, summary="Metadata")
+    @post(
+        "/{snapshot_id:str}/metadata",
+        guards=[allow(on_snapshot(Act.SNAPSHOT_EDIT))],
+        status_code=200,
+        summary="Metadata",
+    )
     async def set_metadata(
         self,
         instance_snapshots: NamedDependency[MorphSnapshots],
@@ -361,7 +434,12 @@ class SnapshotCatalogController(Controller):
     ) -> MorphSnapshot:
         return await instance_snapshots.set_metadata(principal, snapshot_id, data)
 
-    @post("/{snapshot_id:str}/boot", guards=[allow(USER)], status_code=200, summary="Boot")
+    @post(
+        "/{snapshot_id:str}/boot",
+        guards=[allow(on_snapshot(Act.SNAPSHOT_BOOT))],
+        status_code=200,
+        summary="Boot",
+    )
     async def boot(
         self,
         instances: NamedDependency[InstanceService],
@@ -372,7 +450,12 @@ class SnapshotCatalogController(Controller):
         body = await optional_body(request, BootSnapshotRequest)
         return await instances.boot(principal, snapshot_id, body)
 
-    @post("/{snapshot_id:str}/ttl", guards=[allow(USER)], status_code=200, summary="Snapshot TTL")
+    @post(
+        "/{snapshot_id:str}/ttl",
+        guards=[allow(on_snapshot(Act.SNAPSHOT_EDIT))],
+        status_code=200,
+        summary="Snapshot TTL",
+    )
     async def set_ttl(
         self,
         instance_snapshots: NamedDependency[MorphSnapshots],

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Literal, Protocol
 
 from devbox_service.auth.models import Principal
+from devbox_service.auth.policy import Act
 from devbox_service.backends.base import MachineSpec
 from devbox_service.devboxes.checkpoints import DEFAULT_IMAGE, CheckpointService
 from devbox_service.devboxes.disk_resizes import DiskResizes
@@ -99,10 +100,10 @@ class InstanceService:
 
     # rendering: the one place a deleting devbox becomes a 404
 
-    async def _live(self, principal: Principal, instance_id: str) -> DevboxRecord:
-        """The instance's record if the caller may see it. A devbox being deleted is gone
-        already as an instance: 404, as the list leaves it out."""
-        record = await self._devboxes.visible(principal, instance_id)
+    async def _live(self, principal: Principal, instance_id: str, act: Act) -> DevboxRecord:
+        """The instance's record if the policy lets the caller do `act` to it. A devbox
+        being deleted is gone already as an instance: 404, as the list leaves it out."""
+        record = await self._devboxes.visible(principal, instance_id, act)
         if record.status not in STATUS:
             raise NotFound.of("instance", instance_id)
         return record
@@ -112,8 +113,10 @@ class InstanceService:
         services = await self._previews.http_services_for([r.id for r in records])
         return [instance_view(r, services.get(r.id, [])) for r in records]
 
-    async def get(self, principal: Principal, instance_id: str) -> Instance:
-        (found,) = await self._render([await self._live(principal, instance_id)])
+    async def get(self, principal: Principal, instance_id: str, act: Act = Act.VIEW) -> Instance:
+        """The instance's view; after a change, read under the act that changed it (an agent
+        token allowed to write metadata sees the answer without the read scope)."""
+        (found,) = await self._render([await self._live(principal, instance_id, act)])
         return found
 
     async def instances(self, principal: Principal, metadata: dict[str, str]) -> InstanceList:
@@ -167,28 +170,28 @@ class InstanceService:
 
     async def stop(self, principal: Principal, instance_id: str) -> None:
         """Stopping one already being deleted is a 404, not a second deletion."""
-        await self._live(principal, instance_id)
+        await self._live(principal, instance_id, Act.DELETE)
         await self._devboxes.delete(principal, instance_id)
 
     async def pause(self, principal: Principal, instance_id: str) -> Instance:
         await self._devboxes.switch(principal, instance_id, Action.PAUSE)
-        return await self.get(principal, instance_id)
+        return await self.get(principal, instance_id, Act.OPERATE)
 
     async def resume(self, principal: Principal, instance_id: str) -> Instance:
         await self._devboxes.switch(principal, instance_id, Action.RESUME)
-        return await self.get(principal, instance_id)
+        return await self.get(principal, instance_id, Act.OPERATE)
 
     async def reboot(
         self, principal: Principal, instance_id: str, request: BootSnapshotRequest
     ) -> Instance:
         """A reboot; with a size in the body a cold one into it, the disk kept."""
-        record = await self._devboxes.visible(principal, instance_id)
+        record = await self._live(principal, instance_id, Act.OPERATE)
         spec = self._asked_size(record.spec, request)
         if request.metadata is not None:
             await self._devboxes.update_metadata(principal, instance_id, request.metadata)
         await self._set_ttl_asked(principal, instance_id, request)
         await self._devboxes.start_reboot(principal, instance_id, spec)
-        return await self.get(principal, instance_id)
+        return await self.get(principal, instance_id, Act.OPERATE)
 
     async def boot(
         self, principal: Principal, snapshot_id: str, request: BootSnapshotRequest
@@ -213,32 +216,32 @@ class InstanceService:
     ) -> Instance:
         """Merged into what is there."""
         await self._devboxes.update_metadata(principal, instance_id, metadata)
-        return await self.get(principal, instance_id)
+        return await self.get(principal, instance_id, Act.CONFIGURE)
 
     async def set_ttl(
         self, principal: Principal, instance_id: str, request: TtlRequest
     ) -> Instance:
-        await self._live(principal, instance_id)
+        await self._live(principal, instance_id, Act.SET_TTL)
         await self._devboxes.set_ttl(
             principal, instance_id, request.ttl_seconds, request.ttl_action
         )
-        return await self.get(principal, instance_id)
+        return await self.get(principal, instance_id, Act.SET_TTL)
 
     async def set_wake_on(
         self, principal: Principal, instance_id: str, request: WakeOnRequest
     ) -> Instance:
-        await self._live(principal, instance_id)
+        await self._live(principal, instance_id, Act.CONFIGURE)
         await self._devboxes.set_wake_on(
             principal, instance_id, ssh=request.wake_on_ssh, http=request.wake_on_http
         )
-        return await self.get(principal, instance_id)
+        return await self.get(principal, instance_id, Act.CONFIGURE)
 
     async def ssh_key(self, principal: Principal, instance_id: str) -> InstanceSshKey:
-        await self._live(principal, instance_id)
+        await self._live(principal, instance_id, Act.SSH)
         return InstanceSshKey(**await self._guests.ssh_key(principal, instance_id))
 
     async def rotate_ssh_key(self, principal: Principal, instance_id: str) -> InstanceSshKey:
-        await self._live(principal, instance_id)
+        await self._live(principal, instance_id, Act.SSH)
         return InstanceSshKey(**await self._guests.rotate_ssh_key(principal, instance_id))
 
     # exposed services
@@ -250,11 +253,11 @@ class InstanceService:
         await self._previews.expose(
             principal, instance_id, name=request.name, port=request.port, auth_mode=mode
         )
-        return await self.get(principal, instance_id)
+        return await self.get(principal, instance_id, Act.EXPOSE)
 
     async def hide(self, principal: Principal, instance_id: str, name: str) -> Instance:
         await self._previews.unexpose(principal, instance_id, name)
-        return await self.get(principal, instance_id)
+        return await self.get(principal, instance_id, Act.EXPOSE)
 
     # commands: visibility checked here once; the auth guard noted the activity
 
@@ -262,7 +265,7 @@ class InstanceService:
         self, principal: Principal, instance_id: str, argv: list[str], idempotency_key: str | None
     ) -> ExecResponse:
         command = shell_command(argv)
-        await self._live(principal, instance_id)
+        await self._live(principal, instance_id, Act.EXEC)
         return await self._exec.run(principal.user_id, instance_id, command, idempotency_key)
 
     async def exec_stream(
@@ -270,7 +273,7 @@ class InstanceService:
     ) -> AsyncIterator[tuple[str, str | int]]:
         """Refusals come before the stream starts (an SSE answer cannot carry them)."""
         command = shell_command(argv)
-        await self._live(principal, instance_id)
+        await self._live(principal, instance_id, Act.EXEC)
         return await self._exec.stream(instance_id, command)
 
     # disk
@@ -301,7 +304,7 @@ class InstanceService:
     ) -> MorphSnapshot:
         """`POST /instance/{id}/snapshot`: answered `ready`. A digest the organization has
         already returns that snapshot."""
-        await self._live(principal, instance_id)
+        await self._live(principal, instance_id, Act.SAVE)
         if known := await self.snapshots.by_digest(principal, digest):
             return known
         saved = await self._checkpoints.save(principal, instance_id, digest or "snapshot")
@@ -346,7 +349,7 @@ class InstanceService:
     async def branch(
         self, principal: Principal, instance_id: str, count: int
     ) -> InstanceBranchResponse:
-        await self._live(principal, instance_id)
+        await self._live(principal, instance_id, Act.BRANCH)
         children = await self._checkpoints.branch(principal, instance_id, name=None, count=count)
         snapshot_id = children[0].base_snapshot_id
         assert snapshot_id is not None

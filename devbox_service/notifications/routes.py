@@ -6,8 +6,13 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
-from devbox_service.auth.guards import USER, CurrentPrincipal, agent_scope, allow
-from devbox_service.auth.scopes import AgentScope
+from devbox_service.auth.guards import (
+    USER,
+    CurrentPrincipal,
+    allow,
+    on_devbox,
+)
+from devbox_service.auth.policy import Act
 from devbox_service.notifications.models import (
     Notification,
     NotificationCreate,
@@ -22,7 +27,7 @@ class DevboxNotificationController(Controller):
 
     @post(
         "/",
-        guards=[allow(agent_scope(AgentScope.NOTIFICATIONS_WRITE))],
+        guards=[allow(on_devbox(Act.NOTIFY))],
         status_code=200,
         summary="Post a notification for a devbox",
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from devbox_service.auth.models import Principal
+from devbox_service.auth.policy import Act
 from devbox_service.devboxes.ports import DevboxVisibility
 from devbox_service.errors import NotFound
 from devbox_service.ids import new_id
@@ -22,7 +23,7 @@ class NotificationService:
     ) -> Notification:
         """Addressed to the devbox's owner, whoever in the org (or its agent) posts it.
         Raises NotFound."""
-        record = await self._devboxes.visible(principal, devbox_id)
+        record = await self._devboxes.visible(principal, devbox_id, Act.NOTIFY)
         notification = Notification(
             id=new_id("notification"),
             devbox_id=devbox_id,

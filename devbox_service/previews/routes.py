@@ -15,8 +15,13 @@ from litestar.response.base import ASGIResponse
 from litestar.response.redirect import ASGIRedirectResponse
 from litestar.response.streaming import ASGIStreamingResponse
 
-from devbox_service.auth.guards import PUBLIC, CurrentPrincipal, agent_scope, allow
-from devbox_service.auth.scopes import AgentScope
+from devbox_service.auth.guards import (
+    PUBLIC,
+    CurrentPrincipal,
+    allow,
+    on_devbox,
+)
+from devbox_service.auth.policy import Act
 from devbox_service.devboxes.schemas import DevboxResponse
 from devbox_service.devboxes.views import DevboxViews
 from devbox_service.errors import LimitReached, Unreachable
@@ -26,7 +31,6 @@ from devbox_service.previews.origins import ORIGIN_KEY
 from devbox_service.previews.proxy import PreviewProxy
 from devbox_service.previews.service import HttpServiceRegistry
 
-HTTP_WRITE = agent_scope(AgentScope.HTTP_WRITE)
 PROXIED_METHODS = [
     HttpMethod.GET,
     HttpMethod.HEAD,
@@ -44,7 +48,7 @@ class HttpServiceController(Controller):
 
     @post(
         "/",
-        guards=[allow(HTTP_WRITE)],
+        guards=[allow(on_devbox(Act.EXPOSE))],
         status_code=200,
         summary="Expose HTTP Service",
         description="Expose a local port as an HTTP service; returns the updated devbox",
@@ -60,11 +64,11 @@ class HttpServiceController(Controller):
         await previews.expose(
             principal, devbox_id, name=data.name, port=data.port, auth_mode=data.auth_mode
         )
-        return await devbox_views.get(principal, devbox_id)
+        return await devbox_views.get(principal, devbox_id, Act.EXPOSE)
 
     @delete(
         "/{name:str}",
-        guards=[allow(HTTP_WRITE)],
+        guards=[allow(on_devbox(Act.EXPOSE))],
         status_code=200,
         summary="Unexpose HTTP Service",
         description="Remove an exposed HTTP service; returns the updated devbox",
@@ -78,7 +82,7 @@ class HttpServiceController(Controller):
         name: FromPath[str],
     ) -> DevboxResponse:
         await previews.unexpose(principal, devbox_id, name)
-        return await devbox_views.get(principal, devbox_id)
+        return await devbox_views.get(principal, devbox_id, Act.EXPOSE)
 
 
 @route(

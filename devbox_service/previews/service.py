@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from devbox_service.auth.models import Principal, PrincipalKind
+from devbox_service.auth.policy import Act, permits
 from devbox_service.auth.service import IdentityService
 from devbox_service.devboxes.guests import GuestAccess
 from devbox_service.devboxes.ports import DevboxVisibility
@@ -66,15 +67,23 @@ class HttpServiceRegistry:
         check_name(name)
         if not 0 < port < 65536:
             raise InvalidInput(f"invalid port {port}: use 1-65535", field="port")
+        record = await self._devboxes.visible(principal, devbox_id, Act.EXPOSE)
         mode = auth_mode or HttpServiceAuthMode.NONE
         if principal.kind is PrincipalKind.AGENT:
-            mode = HttpServiceAuthMode.NONE
-            existing = await self._store.get(devbox_id, name)
-            if existing is not None and existing.auth_mode is HttpServiceAuthMode.API_KEY:
-                raise PermissionDenied(
-                    f"service {name!r} is protected with api_key by a user; an agent token "
-                    "cannot replace it (use another name)"
-                )
+            mode = HttpServiceAuthMode.NONE  # the contract: an agent's services are public
+        existing = (await self._store.for_devboxes([devbox_id]))[devbox_id]
+        protected = [
+            s.name
+            for s in existing
+            if s.auth_mode is HttpServiceAuthMode.API_KEY and (s.port == port or s.name == name)
+        ]
+        weakens = protected and mode is not HttpServiceAuthMode.API_KEY
+        if weakens and not permits(principal, Act.WEAKEN_PREVIEW, record):
+            raise PermissionDenied(
+                f"port {port} (or the name {name!r}) is exposed with api_key "
+                f"({', '.join(protected)}); only the devbox's owner, with a user API key, "
+                "may open it without a key"
+            )
         host_port = await self._guests.expose_port(principal, devbox_id, port)
         await self._store.upsert(
             ExposedService(
@@ -86,12 +95,13 @@ class HttpServiceRegistry:
                 created_at=time.time(),
             )
         )
+        await self._store.set_port_mode(devbox_id, port, mode.value)
         return await self._get(devbox_id, name)
 
     async def unexpose(self, principal: Principal, devbox_id: str, name: str) -> None:
         """Forget the service and close its port forward unless another service uses it.
         Raises NotFound, InvalidInput (a name no service can have)."""
-        await self._devboxes.visible(principal, devbox_id)
+        await self._devboxes.visible(principal, devbox_id, Act.EXPOSE)
         check_name(name)  # a name no service can have: say so rather than "not found"
         service = await self._store.get(devbox_id, name)
         if service is None or not await self._store.delete(devbox_id, name):
@@ -122,9 +132,7 @@ class HttpServiceRegistry:
         service = await self._get(devbox_id, name)
         if service.auth_mode is HttpServiceAuthMode.API_KEY:
             principal = await self._identities.authenticate(bearer)
-            if principal.kind is PrincipalKind.AGENT and principal.devbox_id != devbox_id:
-                raise NotFound.of("devbox", devbox_id)
-            await self._devboxes.visible(principal, devbox_id)
+            await self._devboxes.visible(principal, devbox_id, Act.VIEW)
         host_port = await self._guests.preview_port(devbox_id, service.port)
         if host_port != service.host_port:
             await self._store.set_host_port(devbox_id, service.port, host_port)

@@ -36,6 +36,13 @@ class HttpServiceStore:
         )
         return removed > 0
 
+    async def set_port_mode(self, devbox_id: str, port: int, auth_mode: str) -> None:
+        """One auth mode per guest port: every name for it answers alike."""
+        await self.database.execute(
+            "UPDATE http_services SET auth_mode = ? WHERE devbox_id = ? AND port = ?",
+            (auth_mode, devbox_id, port),
+        )
+
     async def set_host_port(self, devbox_id: str, port: int, host_port: int) -> None:
         await self.database.execute(
             "UPDATE http_services SET host_port = ? WHERE devbox_id = ? AND port = ?",

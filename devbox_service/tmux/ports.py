@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple, Protocol
 
 from devbox_service.auth.models import Principal
+from devbox_service.auth.policy import Act
 from devbox_service.backends.base import SSHEndpoint
 from devbox_service.tmux.models import TmuxSession
 
@@ -20,13 +21,11 @@ COMMAND_TIMEOUT = 10.0
 
 
 class DevboxAccess(Protocol):
-    async def guest_endpoint(self, principal: Principal, devbox_id: str) -> SSHEndpoint:
-        """Where to reach the guest of a devbox the principal may use: NotFound when it is
-        not visible to them, Conflict when it is not running."""
-        ...
-
-    async def require_typist(self, principal: Principal, devbox_id: str) -> None:
-        """PermissionDenied unless the principal may send keys to the devbox's panes."""
+    async def guest_endpoint(self, principal: Principal, devbox_id: str, act: Act) -> SSHEndpoint:
+        """Where to reach the guest of a devbox the principal may do `act` to (WATCH to read
+        its panes, TYPE to change them): NotFound when it is not visible to them,
+        PermissionDenied when the policy keeps the act from them, Conflict when it is not
+        running."""
         ...
 
     def on_destroy(self, listener: Callable[[str], Awaitable[None]]) -> None:

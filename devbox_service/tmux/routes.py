@@ -12,7 +12,8 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from devbox_service.auth.guards import USER, CurrentPrincipal, allow
+from devbox_service.auth.guards import CurrentPrincipal, allow, on_devbox
+from devbox_service.auth.policy import Act
 from devbox_service.tmux.models import (
     TmuxDebugInfoResponse,
     TmuxInstallResponse,
@@ -51,7 +52,7 @@ class TmuxController(Controller):
     path = "/api/devboxes/{devbox_id:str}/tmux"
     tags = ["Tmux"]
 
-    @post("/install", guards=[allow(USER)], status_code=200, summary="Tmux Install")
+    @post("/install", guards=[allow(on_devbox(Act.TYPE))], status_code=200, summary="Tmux Install")
     async def install(
         self,
         tmux: NamedDependency[TmuxService],
@@ -60,7 +61,7 @@ class TmuxController(Controller):
     ) -> TmuxInstallResponse:
         return await tmux.install(principal, devbox_id)
 
-    @get("/sessions", guards=[allow(USER)], summary="List Tmux Sessions")
+    @get("/sessions", guards=[allow(on_devbox(Act.WATCH))], summary="List Tmux Sessions")
     async def list_sessions(
         self,
         tmux: NamedDependency[TmuxService],
@@ -71,7 +72,12 @@ class TmuxController(Controller):
         installed, sessions = await tmux.list_sessions(principal, devbox_id, tmux_socket)
         return Response(sessions, headers={"x-tmux-installed": "true" if installed else "false"})
 
-    @post("/sessions", guards=[allow(USER)], status_code=200, summary="Tmux New Session")
+    @post(
+        "/sessions",
+        guards=[allow(on_devbox(Act.TYPE))],
+        status_code=200,
+        summary="Tmux New Session",
+    )
     async def new_session(
         self,
         tmux: NamedDependency[TmuxService],
@@ -81,7 +87,11 @@ class TmuxController(Controller):
     ) -> TmuxNewSessionResponse:
         return await tmux.new_session(principal, devbox_id, data.name, data.socket)
 
-    @patch("/sessions/{target:str}/rename", guards=[allow(USER)], summary="Tmux Rename Session")
+    @patch(
+        "/sessions/{target:str}/rename",
+        guards=[allow(on_devbox(Act.TYPE))],
+        summary="Tmux Rename Session",
+    )
     async def rename_session(
         self,
         tmux: NamedDependency[TmuxService],
@@ -93,7 +103,10 @@ class TmuxController(Controller):
         return await tmux.rename_session(principal, devbox_id, target, data.new_name, data.socket)
 
     @delete(
-        "/sessions/{target:str}", guards=[allow(USER)], status_code=200, summary="Tmux Kill Session"
+        "/sessions/{target:str}",
+        guards=[allow(on_devbox(Act.TYPE))],
+        status_code=200,
+        summary="Tmux Kill Session",
     )
     async def kill_session(
         self,
@@ -105,7 +118,9 @@ class TmuxController(Controller):
     ) -> TmuxKillResponse:
         return await tmux.kill_session(principal, devbox_id, target, tmux_socket)
 
-    @post("/send-keys", guards=[allow(USER)], status_code=200, summary="Tmux Send Keys")
+    @post(
+        "/send-keys", guards=[allow(on_devbox(Act.TYPE))], status_code=200, summary="Tmux Send Keys"
+    )
     async def send_keys(
         self,
         tmux: NamedDependency[TmuxService],
@@ -115,7 +130,11 @@ class TmuxController(Controller):
     ) -> TmuxSendKeysResponse:
         return await tmux.send_keys(principal, devbox_id, data)
 
-    @get("/panes/{pane_id:str}/snapshot", guards=[allow(USER)], summary="Tmux Snapshot")
+    @get(
+        "/panes/{pane_id:str}/snapshot",
+        guards=[allow(on_devbox(Act.WATCH))],
+        summary="Tmux Snapshot",
+    )
     async def snapshot(
         self,
         tmux: NamedDependency[TmuxService],
@@ -130,7 +149,12 @@ class TmuxController(Controller):
             principal, devbox_id, pane_id, lines=lines, ansi=ansi, socket=tmux_socket
         )
 
-    @post("/panes/{pane_id:str}/wait", guards=[allow(USER)], status_code=200, summary="Tmux Wait")
+    @post(
+        "/panes/{pane_id:str}/wait",
+        guards=[allow(on_devbox(Act.WATCH))],
+        status_code=200,
+        summary="Tmux Wait",
+    )
     async def wait(
         self,
         tmux: NamedDependency[TmuxService],
@@ -141,7 +165,11 @@ class TmuxController(Controller):
     ) -> TmuxWaitResponse:
         return await tmux.wait(principal, devbox_id, pane_id, data)
 
-    @get("/panes/{pane_id:str}/stream", guards=[allow(USER)], summary="Tmux Stream Pane")
+    @get(
+        "/panes/{pane_id:str}/stream",
+        guards=[allow(on_devbox(Act.WATCH))],
+        summary="Tmux Stream Pane",
+    )
     async def stream(
         self,
         tmux: NamedDependency[TmuxService],
@@ -164,7 +192,7 @@ class TmuxController(Controller):
         )
         return ServerSentEvent(_sse(events))
 
-    @get("/debug", guards=[allow(USER)], summary="Tmux Debug Info")
+    @get("/debug", guards=[allow(on_devbox(Act.WATCH))], summary="Tmux Debug Info")
     async def debug(
         self,
         tmux: NamedDependency[TmuxService],

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 
 from devbox_service.auth.models import Principal
+from devbox_service.auth.policy import Act
 from devbox_service.backends.base import SSHEndpoint
 from devbox_service.errors import Failed
 from devbox_service.tmux import models
@@ -51,9 +52,10 @@ class TmuxService:
 
     # plumbing
 
-    async def _guest(self, principal: Principal, devbox_id: str) -> TmuxGuest:
-        """The devbox's adapter, after the access check; a new one when the guest moved."""
-        endpoint = await self._access.guest_endpoint(principal, devbox_id)
+    async def _guest(self, principal: Principal, devbox_id: str, act: Act) -> TmuxGuest:
+        """The devbox's adapter, once the policy allows `act` (WATCH reads, TYPE changes);
+        a new adapter when the guest moved."""
+        endpoint = await self._access.guest_endpoint(principal, devbox_id, act)
         known = self._guests.get(devbox_id)
         if known is not None and known[0] == endpoint:
             return known[1]
@@ -87,7 +89,7 @@ class TmuxService:
     # sessions
 
     async def install(self, principal: Principal, devbox_id: str) -> models.TmuxInstallResponse:
-        guest = await self._guest(principal, devbox_id)
+        guest = await self._guest(principal, devbox_id, Act.TYPE)
         result = await guest.exec(INSTALL_SCRIPT, timeout=600)
         if result.status != 0:
             raise Failed(f"installing tmux failed: {result.stderr.strip()[-500:]}")
@@ -100,7 +102,7 @@ class TmuxService:
         self, principal: Principal, devbox_id: str, socket: str | None
     ) -> tuple[bool, models.TmuxSessionsList]:
         """(tmux installed?, sessions); no tmux or no server is an empty list."""
-        guest = await self._guest(principal, devbox_id)
+        guest = await self._guest(principal, devbox_id, Act.WATCH)
         if not await self._ensure_installed(devbox_id, guest):
             return False, models.TmuxSessionsList(data=[])
         return True, models.TmuxSessionsList(data=await guest.list_sessions(socket))
@@ -111,7 +113,7 @@ class TmuxService:
         if not installed or not sessions.data:
             return []
         names = {s.id: s.name for s in sessions.data}
-        guest = await self._guest(principal, devbox_id)
+        guest = await self._guest(principal, devbox_id, Act.WATCH)
         fields = "#{session_id} #{pane_id} #{window_index} #{pane_index} #{pane_current_command}"
         (lines,) = await guest.run(None, [f"list-panes -a -F '{fields}'"])
         panes = []
@@ -132,14 +134,14 @@ class TmuxService:
     async def new_session(
         self, principal: Principal, devbox_id: str, name: str, socket: str | None
     ) -> models.TmuxNewSessionResponse:
-        guest = await self._guest(principal, devbox_id)
+        guest = await self._guest(principal, devbox_id, Act.TYPE)
         session = await guest.new_session(socket, name)
         return models.TmuxNewSessionResponse(session=session, message=f"created session {name}")
 
     async def rename_session(
         self, principal: Principal, devbox_id: str, target: str, new_name: str, socket: str | None
     ) -> models.TmuxNewSessionResponse:
-        guest = await self._guest(principal, devbox_id)
+        guest = await self._guest(principal, devbox_id, Act.TYPE)
         session = await guest.rename_session(socket, target, new_name)
         return models.TmuxNewSessionResponse(
             session=session, message=f"renamed {target} to {new_name}"
@@ -148,11 +150,11 @@ class TmuxService:
     async def kill_session(
         self, principal: Principal, devbox_id: str, target: str, socket: str | None
     ) -> models.TmuxKillResponse:
-        guest = await self._guest(principal, devbox_id)
+        guest = await self._guest(principal, devbox_id, Act.TYPE)
         return models.TmuxKillResponse(killed=await guest.kill_session(socket, target))
 
     async def debug(self, principal: Principal, devbox_id: str) -> models.TmuxDebugInfoResponse:
-        guest = await self._guest(principal, devbox_id)
+        guest = await self._guest(principal, devbox_id, Act.WATCH)
         lines = (await guest.exec(DEBUG_SCRIPT, timeout=20)).stdout.split("\n")
         lines += [""] * (4 - len(lines))
         installed, sessions = await self.list_sessions(principal, devbox_id, None)
@@ -174,8 +176,7 @@ class TmuxService:
         """Type text and press keys; every Enter is its own key, checked to have reached the
         pane (its screen or cursor changed) and pressed again if not, until `timeout_ms`."""
         keys = plan(request)
-        await self._access.require_typist(principal, devbox_id)
-        guest = await self._guest(principal, devbox_id)
+        guest = await self._guest(principal, devbox_id, Act.TYPE)
         if request.pane_id is not None:
             pane = Pane.by_id(guest, request.socket, request.pane_id)
         else:
@@ -189,7 +190,7 @@ class TmuxService:
     async def _pane(
         self, principal: Principal, devbox_id: str, pane_id: str, socket: str | None
     ) -> Pane:
-        return await Pane.named(await self._guest(principal, devbox_id), socket, pane_id)
+        return await Pane.named(await self._guest(principal, devbox_id, Act.WATCH), socket, pane_id)
 
     async def snapshot(
         self,

@@ -11,6 +11,7 @@ import msgspec
 
 from devbox_service.auth.agent_tokens import AgentTokenInfo, AgentTokenService
 from devbox_service.auth.models import Principal
+from devbox_service.auth.policy import Act, permits
 from devbox_service.auth.service import IdentityService
 from devbox_service.devboxes.checkpoints import CheckpointService
 from devbox_service.devboxes.guests import GuestAccess
@@ -60,17 +61,6 @@ class Terminals(msgspec.Struct, frozen=True, kw_only=True):
     note: str | None
 
 
-class DevboxPage(msgspec.Struct, frozen=True, kw_only=True):
-    row: DevboxRow
-    timeline: list[TimelineEvent]
-    snapshots: list[SnapshotResponse]
-    agent_tokens: list[AgentTokenInfo] | None  # None: only the owner manages them
-    terminals: Terminals
-    screens: dict[str, str]  # the first panes' text, shown before their streams connect
-    may_type: bool
-    may_delete: bool
-
-
 class PageAction(enum.StrEnum):
     """The buttons of a devbox page; each calls the service method its API route calls."""
 
@@ -80,6 +70,28 @@ class PageAction(enum.StrEnum):
     SAVE = "save"
     BRANCH = "branch"
     DELETE = "delete"
+
+
+class DevboxPage(msgspec.Struct, frozen=True, kw_only=True):
+    row: DevboxRow
+    timeline: list[TimelineEvent]
+    snapshots: list[SnapshotResponse]
+    agent_tokens: list[AgentTokenInfo] | None  # None: only the owner manages them
+    terminals: Terminals
+    screens: dict[str, str]  # the first panes' text, shown before their streams connect
+    may_type: bool
+    actions: list[PageAction]  # the buttons the policy lets this caller press
+
+
+ACT_OF = {
+    PageAction.PAUSE: Act.OPERATE,
+    PageAction.RESUME: Act.OPERATE,
+    PageAction.REBOOT: Act.OPERATE,
+    PageAction.SAVE: Act.SAVE,
+    PageAction.BRANCH: Act.BRANCH,
+    PageAction.DELETE: Act.DELETE,
+}
+"""What each button does in the policy's terms (the service asks the policy again)."""
 
 
 class Dashboard:
@@ -112,7 +124,7 @@ class Dashboard:
         return await self._rows(principal, records)
 
     async def record(self, principal: Principal, devbox_id: str) -> DevboxRecord:
-        return await self._devboxes.visible(principal, devbox_id)
+        return await self._devboxes.visible(principal, devbox_id, Act.VIEW)
 
     async def act(self, principal: Principal, devbox_id: str, action: PageAction) -> None:
         match action:
@@ -167,7 +179,7 @@ class Dashboard:
             seen = await changes.wait(seen, WATCH_RECHECK_SECONDS)
 
     async def devbox(self, principal: Principal, devbox_id: str) -> DevboxPage:
-        record = await self._devboxes.visible(principal, devbox_id)
+        record = await self._devboxes.visible(principal, devbox_id, Act.VIEW)
         (row,) = await self._rows(principal, [record])
         view = await self._views.detail(record)
         snapshots = [
@@ -190,8 +202,8 @@ class Dashboard:
             agent_tokens=agent_tokens,
             terminals=terminals,
             screens=screens,
-            may_type=await self._guests.may_type(principal, devbox_id),
-            may_delete=row.mine or principal.role.manages_org,
+            may_type=permits(principal, Act.TYPE, record),
+            actions=[a for a in PageAction if permits(principal, ACT_OF[a], record)],
         )
 
     async def _terminals(self, principal: Principal, record: DevboxRecord) -> Terminals:
@@ -213,8 +225,7 @@ class Dashboard:
     ) -> tuple[bool, AsyncIterator[Terminals]]:
         """Whether the caller may type into this devbox's terminals (NotFound at once for a
         devbox they do not see), and its terminals whenever they change."""
-        await self._devboxes.visible(principal, devbox_id)
-        may_type = await self._guests.may_type(principal, devbox_id)
+        may_type = await self._guests.may_type(principal, devbox_id)  # NotFound first
         return may_type, self._terminal_changes(principal, devbox_id)
 
     async def _terminal_changes(
@@ -227,7 +238,7 @@ class Dashboard:
         while True:
             seen = changes.version
             try:
-                record = await self._devboxes.visible(principal, devbox_id)
+                record = await self._devboxes.visible(principal, devbox_id, Act.WATCH)
             except NotFound:
                 return
             terminals = await self._terminals(principal, record)

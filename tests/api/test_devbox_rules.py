@@ -150,18 +150,23 @@ async def test_snapshots_belong_to_their_org(fake_api: Api) -> None:
     )
     assert not_theirs.status_code == 403
 
-    booted = await fake_api.client.post(
+    seen = await fake_api.client.get(f"/api/snapshots/{snapshot_id}", headers=fake_api.auth(member))
+    assert seen.status_code == 200  # a member sees the org's snapshots...
+    members_boot = await fake_api.client.post(
         "/api/devboxes", params={"snapshot_id": snapshot_id}, headers=fake_api.auth(member)
     )
+    assert members_boot.status_code == 403  # ...but does not boot the owner's memory
+    assert "owner" in members_boot.json()["detail"]
+
+    owner = fake_api.auth(fake_api.admin_key)
+    booted = await fake_api.client.post(
+        "/api/devboxes", params={"snapshot_id": snapshot_id}, headers=owner
+    )
     assert booted.status_code == 200 and booted.json()["refs"]["snapshot_id"] == snapshot_id
-    await wait_status(fake_api, member, booted.json()["id"])
-    deleted = await fake_api.client.delete(
-        f"/api/snapshots/{snapshot_id}", headers=fake_api.auth(fake_api.admin_key)
-    )
+    await wait_status(fake_api, fake_api.admin_key, booted.json()["id"])
+    deleted = await fake_api.client.delete(f"/api/snapshots/{snapshot_id}", headers=owner)
     assert deleted.status_code == 200
-    still = await fake_api.client.get(
-        f"/api/devboxes/{booted.json()['id']}", headers=fake_api.auth(member)
-    )
+    still = await fake_api.client.get(f"/api/devboxes/{booted.json()['id']}", headers=owner)
     assert still.json()["status"] == "ready"
 
 

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import pytest
 
 from devbox_service.auth.models import Principal, PrincipalKind, Role
+from devbox_service.auth.policy import Act
 from devbox_service.backends.base import SSHEndpoint
 from devbox_service.errors import Conflict, NotFound, Timeout
 from devbox_service.tmux.models import TmuxSendKeysRequest, TmuxSession, TmuxTarget, TmuxWaitRequest
@@ -32,13 +33,10 @@ class FakeAccess:
         self.endpoints = {"dbx_1": endpoint(2201)}
         self.listeners: list[Callable[[str], Awaitable[None]]] = []
 
-    async def guest_endpoint(self, principal: Principal, devbox_id: str) -> SSHEndpoint:
+    async def guest_endpoint(self, principal: Principal, devbox_id: str, act: Act) -> SSHEndpoint:
         if devbox_id not in self.endpoints:
             raise NotFound.of("devbox", devbox_id)
         return self.endpoints[devbox_id]
-
-    async def require_typist(self, principal: Principal, devbox_id: str) -> None:
-        await self.guest_endpoint(principal, devbox_id)
 
     def on_destroy(self, listener: Callable[[str], Awaitable[None]]) -> None:
         self.listeners.append(listener)
