@@ -13,12 +13,11 @@ import re
 import time
 from collections.abc import AsyncIterator
 
-import regex
-
-from devbox_service.errors import InvalidSpec, NotFound, Timeout, Unreachable
+from devbox_service.errors import NotFound, Timeout, Unreachable
 from devbox_service.tmux.control import quote
 from devbox_service.tmux.keys import ENTER_KEYS, KeysPlan, key_command, text_commands
 from devbox_service.tmux.models import TmuxPaneEvent, TmuxWaitRequest, TmuxWaitResponse
+from devbox_service.tmux.patterns import compile_pattern, search
 from devbox_service.tmux.ports import TmuxGuest
 
 ENTER_FIRST_WINDOW = 0.3  # seconds to see a pane react to Enter before pressing it again
@@ -28,28 +27,6 @@ STREAM_FALLBACK_POLL = 1.0  # with a watcher attached
 STREAM_POLL = 0.25  # without one
 PANE_ID = re.compile(r"^%?(\d+)$")
 MAX_TARGET = 256  # characters of a tmux target (`session:window.pane`) in a route
-MATCH_TIMEOUT = 0.05
-"""Seconds of CPU one match of a caller's pattern against a screen may take."""
-
-
-def compile_pattern(text: str) -> regex.Pattern[str]:
-    return regex.compile(text, regex.MULTILINE)
-
-
-async def search(pattern: regex.Pattern[str], content: str) -> regex.Match[str] | None:
-    """A caller's pattern runs in a worker thread with a time bound, so a pattern that
-    backtracks without end (`(a|aa)+$`) stalls no one; it is refused with 422."""
-    try:
-        return await asyncio.to_thread(
-            pattern.search, content, timeout=MATCH_TIMEOUT, concurrent=True
-        )
-    except TimeoutError:
-        raise InvalidSpec(
-            f"`pattern` took over {MATCH_TIMEOUT * 1000:.0f} ms to match the screen: simplify "
-            "it (nested repetition such as (a|aa)+ is the usual cause)",
-            loc=["body", "pattern"],
-        ) from None
-
 
 STATE_COMMANDS = (
     "capture-pane -p -t {pane}",
@@ -157,7 +134,7 @@ class Pane:
     async def wait(self, request: TmuxWaitRequest) -> TmuxWaitResponse:
         """Poll the screen until the pattern shows or it has been still for `idle_ms`;
         Timeout (408) when neither happens within `timeout_ms`."""
-        pattern = compile_pattern(request.pattern) if request.pattern else None
+        pattern = await compile_pattern(request.pattern) if request.pattern else None
         start = last_change = time.monotonic()
         last: str | None = None
         while True:
