@@ -26,6 +26,10 @@ WAIT_POLL_INTERVAL = 0.05
 STREAM_FALLBACK_POLL = 1.0  # with a watcher attached
 STREAM_POLL = 0.25  # without one
 PANE_ID = re.compile(r"^%?(\d+)$")
+GUEST_PANE_ID = re.compile(r"%\d{1,9}")
+"""A pane id as tmux prints it; a guest's answer is checked against it before any use (it
+ends up in dashboard URLs and tmux commands)."""
+GUEST_SESSION_ID = re.compile(r"\$\d{1,9}")
 MAX_TARGET = 256  # characters of a tmux target (`session:window.pane`) in a route
 
 STATE_COMMANDS = (
@@ -63,7 +67,7 @@ class Pane:
         """The pane a tmux target (`session[:window[.pane]]`) names now; NotFound if none."""
         command = f"display-message -p -t {quote(target)} '#{{pane_id}}'"
         (lines,) = await guest.run(socket, [command])
-        if not lines or not lines[0].startswith("%"):
+        if not lines or not GUEST_PANE_ID.fullmatch(lines[0]):
             raise NotFound.of("tmux pane", target)
         return cls(guest, socket, lines[0])
 
@@ -88,7 +92,7 @@ class Pane:
 
     async def session_id(self) -> str:
         (lines,) = await self._run([f"display-message -p -t {self.id} '#{{session_id}}'"])
-        if not lines:
+        if not lines or not GUEST_SESSION_ID.fullmatch(lines[0]):
             raise NotFound.of("tmux pane", self.id)
         return lines[0]
 
