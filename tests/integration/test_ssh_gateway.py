@@ -16,6 +16,7 @@ import socket
 import subprocess
 import threading
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -561,3 +562,29 @@ async def test_guest_connections_ignore_the_operators_ssh_config(
         assert result.stdout == "reached\n"
     finally:
         await connections.close()
+
+
+async def test_exec_keeps_at_most_its_cap_of_output_read_as_it_comes(gw_sshd: SSHEndpoint) -> None:
+    """A command (or a hostile guest) prints 16 MiB on stdout and on stderr: the service
+    keeps the first 256 KiB of each and says it cut them, without ever holding the rest, and
+    another command on the same guest answers while the flood is read."""
+    limit, flood = 256 * 1024, 16 * 1024 * 1024
+    command = (
+        f"head -c {flood} /dev/zero | tr '\\0' o; head -c {flood} /dev/zero | tr '\\0' e >&2; "
+        "exit 3"
+    )
+    connections = GuestConnections()
+    tracemalloc.start()
+    try:
+        flooding = asyncio.create_task(connections.execute(gw_sshd, command, 120, limit))
+        other = await connections.execute(gw_sshd, "echo still", 30, limit)
+        assert not flooding.done(), "the other command answered while the flood was read"
+        status, out, err, truncated = await flooding
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        await connections.close()
+    assert other == (0, "still\n", "", False)
+    assert (status, truncated) == (3, True)
+    assert out == "o" * limit and err == "e" * limit
+    assert peak < 8 * 1024 * 1024, f"{peak / 2**20:.0f} MiB held reading the flood"
