@@ -142,6 +142,7 @@ class Services:
             sizes,
             self.disk_resizes,
             image_disk_mb=self.settings.vm_disk_mb,
+            exec_output_max_bytes=self.settings.exec_output_max_bytes,
         )
         self.uploads = UploadService(self.guest_access, self.settings.upload_max_bytes)
         self.standby = StandbyPolicy(core, self.settings.standby_after_seconds)

@@ -49,6 +49,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 1024 * 1024
     upload_max_bytes: Annotated[int, Meta(ge=1024)] = 100 * 1024 * 1024
+    exec_output_max_bytes: Annotated[int, Meta(ge=1024)] = 1024 * 1024
     vm_backend: Literal["qemu", "none"] = "qemu"
     vm_machine: Literal["microvm", "pc"] = "microvm"
     vm_accel: Literal["auto", "kvm", "tcg"] = "auto"

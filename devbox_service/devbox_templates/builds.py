@@ -47,6 +47,10 @@ REDACTED = "[redacted]"
 SECRETS_ENV_FILE = "/root/.devbox/secrets.env"
 SECRETS_PROFILE = "/etc/profile.d/devbox-secrets.sh"
 FAILURE_TAIL_LINES = 20
+TAIL_LINE_CHARS = 500  # of each of those lines
+STEP_OUTPUT_MAX_CHARS = 1024 * 1024
+"""Output one step stores as events; the rest is dropped (a note says so), so a step that
+prints without end fills neither the database nor a follower's page."""
 
 
 class GuestShell(Protocol):
@@ -177,18 +181,30 @@ class StepRunner:
         prefix = env_exports(self.env) if with_env else ""
         command = f"cd /root && {prefix}exec bash -l -c {shlex.quote(script)}"
         tail: list[str] = []
+        stored = 0
+
+        async def store(shown: str) -> None:
+            nonlocal stored
+            tail.extend(
+                line[-TAIL_LINE_CHARS:] for line in shown.splitlines()[-FAILURE_TAIL_LINES:]
+            )
+            del tail[:-FAILURE_TAIL_LINES]
+            room = STEP_OUTPUT_MAX_CHARS - stored
+            if room <= 0:
+                return
+            stored += len(shown)
+            if len(shown) > room:
+                note = f"\n[output over {STEP_OUTPUT_MAX_CHARS} characters: the rest is not kept]\n"
+                shown = shown[:room] + note
+            await self.events.emit(self.run.id, OutputEvent(index=index, content=shown))
 
         async def output(chunk: str) -> None:
-            shown = self.redactor.feed(chunk)
-            if shown:
-                tail.extend(shown.splitlines())
-                del tail[:-FAILURE_TAIL_LINES]
-                await self.events.emit(self.run.id, OutputEvent(index=index, content=shown))
+            if shown := self.redactor.feed(chunk):
+                await store(shown)
 
         status = await self.shell.stream(endpoint, command, output)
         if rest := self.redactor.flush():
-            tail.extend(rest.splitlines())
-            await self.events.emit(self.run.id, OutputEvent(index=index, content=rest))
+            await store(rest)
         if status != 0:
             last = "\n".join(tail[-FAILURE_TAIL_LINES:])
             how = "was killed" if status < 0 else f"exited with status {status}"

@@ -5,6 +5,7 @@ auth guard, as for every action route, so nothing here notes it again."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import shlex
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,7 +15,10 @@ from devbox_service.backends.base import SSHEndpoint
 from devbox_service.errors import InvalidInput, PayloadTooLarge
 from devbox_service.instances.schemas import MAX_COMMAND_BYTES, ExecResponse
 
+log = logging.getLogger(__name__)
+
 EXEC_TIMEOUT = 3600.0
+DEFAULT_OUTPUT_MAX_BYTES = 1024 * 1024
 ExecKey = tuple[str, str, str]  # user, instance, Idempotency-Key
 IDEMPOTENCY_SECONDS = 600.0
 
@@ -23,8 +27,10 @@ class GuestCommands(Protocol):
     """Commands in a guest (the SSH adapter in ssh/guest.py)."""
 
     async def execute(
-        self, endpoint: SSHEndpoint, command: str, timeout: float
-    ) -> tuple[int, str, str]: ...
+        self, endpoint: SSHEndpoint, command: str, timeout: float, max_bytes: int
+    ) -> tuple[int, str, str, bool]:
+        """(status, stdout, stderr, truncated): at most `max_bytes` of each stream kept."""
+        ...
 
     async def execute_streaming(
         self,
@@ -52,9 +58,15 @@ def shell_command(argv: list[str]) -> str:
 
 
 class InstanceExec:
-    def __init__(self, guests: GuestEndpoints, commands: GuestCommands) -> None:
+    def __init__(
+        self,
+        guests: GuestEndpoints,
+        commands: GuestCommands,
+        output_max_bytes: int = DEFAULT_OUTPUT_MAX_BYTES,
+    ) -> None:
         self._guests = guests
         self._commands = commands
+        self._output_max_bytes = output_max_bytes
         self._results: dict[ExecKey, tuple[float, asyncio.Task[ExecResponse]]] = {}
 
     async def run(
@@ -85,8 +97,15 @@ class InstanceExec:
         return await self._guests.ready_target(instance_id, woken_by="SSH")
 
     async def _run(self, endpoint: SSHEndpoint, command: str) -> ExecResponse:
-        status, stdout, stderr = await self._commands.execute(endpoint, command, EXEC_TIMEOUT)
-        return ExecResponse(exit_code=status, stdout=stdout, stderr=stderr)
+        """The answer keeps at most `output_max_bytes` of each stream (the whole answer is
+        held until it is sent): `truncated` says so, a field the Morph SDK ignores."""
+        limit = self._output_max_bytes
+        status, stdout, stderr, truncated = await self._commands.execute(
+            endpoint, command, EXEC_TIMEOUT, limit
+        )
+        if truncated:
+            log.warning("exec output over %d bytes kept its first %d", limit, limit)
+        return ExecResponse(exit_code=status, stdout=stdout, stderr=stderr, truncated=truncated)
 
     async def _stream(
         self, endpoint: SSHEndpoint, command: str

@@ -87,10 +87,12 @@ class ExecRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     command: Annotated[list[str], Meta(min_length=1)]
 
 
-class ExecResponse(msgspec.Struct, frozen=True, kw_only=True):
+class ExecResponse(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     exit_code: int
     stdout: str
     stderr: str
+    truncated: bool = False
+    """Sent only when true: stdout or stderr was cut at the service's limit."""
 
 
 class MorphImage(msgspec.Struct, frozen=True, kw_only=True):

@@ -20,7 +20,12 @@ from devbox_service.devboxes.models import DevboxRecord
 from devbox_service.devboxes.service import DevboxService
 from devbox_service.devboxes.sizes import SizeLimits, requested_spec
 from devbox_service.errors import InvalidInput, NotFound
-from devbox_service.instances.exec import GuestCommands, InstanceExec, shell_command
+from devbox_service.instances.exec import (
+    DEFAULT_OUTPUT_MAX_BYTES,
+    GuestCommands,
+    InstanceExec,
+    shell_command,
+)
 from devbox_service.instances.schemas import (
     BootSnapshotRequest,
     CreateSnapshotRequest,
@@ -85,6 +90,7 @@ class InstanceService:
         sizes: SizeLimits,
         disk_resizes: DiskResizes,
         image_disk_mb: int,
+        exec_output_max_bytes: int = DEFAULT_OUTPUT_MAX_BYTES,
     ) -> None:
         self._devboxes = devboxes
         self._checkpoints = checkpoints
@@ -93,7 +99,7 @@ class InstanceService:
         booting snapshots compose more, so they are here."""
         self._previews = previews
         self._guests = guests
-        self._exec = InstanceExec(guests, commands)
+        self._exec = InstanceExec(guests, commands, exec_output_max_bytes)
         self._sizes = sizes
         self._disk_resizes = disk_resizes
         self._image_disk_mb = image_disk_mb

@@ -141,7 +141,7 @@ class SSHGateway:
                     line_editor=False,
                     agent_forwarding=False,
                     x11_forwarding=False,
-                    login_timeout=self.auth_timeout + self.throttle.max_delay + 30.0,
+                    login_timeout=self.auth_timeout + 2 * self.throttle.max_delay + 30.0,
                     keepalive_interval=30.0,
                 )
             except OSError as exc:

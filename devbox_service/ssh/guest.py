@@ -19,6 +19,7 @@ from devbox_service.errors import Failed, Unreachable
 T = TypeVar("T")
 
 CONNECT_TIMEOUT = 20.0
+READ_CHUNK = 64 * 1024
 
 
 class GuestCommandFailed(Failed):
@@ -34,6 +35,27 @@ class GuestCommandFailed(Failed):
         self.command = command
         self.exit_status = exit_status
         self.stderr = stderr
+
+
+class _Capped:
+    """The first `limit` bytes of a stream, and how many more were read and dropped."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.kept = 0
+        self.dropped = 0
+
+    async def drain(self, stream: asyncssh.SSHReader[bytes]) -> None:
+        while chunk := await stream.read(READ_CHUNK):
+            room = self.limit - self.kept
+            if room > 0:
+                self.chunks.append(chunk[:room])
+                self.kept += min(room, len(chunk))
+            self.dropped += max(0, len(chunk) - max(room, 0))
+
+    def text(self) -> str:
+        return b"".join(self.chunks).decode("utf-8", errors="replace")
 
 
 class GuestConnections:
@@ -128,18 +150,35 @@ class GuestConnections:
             raise Unreachable(f"cannot reach the guest at {endpoint.host}: {exc}") from exc
 
     async def execute(
-        self, endpoint: SSHEndpoint, command: str, timeout: float
-    ) -> tuple[int, str, str]:
-        """(exit status, stdout, stderr) of a command without a terminal; -1 when a signal
-        or the timeout ended it. A guest that cannot be reached is `Unreachable`."""
+        self, endpoint: SSHEndpoint, command: str, timeout: float, max_bytes: int
+    ) -> tuple[int, str, str, bool]:
+        """(exit status, stdout, stderr, truncated) of a command without a terminal; -1 when
+        a signal or the timeout ended it. Each stream is read as it comes and only its first
+        `max_bytes` are kept (the rest is read and dropped, so the command still finishes);
+        `truncated` says some were dropped. A guest that cannot be reached is `Unreachable`."""
+
+        async def run(connection: asyncssh.SSHClientConnection) -> tuple[int, str, str, bool]:
+            kept = {"stdout": _Capped(max_bytes), "stderr": _Capped(max_bytes)}
+            status = -1
+            async with connection.create_process(command, encoding=None) as process:
+                try:
+                    async with asyncio.timeout(timeout):
+                        await asyncio.gather(
+                            kept["stdout"].drain(process.stdout),
+                            kept["stderr"].drain(process.stderr),
+                        )
+                        completed = await process.wait()
+                    if completed.exit_status is not None:
+                        status = int(completed.exit_status)
+                except TimeoutError:
+                    process.close()
+            out, err = kept["stdout"], kept["stderr"]
+            return status, out.text(), err.text(), out.dropped > 0 or err.dropped > 0
+
         try:
-            result = await self.run(endpoint, command, timeout=timeout, check=False)
-        except asyncssh.TimeoutError as exc:
-            return -1, str(exc.stdout or ""), str(exc.stderr or "")
+            return await self._with_connection(endpoint, run)
         except (asyncssh.Error, OSError) as exc:
             raise Unreachable(f"cannot reach the guest at {endpoint.host}: {exc}") from exc
-        status = -1 if result.exit_status is None else int(result.exit_status)
-        return status, str(result.stdout or ""), str(result.stderr or "")
 
     async def execute_streaming(
         self,

@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-import regex
 from msgspec import Meta
+
+from devbox_service.tmux.patterns import MAX_CHARS, check_bounds
 
 MAX_KEYS_BYTES = 64 * 1024
 
@@ -128,7 +129,7 @@ class TmuxDebugInfoResponse(msgspec.Struct, frozen=True, kw_only=True):
 class TmuxWaitRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Wait until the pane's screen matches `pattern` or stays unchanged for `idle_ms`."""
 
-    pattern: Annotated[str, Meta(min_length=1, max_length=4096)] | None = None
+    pattern: Annotated[str, Meta(min_length=1, max_length=MAX_CHARS)] | None = None
     idle_ms: Annotated[int, Meta(ge=1, le=600_000)] | None = None
     timeout_ms: Annotated[int, Meta(ge=1, le=600_000)] = 30_000
     socket: Socket | None = None
@@ -137,10 +138,9 @@ class TmuxWaitRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         if self.pattern is None and self.idle_ms is None:
             raise ValueError("give `pattern` or `idle_ms` (or both)")
         if self.pattern is not None:
-            try:
-                regex.compile(self.pattern)
-            except regex.error as exc:
-                raise ValueError(f"`pattern` is not a valid regular expression: {exc}") from exc
+            check_bounds(
+                self.pattern
+            )  # cheap, from the text; compiling is the wait's, off the loop
 
 
 class TmuxWaitResponse(msgspec.Struct, frozen=True, kw_only=True):

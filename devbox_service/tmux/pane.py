@@ -13,12 +13,11 @@ import re
 import time
 from collections.abc import AsyncIterator
 
-import regex
-
-from devbox_service.errors import InvalidSpec, NotFound, Timeout, Unreachable
+from devbox_service.errors import NotFound, Timeout, Unreachable
 from devbox_service.tmux.control import quote
 from devbox_service.tmux.keys import ENTER_KEYS, KeysPlan, key_command, text_commands
 from devbox_service.tmux.models import TmuxPaneEvent, TmuxWaitRequest, TmuxWaitResponse
+from devbox_service.tmux.patterns import compile_pattern, search
 from devbox_service.tmux.ports import TmuxGuest
 
 ENTER_FIRST_WINDOW = 0.3  # seconds to see a pane react to Enter before pressing it again
@@ -27,29 +26,11 @@ WAIT_POLL_INTERVAL = 0.05
 STREAM_FALLBACK_POLL = 1.0  # with a watcher attached
 STREAM_POLL = 0.25  # without one
 PANE_ID = re.compile(r"^%?(\d+)$")
+GUEST_PANE_ID = re.compile(r"%\d{1,9}")
+"""A pane id as tmux prints it; a guest's answer is checked against it before any use (it
+ends up in dashboard URLs and tmux commands)."""
+GUEST_SESSION_ID = re.compile(r"\$\d{1,9}")
 MAX_TARGET = 256  # characters of a tmux target (`session:window.pane`) in a route
-MATCH_TIMEOUT = 0.05
-"""Seconds of CPU one match of a caller's pattern against a screen may take."""
-
-
-def compile_pattern(text: str) -> regex.Pattern[str]:
-    return regex.compile(text, regex.MULTILINE)
-
-
-async def search(pattern: regex.Pattern[str], content: str) -> regex.Match[str] | None:
-    """A caller's pattern runs in a worker thread with a time bound, so a pattern that
-    backtracks without end (`(a|aa)+$`) stalls no one; it is refused with 422."""
-    try:
-        return await asyncio.to_thread(
-            pattern.search, content, timeout=MATCH_TIMEOUT, concurrent=True
-        )
-    except TimeoutError:
-        raise InvalidSpec(
-            f"`pattern` took over {MATCH_TIMEOUT * 1000:.0f} ms to match the screen: simplify "
-            "it (nested repetition such as (a|aa)+ is the usual cause)",
-            loc=["body", "pattern"],
-        ) from None
-
 
 STATE_COMMANDS = (
     "capture-pane -p -t {pane}",
@@ -86,7 +67,7 @@ class Pane:
         """The pane a tmux target (`session[:window[.pane]]`) names now; NotFound if none."""
         command = f"display-message -p -t {quote(target)} '#{{pane_id}}'"
         (lines,) = await guest.run(socket, [command])
-        if not lines or not lines[0].startswith("%"):
+        if not lines or not GUEST_PANE_ID.fullmatch(lines[0]):
             raise NotFound.of("tmux pane", target)
         return cls(guest, socket, lines[0])
 
@@ -111,7 +92,7 @@ class Pane:
 
     async def session_id(self) -> str:
         (lines,) = await self._run([f"display-message -p -t {self.id} '#{{session_id}}'"])
-        if not lines:
+        if not lines or not GUEST_SESSION_ID.fullmatch(lines[0]):
             raise NotFound.of("tmux pane", self.id)
         return lines[0]
 
@@ -157,7 +138,7 @@ class Pane:
     async def wait(self, request: TmuxWaitRequest) -> TmuxWaitResponse:
         """Poll the screen until the pattern shows or it has been still for `idle_ms`;
         Timeout (408) when neither happens within `timeout_ms`."""
-        pattern = compile_pattern(request.pattern) if request.pattern else None
+        pattern = await compile_pattern(request.pattern) if request.pattern else None
         start = last_change = time.monotonic()
         last: str | None = None
         while True:

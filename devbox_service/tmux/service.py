@@ -18,7 +18,7 @@ from devbox_service.backends.base import SSHEndpoint
 from devbox_service.errors import Failed
 from devbox_service.tmux import models
 from devbox_service.tmux.keys import plan, target_name
-from devbox_service.tmux.pane import Pane
+from devbox_service.tmux.pane import GUEST_PANE_ID, GUEST_SESSION_ID, Pane
 from devbox_service.tmux.ports import DevboxAccess, OpenGuest, TmuxGuest
 
 TRANSPORT = (
@@ -35,6 +35,8 @@ DEBUG_SCRIPT = (
     'id -un; id -u; tmux -V 2>/dev/null || echo; echo "${TMUX_TMPDIR:-}"; '
     'ls -1 "${TMUX_TMPDIR:-/tmp}/tmux-$(id -u)" 2>/dev/null'
 )
+MAX_PANES = 100
+"""Panes a devbox page lists at most (a guest may report any number)."""
 
 
 class TmuxService:
@@ -108,7 +110,8 @@ class TmuxService:
         return True, models.TmuxSessionsList(data=await guest.list_sessions(socket))
 
     async def panes(self, principal: Principal, devbox_id: str) -> list[models.TmuxPaneInfo]:
-        """Every pane of the default tmux server's sessions (the dashboard's terminal list)."""
+        """Every pane of the default tmux server's sessions (the dashboard's terminal list);
+        a line whose ids are not tmux's (`$N`, `%N`) is the guest's invention and skipped."""
         installed, sessions = await self.list_sessions(principal, devbox_id, None)
         if not installed or not sessions.data:
             return []
@@ -116,10 +119,12 @@ class TmuxService:
         guest = await self._guest(principal, devbox_id, Act.WATCH)
         fields = "#{session_id} #{pane_id} #{window_index} #{pane_index} #{pane_current_command}"
         (lines,) = await guest.run(None, [f"list-panes -a -F '{fields}'"])
-        panes = []
+        panes: list[models.TmuxPaneInfo] = []
         for line in lines:
             session_id, pane_id, window, index, command = (line.split(" ", 4) + [""] * 5)[:5]
-            if session_id in names:
+            if not (GUEST_SESSION_ID.fullmatch(session_id) and GUEST_PANE_ID.fullmatch(pane_id)):
+                continue
+            if session_id in names and len(panes) < MAX_PANES:
                 panes.append(
                     models.TmuxPaneInfo(
                         id=pane_id,

@@ -4,6 +4,7 @@ Every action calls the same service method as the API route of the same name."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +15,7 @@ from litestar.params import FromPath
 from litestar.response import Redirect, ServerSentEvent, ServerSentEventMessage, Template
 
 from devbox_service.auth.guards import PAGE, CurrentPrincipal, allow
-from devbox_service.errors import InvalidInput
+from devbox_service.errors import InvalidInput, NotFound
 from devbox_service.tmux.keys import key_name
 from devbox_service.tmux.models import MAX_KEYS_BYTES, TmuxSendKeysRequest
 from devbox_service.tmux.service import TmuxService
@@ -32,6 +33,17 @@ NOTICES = {
     "started": "Devbox started.",
 }
 """Fixed texts a redirect may name (`?done=`), so no page echoes text from a link."""
+
+
+PANE_NUMBER = re.compile(r"[0-9]{1,9}")
+
+
+def _pane(number: str) -> str:
+    """The pane a terminal view's URL names: by its number only (`%N` without the `%`),
+    never a tmux target, so the page routes reach exactly the panes the page listed."""
+    if not PANE_NUMBER.fullmatch(number):
+        raise NotFound.of("tmux pane", number[:20])
+    return f"%{number}"
 
 
 def _notice(request: Request[Any, Any, Any]) -> str | None:
@@ -174,7 +186,7 @@ async def pane_stream(
     screens = await tmux.stream(
         principal,
         devbox_id,
-        pane_id,
+        _pane(pane_id),
         socket=None,
         debounce_ms=15,
         max_events=None,
@@ -211,6 +223,7 @@ async def pane_keys(
     pane_id: FromPath[str],
 ) -> Response[None]:
     """Typing from the terminal view (JSON from its script, or the no-script form)."""
+    pane_id = _pane(pane_id)
     if request.headers.get("content-type", "").startswith("application/json"):
         typed = msgspec.json.decode(await request.body(), type=TypedKeys)
         form_post = False

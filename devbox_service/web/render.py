@@ -57,10 +57,18 @@ def when(timestamp: float | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def path_segment(value: object) -> str:
+    """A value as one URL path segment (`/`, `?`, `#`, `%` encoded), so a value cannot add
+    segments or a query to a page's URL. A browser still reads a lone `..` (even encoded)
+    as a step up: values from guests are checked where they enter (`tmux.pane`)."""
+    return quote(str(value), safe="")
+
+
 def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     def register(engine: JinjaTemplateEngine) -> None:
         engine.engine.filters["age"] = age
         engine.engine.filters["when"] = when
+        engine.engine.filters["path_segment"] = path_segment
 
     return TemplateConfig(
         directory=TEMPLATE_DIR, engine=JinjaTemplateEngine, engine_callback=register

@@ -78,8 +78,10 @@ async def test_instances_render_from_records_and_an_exec_is_one_use(
         touched.append(devbox_id)
         await touch(devbox_id)
 
-    async def execute(endpoint: SSHEndpoint, command: str, timeout: float) -> tuple[int, str, str]:
-        return 0, f"ran {command}", ""
+    async def execute(
+        endpoint: SSHEndpoint, command: str, timeout: float, max_bytes: int
+    ) -> tuple[int, str, str, bool]:
+        return 0, f"ran {command}", "", False
 
     monkeypatch.setattr(services.devbox_core, "touch", counted)
     monkeypatch.setattr(services.guest_connections, "execute", execute)

@@ -690,3 +690,34 @@ def test_a_terminal_view_escapes_what_the_guest_names(fake_api: Api) -> None:
     )
     assert "<script>" not in html and "<img" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_a_terminal_view_puts_guest_values_in_its_urls_as_one_segment(fake_api: Api) -> None:
+    """Were a guest's pane id ever to reach a page unchecked, it stays one path segment: the
+    terminal's form and script never post (with the session's form token) to another route."""
+    engine = fake_api.client.app.template_engine
+    assert engine is not None
+    hostile = TmuxPaneInfo(
+        id="%1/../../actions/delete?x=", session="s", window="0", index="0", command="bash"
+    )
+    html = engine.get_template("_terminal.html").render(
+        pane=hostile, devbox_id="devbox_x", may_type=True, screens={}, csrf_token="t"
+    )
+    segment = "1%2F..%2F..%2Factions%2Fdelete%3Fx%3D"
+    for attribute in ("data-stream", "data-keys", "action"):
+        urls = re.findall(rf'{attribute}="([^"]*)"', html)
+        assert urls and all(u.startswith(f"/devboxes/devbox_x/panes/{segment}/") for u in urls)
+
+
+async def test_the_terminal_routes_take_only_a_pane_number(fake_api: Api) -> None:
+    """The page routes reach the panes the page listed (by number), never a tmux target or a
+    path a guest made up."""
+    devbox_id = await new_devbox(fake_api, "pane-number-box")
+    csrf = await sign_in(fake_api, fake_api.admin_key)
+    for name in ("main", "main:0.1", "1x"):
+        stream = await get(fake_api, f"/devboxes/{devbox_id}/panes/{name}/stream")
+        assert stream.status_code == 404 and "tmux pane" in stream.text, name
+        typed = await post(
+            fake_api, f"/devboxes/{devbox_id}/panes/{name}/keys", {"csrf_token": csrf, "text": "x"}
+        )
+        assert typed.status_code == 404 and "tmux pane" in typed.text, name

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import threading
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from devbox_service.errors import NotFound
 from devbox_service.ssh import LoginThrottle, SSHGateway
 from devbox_service.ssh.gateway import HOST_KEY_FILE
 from devbox_service.ssh.guest import GuestConnections
-from devbox_service.ssh.login import throttle_key
+from devbox_service.ssh.login import credential_key
 
 SSHD = "/usr/sbin/sshd"
 TOKEN, PASSWORD = "tok_" + secrets.token_hex(8), secrets.token_urlsafe(16)
@@ -362,33 +363,96 @@ async def test_direct_tcpip_to_closed_port_is_refused(gw_client: paramiko.SSHCli
     assert (status, out) == (0, b"still\n")
 
 
-async def test_wrong_password_is_denied_and_slowed_per_address_and_user(
+async def test_wrong_password_is_denied_and_slowed_per_address_and_credential(
     gw_gateway: SSHGateway,
 ) -> None:
     throttle = gw_gateway.throttle
-    mine, other = throttle_key("127.0.0.1", TOKEN), throttle_key("127.0.0.1", "tok_other")
-    assert throttle.penalty(mine) == 0
+    wrong = credential_key("127.0.0.1", "password", TOKEN, "wrong")
+    right = credential_key("127.0.0.1", "password", TOKEN, PASSWORD)
+    from_here = throttle.failures("127.0.0.1")
+    assert throttle.penalty(wrong) == 0
     penalties = []
     for _ in range(5):
         with pytest.raises(paramiko.AuthenticationException):
             await asyncio.to_thread(_connect, gw_gateway.port, password="wrong")
-        penalties.append(throttle.penalty(mine))
+        penalties.append(throttle.penalty(wrong))
     assert penalties == [0.05, 0.1, 0.2, 0.4, 0.4]  # doubles, then capped
-    assert throttle.penalty(throttle_key("::1", TOKEN)) == 0  # other addresses are not slowed
-    assert throttle.penalty(other) == 0, "another user on the same address is not slowed"
+    assert throttle.failures("127.0.0.1") == from_here + 5  # failures answer later, too
+    assert throttle.penalty(credential_key("::1", "password", TOKEN, "wrong")) == 0
+    assert throttle.penalty(right) == 0, "the right password for the same token is not slowed"
 
     with pytest.raises(paramiko.AuthenticationException):
         await asyncio.to_thread(_connect, gw_gateway.port, username="tok_unknown")
-    assert throttle.failures(mine) == 5
-    assert throttle.failures(throttle_key("127.0.0.1", "tok_unknown")) == 1
+    assert throttle.failures(wrong) == 5
+    assert throttle.failures(credential_key("127.0.0.1", "password", "tok_unknown", PASSWORD)) == 1
 
     client = await asyncio.to_thread(_connect, gw_gateway.port)
     try:
-        assert throttle.penalty(mine) == 0  # a success forgives
         status, out, _ = await asyncio.to_thread(_run, client, "echo in")
         assert (status, out) == (0, b"in\n")
     finally:
         await asyncio.to_thread(client.close)
+    assert throttle.failures("127.0.0.1") == from_here + 6, "a success forgives no address"
+
+
+async def _ssh_login(port: int, username: str, password: str | None = None) -> None:
+    """Log in (a password, or any throw-away key for an API key login) and leave."""
+    async with asyncssh.connect(
+        "127.0.0.1",
+        port,
+        username=username,
+        password=password,
+        preferred_auth="password" if password else "publickey",
+        client_keys=None if password else [asyncssh.generate_private_key("ssh-ed25519")],
+        known_hosts=None,
+        config=None,
+        agent_path=None,
+    ):
+        pass
+
+
+class CountingAuthority(GwAuthority):
+    """Counts the logins it refused (the gateway checked them)."""
+
+    refused = 0
+
+    async def authenticate(self, username: str, password: str) -> str | None:
+        found = await super().authenticate(username, password)
+        self.refused += found is None
+        return found
+
+    async def authenticate_api_key_login(self, username: str) -> str | None:
+        found = await super().authenticate_api_key_login(username)
+        self.refused += found is None
+        return found
+
+
+async def test_the_owner_logs_in_at_once_while_strangers_hammer_their_devbox(
+    gw_sshd: SSHEndpoint, tmp_path: Path
+) -> None:
+    """Nine wrong logins naming the owner's devbox (its token with wrong passwords, its id
+    with wrong API keys), all from the owner's own address: the owner's right password and
+    right API key log in while every one of those still waits for its answer."""
+    authority = CountingAuthority(gw_sshd)
+    throttle = LoginThrottle(base_delay=10.0, max_delay=60.0)
+    async with SSHGateway(
+        authority, port=0, host_key_dir=tmp_path, connect_timeout=10.0, throttle=throttle
+    ) as gateway:
+        hammer = [
+            asyncio.create_task(_ssh_login(gateway.port, TOKEN, f"wrong-{n}")) for n in range(5)
+        ] + [asyncio.create_task(_ssh_login(gateway.port, f"dbx_live:wrong-{n}")) for n in range(4)]
+        try:
+            await gw_until(lambda: authority.refused >= 2)  # both kinds are under way
+            async with asyncio.timeout(20):  # a hang guard; what is checked is the order
+                await _ssh_login(gateway.port, TOKEN, PASSWORD)
+                await _ssh_login(gateway.port, f"dbx_live:{API_KEY}")
+            assert not any(task.done() for task in hammer), "the owner waited for no stranger"
+            assert throttle.failures("127.0.0.1") >= 2
+        finally:
+            for task in hammer:
+                task.cancel()
+            results = await asyncio.gather(*hammer, return_exceptions=True)
+        assert not any(result is None for result in results), "no wrong login got in"
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
@@ -498,3 +562,29 @@ async def test_guest_connections_ignore_the_operators_ssh_config(
         assert result.stdout == "reached\n"
     finally:
         await connections.close()
+
+
+async def test_exec_keeps_at_most_its_cap_of_output_read_as_it_comes(gw_sshd: SSHEndpoint) -> None:
+    """A command (or a hostile guest) prints 16 MiB on stdout and on stderr: the service
+    keeps the first 256 KiB of each and says it cut them, without ever holding the rest, and
+    another command on the same guest answers while the flood is read."""
+    limit, flood = 256 * 1024, 16 * 1024 * 1024
+    command = (
+        f"head -c {flood} /dev/zero | tr '\\0' o; head -c {flood} /dev/zero | tr '\\0' e >&2; "
+        "exit 3"
+    )
+    connections = GuestConnections()
+    tracemalloc.start()
+    try:
+        flooding = asyncio.create_task(connections.execute(gw_sshd, command, 120, limit))
+        other = await connections.execute(gw_sshd, "echo still", 30, limit)
+        assert not flooding.done(), "the other command answered while the flood was read"
+        status, out, err, truncated = await flooding
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        await connections.close()
+    assert other == (0, "still\n", "", False)
+    assert (status, truncated) == (3, True)
+    assert out == "o" * limit and err == "e" * limit
+    assert peak < 8 * 1024 * 1024, f"{peak / 2**20:.0f} MiB held reading the flood"

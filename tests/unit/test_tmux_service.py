@@ -220,3 +220,41 @@ async def test_wait_matches_goes_idle_or_times_out(tmux: TmuxService, opener: Op
     assert idle.condition == "idle" and idle.content == "$ make\nbuild ok\n$ "
     with pytest.raises(Timeout, match="did not match /never/ within 150 ms"):
         await tmux.wait(PRINCIPAL, "dbx_1", "%1", TmuxWaitRequest(pattern="never", timeout_ms=150))
+
+
+class HostileGuest(FakeGuest):
+    """A guest whose tmux (root in the guest can replace it) invents pane and session ids."""
+
+    async def list_sessions(self, socket: str | None) -> list[TmuxSession]:
+        session = TmuxSession(name="main", windows=1, clients=0, created="0", activity="0", id="$1")
+        return [session]
+
+    async def run(
+        self, socket: str | None, commands: Sequence[str], timeout: float = 10.0
+    ) -> list[list[str]]:
+        if commands[0].startswith("list-panes"):
+            return [
+                [
+                    "$1 %1 0 0 bash",
+                    "$1 %2/../../actions/delete 0 1 bash",
+                    "$1 %3?next=x 0 2 bash",
+                    "$1 ../4 0 3 bash",
+                    "$1/.. %5 0 4 bash",
+                ]
+            ]
+        if commands[0].startswith("display-message"):
+            return [["%9/../../keys"]]
+        return await super().run(socket, commands, timeout)
+
+
+async def test_pane_ids_a_hostile_guest_invents_are_never_used(access: FakeAccess) -> None:
+    """A pane id ends up in the dashboard's URLs (`../` would aim typing at other routes) and
+    in tmux commands: only tmux's own form (`%N`, sessions `$N`) is taken from a guest."""
+    pane = FakePane()
+    tmux = TmuxService(access, lambda devbox_id, at: HostileGuest(devbox_id, at, pane))
+    listed = await tmux.panes(PRINCIPAL, "dbx_1")
+    assert [p.id for p in listed] == ["%1"]
+    typed = TmuxSendKeysRequest(target=TmuxTarget(session="main"), keys="x")
+    with pytest.raises(NotFound, match="tmux pane"):
+        await tmux.send_keys(PRINCIPAL, "dbx_1", typed)
+    assert pane.commands == [], "nothing was typed into a pane the guest named"
