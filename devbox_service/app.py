@@ -24,11 +24,8 @@ from devbox_service.devboxes.routes import (
     upload_router,
 )
 from devbox_service.http_errors import EXCEPTION_HANDLERS
-from devbox_service.instances.routes import (
-    ImageCatalogController,
-    InstanceController,
-    SnapshotCatalogController,
-)
+from devbox_service.instances.routes import ImageCatalogController, InstanceController
+from devbox_service.instances.snapshot_routes import SnapshotCatalogController
 from devbox_service.logs import request_log_middleware
 from devbox_service.notifications.routes import (
     DevboxNotificationController,

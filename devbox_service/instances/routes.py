@@ -1,5 +1,5 @@
-"""`/api/instance` and `/api/image`: Morph's VM primitives over the same devboxes. User API
-keys only for now: agent tokens keep to the devbox routes and their scopes."""
+"""`/api/instance` and `/api/image`: Morph's VM primitives over the same devboxes (snapshots
+are in `snapshot_routes.py`). Who may call each is the policy's act on the route."""
 
 from __future__ import annotations
 
@@ -13,12 +13,11 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEventMessage
 from litestar.types import ASGIApp
 
-from devbox_service.auth.guards import USER, CurrentPrincipal, allow, on_devbox, on_snapshot
+from devbox_service.auth.guards import USER, CurrentPrincipal, allow, on_devbox
 from devbox_service.auth.policy import Act
 from devbox_service.event_streams import event_stream
 from devbox_service.instances.schemas import (
     BootSnapshotRequest,
-    CreateSnapshotRequest,
     DiskResizeOperation,
     DiskResizeRequest,
     ExecRequest,
@@ -32,20 +31,17 @@ from devbox_service.instances.schemas import (
     InstanceSshKey,
     MorphImageList,
     MorphSnapshot,
-    MorphSnapshotList,
-    SnapshotPage,
-    SnapshotTtlRequest,
     StartInstanceRequest,
     TtlRequest,
     WakeOnRequest,
 )
 from devbox_service.instances.service import InstanceService
-from devbox_service.instances.snapshots import MorphSnapshots
 from devbox_service.instances.views import metadata_filter
 from devbox_service.request_bodies import optional_body
 
 
-def _filter(request: Request[Any, Any, Any]) -> dict[str, str]:
+def metadata_query(request: Request[Any, Any, Any]) -> dict[str, str]:
+    """`?metadata[key]=value` filters of a list route."""
     return metadata_filter(dict(request.query_params))
 
 
@@ -69,7 +65,7 @@ class InstanceController(Controller):
         principal: CurrentPrincipal,
         request: Request[Any, Any, Any],
     ) -> InstanceList:
-        return await instances.instances(principal, _filter(request))
+        return await instances.instances(principal, metadata_query(request))
 
     @get("/list", guards=[allow(USER)], summary="List Instances Paginated")
     async def page(
@@ -80,7 +76,7 @@ class InstanceController(Controller):
         page: Annotated[int, QueryParameter(ge=1)] = 1,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
     ) -> InstancePage:
-        return await instances.page(principal, _filter(request), page, limit)
+        return await instances.page(principal, metadata_query(request), page, limit)
 
     @post("/", guards=[allow(USER)], status_code=200, summary="Start Instance")
     async def start(
@@ -355,112 +351,3 @@ class InstanceController(Controller):
         devbox_id: FromPath[str],
     ) -> InstanceSshKey:
         return await instances.rotate_ssh_key(principal, devbox_id)
-
-
-class SnapshotCatalogController(Controller):
-    """Snapshots as the VM primitives API shows them (`/api/snapshots` is the devbox view)."""
-
-    path = "/api/snapshot"
-    tags = ["instances"]
-
-    @get("/", guards=[allow(USER)], summary="List Snapshots")
-    async def list_snapshots(
-        self,
-        instance_snapshots: NamedDependency[MorphSnapshots],
-        principal: CurrentPrincipal,
-        request: Request[Any, Any, Any],
-        digest: FromQuery[str | None] = None,
-    ) -> MorphSnapshotList:
-        return await instance_snapshots.listed(principal, digest, _filter(request))
-
-    @get("/list", guards=[allow(USER)], summary="List Snapshots Paginated")
-    async def page(
-        self,
-        instance_snapshots: NamedDependency[MorphSnapshots],
-        principal: CurrentPrincipal,
-        request: Request[Any, Any, Any],
-        page: Annotated[int, QueryParameter(ge=1)] = 1,
-        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
-        digest: FromQuery[str | None] = None,
-    ) -> SnapshotPage:
-        return await instance_snapshots.page(principal, digest, _filter(request), page, limit)
-
-    @post("/", guards=[allow(USER)], status_code=200, summary="Create Snapshot")
-    async def create(
-        self,
-        instances: NamedDependency[InstanceService],
-        principal: CurrentPrincipal,
-        request: Request[Any, Any, Any],
-    ) -> MorphSnapshot:
-        body = await optional_body(request, CreateSnapshotRequest)
-        return await instances.create_snapshot(principal, body)
-
-    @get(
-        "/{snapshot_id:str}", guards=[allow(on_snapshot(Act.SNAPSHOT_VIEW))], summary="Get Snapshot"
-    )
-    async def get_snapshot(
-        self,
-        instance_snapshots: NamedDependency[MorphSnapshots],
-        principal: CurrentPrincipal,
-        snapshot_id: FromPath[str],
-    ) -> MorphSnapshot:
-        return await instance_snapshots.get(principal, snapshot_id)
-
-    @delete(
-        "/{snapshot_id:str}",
-        guards=[allow(on_snapshot(Act.SNAPSHOT_DELETE))],
-        summary="Delete Snapshot",
-    )
-    async def delete_snapshot(
-        self,
-        instance_snapshots: NamedDependency[MorphSnapshots],
-        principal: CurrentPrincipal,
-        snapshot_id: FromPath[str],
-    ) -> None:
-        await instance_snapshots.delete(principal, snapshot_id)
-
-    @post(
-        "/{snapshot_id:str}/metadata",
-        guards=[allow(on_snapshot(Act.SNAPSHOT_EDIT))],
-        status_code=200,
-        summary="Metadata",
-    )
-    async def set_metadata(
-        self,
-        instance_snapshots: NamedDependency[MorphSnapshots],
-        principal: CurrentPrincipal,
-        snapshot_id: FromPath[str],
-        data: JSONBody[dict[str, str]],
-    ) -> MorphSnapshot:
-        return await instance_snapshots.set_metadata(principal, snapshot_id, data)
-
-    @post(
-        "/{snapshot_id:str}/boot",
-        guards=[allow(on_snapshot(Act.SNAPSHOT_BOOT))],
-        status_code=200,
-        summary="Boot",
-    )
-    async def boot(
-        self,
-        instances: NamedDependency[InstanceService],
-        principal: CurrentPrincipal,
-        snapshot_id: FromPath[str],
-        request: Request[Any, Any, Any],
-    ) -> Instance:
-        body = await optional_body(request, BootSnapshotRequest)
-        return await instances.boot(principal, snapshot_id, body)
-
-    @post(
-        "/{snapshot_id:str}/ttl",
-        guards=[allow(on_snapshot(Act.SNAPSHOT_EDIT))],
-        status_code=200,
-        summary="Snapshot TTL",
-    )
-    async def set_ttl(
-        self,
-        instance_snapshots: NamedDependency[MorphSnapshots],
-        principal: CurrentPrincipal,
-        snapshot_id: FromPath[str],
-        data: JSONBody[SnapshotTtlRequest],
-    ) -> MorphSnapshot:
-        return await instance_snapshots.set_ttl(principal, snapshot_id, data.ttl_seconds)
