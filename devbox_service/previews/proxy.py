@@ -13,6 +13,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 import httpx
 
+from devbox_service.auth.web_sessions import SESSION_COOKIE, SIGN_IN_COOKIE
+
 PREVIEW_PREFIX = "/preview"
 
 Headers = list[tuple[bytes, bytes]]
@@ -154,14 +156,29 @@ def bearer_of(headers: Headers) -> str | None:
     return None
 
 
-def request_headers(
-    headers: Headers, *, drop_authorization: bool, forwarded: dict[str, str]
-) -> Headers:
-    """What goes upstream: the client's headers minus hop-by-hop ones (and minus the bearer
-    key when the preview itself consumed it), plus `X-Forwarded-*`."""
-    drop = REPLACED | ({"authorization"} if drop_authorization else frozenset())
-    kept = without_hop_by_hop(headers, frozenset(drop))
-    return kept + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in forwarded.items()]
+SERVICE_COOKIES = frozenset({SESSION_COOKIE, SIGN_IN_COOKIE})
+"""The dashboard's own cookies: a guest never sees them, whatever origin asked."""
+
+
+def request_headers(headers: Headers, *, forwarded: dict[str, str]) -> Headers:
+    """What goes upstream: the client's headers minus hop-by-hop ones, minus the caller's
+    credentials (`Authorization`, whether the preview checked it or not, and the dashboard's
+    cookies), plus `X-Forwarded-*`. The guest is not trusted with who its visitors are."""
+    kept = without_hop_by_hop(headers, frozenset(REPLACED | {"authorization"}))
+    cleaned: Headers = []
+    for name, value in kept:
+        if name.lower() == b"cookie":
+            value = _without_service_cookies(value)
+            if not value:
+                continue
+        cleaned.append((name, value))
+    return cleaned + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in forwarded.items()]
+
+
+def _without_service_cookies(header: bytes) -> bytes:
+    pairs = [p.strip() for p in header.split(b";")]
+    kept = [p for p in pairs if p and p.split(b"=", 1)[0].decode("latin-1") not in SERVICE_COOKIES]
+    return b"; ".join(kept)
 
 
 def response_headers(

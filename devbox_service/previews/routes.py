@@ -105,7 +105,6 @@ async def preview(
     """Forward the request to the devbox's service (waking a paused devbox first) and stream
     the answer back; 502 when nothing answers on the guest port."""
     raw_headers: proxy.Headers = list(request.scope["headers"])
-    target = await previews.target(devbox_id, name, proxy.bearer_of(raw_headers))
     prefix = f"{proxy.PREVIEW_PREFIX}/{devbox_id}/{name}"
     own_origin = bool(request.scope.get("state", {}).get(ORIGIN_KEY))
     public_prefix = "" if own_origin else prefix  # what the browser sees before the path
@@ -116,11 +115,14 @@ async def preview(
     rest = path[len(prefix) :]
     query = request.scope.get("query_string", b"").decode("latin-1")
     suffix = f"?{query}" if query else ""
+    if not own_origin:  # never on the dashboard's origin: the page would be the dashboard's
+        url = previews.own_origin(devbox_id, name).rstrip("/") + (rest or "/") + suffix
+        return ASGIRedirectResponse(path=url, status_code=307)  # method and body kept
     if not rest:  # relative links in the page must resolve under the prefix
         return ASGIRedirectResponse(path=f"{public_prefix}/{suffix}")
+    target = await previews.target(devbox_id, name, proxy.bearer_of(raw_headers))
     headers = proxy.request_headers(
         raw_headers,
-        drop_authorization=target.consumed_authorization,
         forwarded={
             "x-forwarded-for": request.client.host if request.client else "",
             "x-forwarded-host": request.headers.get("host", ""),

@@ -36,6 +36,9 @@ def check_name(name: str) -> str:
     return name
 
 
+_DEVBOX_ID = re.compile(r"[a-z]+_[A-Za-z0-9]{1,40}")
+
+
 class HttpServiceRegistry:
     def __init__(
         self,
@@ -109,6 +112,15 @@ class HttpServiceRegistry:
         remaining = (await self._store.for_devboxes([devbox_id]))[devbox_id]
         if all(s.port != service.port for s in remaining):
             await self._guests.unexpose_port(devbox_id, service.port)
+
+    def own_origin(self, devbox_id: str, name: str) -> str:
+        """The service's own origin (`{name}-{devbox_id}.<domain>`), the only place its
+        pages are served: a preview never shares the dashboard's origin. Checked first, so a
+        crafted name or id never makes another host."""
+        check_name(name)
+        if not _DEVBOX_ID.fullmatch(devbox_id):
+            raise NotFound.of("devbox", devbox_id)
+        return self._url_of(devbox_id, name)
 
     async def http_services_for(self, devbox_ids: Sequence[str]) -> dict[str, list[HttpService]]:
         """The exposed services of each devbox, with their preview URLs (devbox views)."""

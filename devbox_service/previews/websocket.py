@@ -17,7 +17,7 @@ from litestar.params import FromPath
 from websockets.asyncio.client import ClientConnection, connect
 
 from devbox_service.auth.guards import PUBLIC, allow
-from devbox_service.errors import Unreachable
+from devbox_service.errors import NotFound, Unreachable
 from devbox_service.previews import proxy
 from devbox_service.previews.origins import ORIGIN_KEY
 from devbox_service.previews.proxy import PreviewProxy
@@ -46,16 +46,17 @@ async def preview_socket(
     name: FromPath[str],
 ) -> None:
     raw_headers: proxy.Headers = list(socket.scope["headers"])
+    if not socket.scope.get("state", {}).get(ORIGIN_KEY):  # never on the dashboard's origin
+        own = previews.own_origin(devbox_id, name)
+        raise NotFound(f"open this service's WebSockets on its own origin, {own}")
     target = await previews.target(devbox_id, name, proxy.bearer_of(raw_headers))
     prefix = f"{proxy.PREVIEW_PREFIX}/{devbox_id}/{name}"
     path = quote(socket.scope["path"])[len(prefix) :] or "/"
     query = socket.scope.get("query_string", b"").decode("latin-1")
     url = f"ws://127.0.0.1:{target.host_port}{path}" + (f"?{query}" if query else "")
-    own_origin = bool(socket.scope.get("state", {}).get(ORIGIN_KEY))
     forwarded = proxy.request_headers(
         raw_headers,
-        drop_authorization=target.consumed_authorization,
-        forwarded={"x-forwarded-prefix": "" if own_origin else prefix},
+        forwarded={"x-forwarded-prefix": ""},
     )
     headers = [
         (n.decode("latin-1"), v.decode("latin-1"))

@@ -53,13 +53,22 @@ async def test_exposed_services_are_listed_replaced_and_removed(fake_api: Api) -
         "url": f"http://web-{devbox_id}.localhost:8000/",
         "auth_mode": "api_key",
     }
-    unauthenticated = await fake_api.client.get(f"/preview/{devbox_id}/web/")
+    on_dashboard = await fake_api.client.get(
+        f"/preview/{devbox_id}/web/x?q=1", headers=fake_api.auth(key), follow_redirects=False
+    )
+    # never served on the dashboard's origin: sent to the service's own, method kept
+    assert on_dashboard.status_code == 307
+    assert on_dashboard.headers["location"] == f"http://web-{devbox_id}.localhost:8000/x?q=1"
+    own = f"http://web-{devbox_id}.localhost/"
+    unauthenticated = await fake_api.client.get(own)
     assert unauthenticated.status_code == 401
     outsider = await fake_api.new_user("outsider-http")
-    hidden = await fake_api.client.get(
-        f"/preview/{devbox_id}/web/", headers=fake_api.auth(outsider)
-    )
+    hidden = await fake_api.client.get(own, headers=fake_api.auth(outsider))
     assert hidden.status_code == 404
+    crafted = await fake_api.client.get(
+        f"/preview/{devbox_id}/a@evil.example/", follow_redirects=False
+    )
+    assert crafted.status_code == 400  # a name no service has never makes another host
 
     replaced = await expose(fake_api, key, devbox_id, name="web", port=9090)
     (listed,) = replaced.json()["networking"]["http_services"]
@@ -107,7 +116,7 @@ async def test_a_port_nothing_answers_on_is_a_502_naming_it(fake_api: Api) -> No
     key, devbox_id = fake_api.admin_key, await default_devbox(fake_api)
     exposed = await expose(fake_api, key, devbox_id, name="silent", port=8099)
     assert exposed.status_code == 200, exposed.text
-    answer = await fake_api.client.get(f"/preview/{devbox_id}/silent/page")
+    answer = await fake_api.client.get(f"http://silent-{devbox_id}.localhost/page")
     assert answer.status_code == 502, answer.text
     detail = answer.json()["detail"]
     assert f"nothing answered HTTP on port 8099 of devbox {devbox_id} (service 'silent')" in detail

@@ -13,14 +13,15 @@ def test_proxy_header_rules() -> None:
         (b"connection", b"keep-alive, x-private"),
         (b"x-private", b"1"),
         (b"authorization", b"Bearer k"),
-        (b"cookie", b"a=1"),
+        (b"cookie", b"a=1; devbox_session=victim; b=2"),
         (b"content-length", b"3"),
     ]
     forwarded = {"x-forwarded-prefix": "/preview/d/n"}
-    kept = proxy.request_headers(sent, drop_authorization=True, forwarded=forwarded)
-    assert kept == [(b"cookie", b"a=1"), (b"x-forwarded-prefix", b"/preview/d/n")]
-    with_auth = proxy.request_headers(sent, drop_authorization=False, forwarded={})
-    assert (b"authorization", b"Bearer k") in with_auth
+    kept = proxy.request_headers(sent, forwarded=forwarded)
+    # the caller's credentials never reach the guest: no Authorization, no dashboard cookie
+    assert kept == [(b"cookie", b"a=1; b=2"), (b"x-forwarded-prefix", b"/preview/d/n")]
+    only_ours = proxy.request_headers([(b"cookie", b"devbox_sign_in=x")], forwarded={})
+    assert only_ours == []
     assert proxy.bearer_of(sent) == "k"
     assert proxy.bearer_of([(b"authorization", b"Basic abc")]) is None
     assert proxy.location("/next", "/preview/d/n", 5000) == "/preview/d/n/next"

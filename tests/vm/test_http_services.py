@@ -44,7 +44,9 @@ def service(devbox: dict[str, Any], name: str) -> dict[str, Any] | None:
 
 
 def path_of(url: str) -> str:
-    return urlsplit(url).path
+    """The request target for the in-process client: the whole URL, so its host (the
+    service's own origin) is what routes it."""
+    return url
 
 
 async def test_an_exposed_port_is_listed_and_served_until_unexposed(
@@ -55,8 +57,8 @@ async def test_an_exposed_port_is_listed_and_served_until_unexposed(
     # what the morphcloud CLI sends when no auth mode is given
     exposed = await expose(vm_api, key, devbox_id, name="web", port=8080, auth_mode=None)
     assert exposed.status_code == 200, exposed.text
-    url = f"{vm_api.settings.base_url}/preview/{devbox_id}/web/"  # the path-based fallback
     own = f"http://web-{devbox_id}.localhost:{vm_api.settings.port}/"
+    url = own  # served on its own origin only
     listed = {"name": "web", "port": 8080, "url": own, "auth_mode": "none"}
     assert service(exposed.json(), "web") == listed
     summary = await vm_api.client.get(
@@ -74,9 +76,10 @@ async def test_an_exposed_port_is_listed_and_served_until_unexposed(
     listing = await vm_api.client.get(path_of(url))
     assert listing.status_code == 200 and 'href="file"' in listing.text
     assert listing.headers["content-type"] == "text/html; charset=utf-8"  # the guest's header
-    bare = await vm_api.client.get(path_of(url).rstrip("/") + "?a=b", follow_redirects=False)
+    bare = await vm_api.client.get(f"/preview/{devbox_id}/web?a=b", follow_redirects=False)
+    assert bare.status_code == 307  # the dashboard's origin never serves it
     assert bare.status_code in (302, 307)
-    assert bare.headers["location"] == path_of(url) + "?a=b"
+    assert bare.headers["location"] == own + "?a=b"
     posted = await vm_api.client.post(path_of(url) + "file", content=b"body")
     assert posted.status_code == 501  # http.server has no POST: the guest's answer
     missing = await vm_api.client.get(path_of(url) + "no-such-file")
@@ -86,7 +89,7 @@ async def test_an_exposed_port_is_listed_and_served_until_unexposed(
     assert service(again.json(), "web") == {**listed, "auth_mode": "api_key"}
     assert len(again.json()["networking"]["http_services"]) == 1
 
-    unknown = await vm_api.client.get(f"/preview/{devbox_id}/nothing-here/file")
+    unknown = await vm_api.client.get(f"http://nothing-here-{devbox_id}.localhost/file")
     assert unknown.status_code == 404 and "nothing-here" in unknown.json()["detail"]
 
     instance = await vm_api.services.devbox_core.backend.get_instance(devbox_id)
@@ -114,7 +117,7 @@ async def test_api_key_services_need_a_key_that_may_see_the_devbox(
     assert exposed.status_code == 200, exposed.text
     found = service(exposed.json(), "private")
     assert found is not None and found["auth_mode"] == "api_key"
-    path = f"/preview/{devbox_id}/private/file"
+    path = f"http://private-{devbox_id}.localhost/file"
 
     anonymous = await vm_api.client.get(path)
     assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"] == "Bearer"
@@ -161,7 +164,7 @@ async def test_a_port_nobody_listens_on_answers_502(vm_api: Api, devbox: dict[st
     key, devbox_id = vm_api.admin_key, devbox["id"]
     exposed = await expose(vm_api, key, devbox_id, name="silent", port=8099)
     assert exposed.status_code == 200, exposed.text
-    answer = await vm_api.client.get(f"/preview/{devbox_id}/silent/")
+    answer = await vm_api.client.get(f"http://silent-{devbox_id}.localhost/")
     assert answer.status_code == 502, answer.text
     assert "port 8099" in answer.json()["detail"]
 

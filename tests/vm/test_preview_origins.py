@@ -108,11 +108,16 @@ def test_services_get_their_own_origin_cookies_and_websockets(live: LiveService)
     assert on_origin.text == "page"
     assert on_origin.headers["set-cookie"] == "sid=1; Path=/", "no Domain: the cookie stays here"
     assert "service-worker-allowed" not in on_origin.headers
-    fallback = live.http.get(f"/preview/{devbox_id}/page/")
-    assert fallback.headers["set-cookie"] == f"sid=1; Path=/preview/{devbox_id}/page/"
+    fallback = live.http.get(
+        f"/preview/{devbox_id}/page/", headers=live.headers(), follow_redirects=False
+    )
+    assert fallback.status_code == 307  # never served on the dashboard's origin
+    assert fallback.headers["location"] == f"http://{own_host}/"
+    raw = socket.create_connection(("127.0.0.1", live.port))
+    with pytest.raises(Exception):  # noqa: B017 (the handshake is refused; its type varies)
+        connect(f"ws://127.0.0.1:{live.port}/preview/{devbox_id}/sock/", sock=raw)
 
     for uri, host in [
-        (f"ws://127.0.0.1:{live.port}/preview/{devbox_id}/sock/", None),
         (f"ws://{urlsplit(socket_url).netloc}/live", urlsplit(socket_url).netloc),
     ]:
         raw = socket.create_connection(("127.0.0.1", live.port))
@@ -128,7 +133,8 @@ def test_a_websocket_to_a_port_nobody_serves_is_refused(live: LiveService) -> No
     devbox_id = live.create_devbox()["id"]
     expose(live, devbox_id, "nothing", 8099)
     raw = socket.create_connection(("127.0.0.1", live.port))
+    own_host = f"nothing-{devbox_id}.localhost:{live.port}"
     with pytest.raises(Exception):  # noqa: B017 (the handshake is refused; its type varies)
-        connect(f"ws://127.0.0.1:{live.port}/preview/{devbox_id}/nothing/", sock=raw)
+        connect(f"ws://{own_host}/", sock=raw)
     assert httpx.get(f"{live.base_url}/health").status_code == 200
     live.http.delete(f"/api/devboxes/{devbox_id}", headers=live.headers())
