@@ -168,10 +168,15 @@ def authorize(
     raise PermissionDenied(f"only the {kind}'s {who} may {rule.refusal or act.value}")
 
 
-def who_may(act: Act) -> str:
-    """The table's cell in words (README and errors)."""
-    rule = POLICY[act]
-    names = [r.value for r in Relation if r in rule.who]
-    if rule.scope is not None:
-        names.append(f"agent token with {rule.scope}")
-    return ", ".join(names)
+def markdown_table() -> str:
+    """The table as README shows it (a test keeps README equal to this)."""
+    people = (Relation.OWNER, Relation.ORG_ADMIN, Relation.MEMBER)
+    lines = [
+        "| action | owner | org admin | member | agent token of the devbox |",
+        "|---|---|---|---|---|",
+    ]
+    for act, rule in POLICY.items():
+        cells = ["yes" if r in rule.who else "no" for r in people]
+        cells.append(f"`{rule.scope}`" if rule.scope else "no")
+        lines.append(f"| {act.value} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
