@@ -52,6 +52,7 @@ from devbox_service.web.render import template_config
 from devbox_service.wiring import build_backend
 
 _NOT_GIVEN = object()
+SWAGGER_UI = "/static/vendor/swagger-ui"
 
 
 def create_app(settings: Settings, backend: VMBackend | object | None = _NOT_GIVEN) -> Litestar:
@@ -111,7 +112,13 @@ def create_app(settings: Settings, backend: VMBackend | object | None = _NOT_GIV
             title="devbox-service",
             version="0.1.0",
             path="/docs",
-            render_plugins=[SwaggerRenderPlugin()],
+            render_plugins=[
+                SwaggerRenderPlugin(  # served from here: /docs loads no script from elsewhere
+                    js_url=f"{SWAGGER_UI}/swagger-ui-bundle.js",
+                    css_url=f"{SWAGGER_UI}/swagger-ui.css",
+                    standalone_preset_js_url=f"{SWAGGER_UI}/swagger-ui-standalone-preset.js",
+                )
+            ],
         ),
         logging_config=None,
         debug=False,
