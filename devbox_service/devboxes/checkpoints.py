@@ -22,7 +22,7 @@ from devbox_service.devboxes.models import (
     SnapshotStatus,
 )
 from devbox_service.devboxes.quotas import Admission
-from devbox_service.devboxes.records import new_event
+from devbox_service.devboxes.records import check_metadata_size, new_event
 from devbox_service.devboxes.schemas import DevboxResponse, ImageResponse, SnapshotResponse
 from devbox_service.devboxes.views import DevboxViews, snapshot_response
 from devbox_service.errors import (
@@ -330,6 +330,7 @@ class CheckpointService:
     ) -> SnapshotRecord:
         """Set the snapshot's digest and replace its metadata. Raises NotFound."""
         await self._visible(principal, snapshot_id, Act.SNAPSHOT_EDIT)
+        check_metadata_size("snapshot", metadata)
         await self._core.snapshots.label(snapshot_id, digest, metadata)
         return await self._visible(principal, snapshot_id, Act.SNAPSHOT_VIEW)
 

@@ -3,6 +3,7 @@ may do what costs its owner."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from typing import Any
@@ -13,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from devbox_service.auth.models import Principal
 from devbox_service.backends.base import MachineSpec
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventRecord, EventType
+from devbox_service.errors import PayloadTooLarge
 from devbox_service.ids import new_id
 
 
@@ -81,3 +83,17 @@ def new_event(
         detail=detail if detail is not None else {"name": type_.value},
         created_at=time.time(),
     )
+
+
+METADATA_MAX_BYTES = 64 * 1024
+"""Metadata of one devbox or snapshot, in total (every list response carries it)."""
+
+
+def check_metadata_size(kind: str, metadata: dict[str, Any]) -> None:
+    """Raises PayloadTooLarge past METADATA_MAX_BYTES of JSON."""
+    size = len(json.dumps(metadata))
+    if size > METADATA_MAX_BYTES:
+        raise PayloadTooLarge(
+            f"the {kind}'s metadata would be {size} bytes; the limit is "
+            f"{METADATA_MAX_BYTES} in total: send smaller values"
+        )

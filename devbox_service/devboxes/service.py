@@ -6,7 +6,6 @@ the VM backend so that the record stays true, also when an action fails half-way
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import msgspec
@@ -18,16 +17,14 @@ from devbox_service.devboxes.checkpoints import CheckpointService
 from devbox_service.devboxes.core import DestroyListener, DevboxCore, ReadyHook
 from devbox_service.devboxes.lifecycle import Action, require
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus
+from devbox_service.devboxes.records import check_metadata_size
 from devbox_service.devboxes.schemas import DevboxResponse
 from devbox_service.devboxes.sizes import require_growth
 from devbox_service.devboxes.store import Changes
 from devbox_service.devboxes.views import DevboxViews
 from devbox_service.errors import (
     Failed,
-    PayloadTooLarge,
 )
-
-METADATA_MAX_BYTES = 64 * 1024
 
 
 class DevboxService:
@@ -245,12 +242,7 @@ class DevboxService:
         (every list response carries it)."""
         async with self._core.locked(principal, devbox_id, Act.CONFIGURE) as record:
             merged = {**record.metadata, **metadata}
-            size = len(json.dumps(merged))
-            if size > METADATA_MAX_BYTES:
-                raise PayloadTooLarge(
-                    f"the devbox's metadata would be {size} bytes; the limit is "
-                    f"{METADATA_MAX_BYTES} in total: send smaller values"
-                )
+            check_metadata_size("devbox", merged)
             await self._core.store.update(devbox_id, metadata=merged)
 
     async def set_wake_on(

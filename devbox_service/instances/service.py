@@ -17,6 +17,7 @@ from devbox_service.devboxes.disk_resizes import DiskResizes
 from devbox_service.devboxes.guests import GuestAccess
 from devbox_service.devboxes.lifecycle import Action
 from devbox_service.devboxes.models import DevboxRecord
+from devbox_service.devboxes.records import check_metadata_size
 from devbox_service.devboxes.service import DevboxService
 from devbox_service.devboxes.sizes import SizeLimits, requested_spec
 from devbox_service.errors import InvalidInput, NotFound
@@ -311,6 +312,7 @@ class InstanceService:
         """`POST /instance/{id}/snapshot`: answered `ready`. A digest the organization has
         already returns that snapshot."""
         await self._live(principal, instance_id, Act.SAVE)
+        check_metadata_size("snapshot", dict(request.metadata or {}))  # before any work
         if known := await self.snapshots.by_digest(principal, digest):
             return known
         saved = await self._checkpoints.save(principal, instance_id, digest or "snapshot")
@@ -326,6 +328,7 @@ class InstanceService:
         self, principal: Principal, request: CreateSnapshotRequest
     ) -> MorphSnapshot:
         """`POST /snapshot`: an image booted and saved (the digest first looked up)."""
+        check_metadata_size("snapshot", dict(request.metadata or {}))  # before any work
         if known := await self.snapshots.by_digest(principal, request.digest):
             return known
         boot = await self._checkpoints.bootable(principal, request.image_id or DEFAULT_IMAGE)

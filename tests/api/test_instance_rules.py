@@ -468,3 +468,25 @@ async def test_unused_snapshots_are_reclaimed_at_their_ttl_and_used_ones_wait(
         f"/api/snapshot/{used['id']}/ttl", json={"ttl_seconds": -1}, headers=auth
     )
     assert bad.status_code == 422
+
+
+async def test_snapshot_metadata_has_a_total_cap_checked_before_any_work(fake_api: Api) -> None:
+    key = fake_api.admin_key
+    instance = await start(fake_api, key)
+    huge = {f"k{i}": "v" * 1000 for i in range(80)}  # 80 KB of JSON
+    refused = await fake_api.client.post(
+        f"/api/instance/{instance['id']}/snapshot",
+        json={"metadata": huge},
+        headers=fake_api.auth(key),
+    )
+    assert refused.status_code == 413 and "65536" in refused.json()["detail"], refused.text
+    listed = (await fake_api.client.get("/api/snapshot", headers=fake_api.auth(key))).json()
+    assert listed["data"] == []  # nothing was saved for the refused request
+    saved = await fake_api.client.post(
+        f"/api/instance/{instance['id']}/snapshot", json={}, headers=fake_api.auth(key)
+    )
+    snapshot_id = saved.json()["id"]
+    relabel = await fake_api.client.post(
+        f"/api/snapshot/{snapshot_id}/metadata", json=huge, headers=fake_api.auth(key)
+    )
+    assert relabel.status_code == 413, relabel.text
