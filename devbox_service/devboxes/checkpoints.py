@@ -7,6 +7,8 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
+import msgspec
+
 from devbox_service.auth.models import Principal
 from devbox_service.auth.policy import Act, authorize
 from devbox_service.backends import base as backend_api
@@ -24,6 +26,7 @@ from devbox_service.devboxes.models import (
 from devbox_service.devboxes.quotas import Admission
 from devbox_service.devboxes.records import check_metadata_size, new_event
 from devbox_service.devboxes.schemas import DevboxResponse, ImageResponse, SnapshotResponse
+from devbox_service.devboxes.sizes import MIN_MEMORY_MB
 from devbox_service.devboxes.views import DevboxViews, snapshot_response
 from devbox_service.errors import (
     Conflict,
@@ -37,6 +40,11 @@ DEFAULT_IMAGE = "default"
 DEFAULT_IMAGE_NAMES = (DEFAULT_IMAGE, "morphvm-minimal")
 """What names the image marked `default` wherever an image or snapshot id is taken: the image
 list's own word, and the name Morph's SDK and docs use."""
+
+
+BOOT_MEMORY_SIZES = tuple(MIN_MEMORY_MB * 2**k for k in range(12))
+"""Memory sizes an image boots in (128 MB doubling): a fixed list, so the boot snapshots a
+host keeps per size are bounded whatever callers ask."""
 
 
 class CheckpointService:
@@ -194,17 +202,27 @@ class CheckpointService:
     async def in_size(
         self, principal: Principal, snapshot: backend_api.SnapshotInfo, spec: MachineSpec
     ) -> backend_api.SnapshotInfo:
-        """What to boot for `snapshot` in `spec`. An image boots in any size (its boot
-        snapshot for that size, made once: admitted first, as the devbox will be). A saved
-        snapshot resumes with the CPUs and memory it was saved with, so only its disk may
-        grow (after the boot). Raises InvalidSpec, LimitReached."""
-        if spec == snapshot.spec:
+        """What to boot for `snapshot` in `spec`; a disk larger than the snapshot's is grown
+        after the boot. An image boots with any CPU count and a memory size from a fixed list
+        (its boot snapshot for that size, made once: admitted first, as the devbox will be),
+        so callers cannot make the host keep a boot snapshot per size they invent. A saved
+        snapshot resumes with the CPUs and memory it was saved with. Raises InvalidSpec,
+        LimitReached."""
+        at_its_disk = msgspec.structs.replace(spec, disk_mb=snapshot.spec.disk_mb)
+        if at_its_disk == snapshot.spec:
             return snapshot
         backend = self._core.backend
         images = await backend.list_images()
         if any(i.boot_snapshot_id == snapshot.id for i in images):
+            if spec.memory_mb not in BOOT_MEMORY_SIZES:
+                sizes = ", ".join(str(m) for m in BOOT_MEMORY_SIZES)
+                raise InvalidSpec(
+                    f"memory must be one of {sizes} (MB) for an image: each size keeps a boot "
+                    "snapshot on the host",
+                    loc=["body", "memory"],
+                )
             await self._core.admission.check_devboxes(principal, 1, spec, backend)
-            return await backend.image_snapshot(snapshot.image_id, spec)
+            return await backend.image_snapshot(snapshot.image_id, at_its_disk)
         for field, asked, saved in (
             ("vcpus", spec.vcpus, snapshot.spec.vcpus),
             ("memory", spec.memory_mb, snapshot.spec.memory_mb),

@@ -490,3 +490,20 @@ async def test_snapshot_metadata_has_a_total_cap_checked_before_any_work(fake_ap
         f"/api/snapshot/{snapshot_id}/metadata", json=huge, headers=fake_api.auth(key)
     )
     assert relabel.status_code == 413, relabel.text
+
+
+async def test_an_image_boots_in_memory_sizes_from_a_fixed_list(fake_api: Api) -> None:
+    """Each size an image boots in keeps a boot snapshot on the host: callers choose from a
+    list (and any disk, grown after the boot) rather than make one per size they invent."""
+    auth = fake_api.auth(fake_api.admin_key)
+    odd = await fake_api.client.post("/api/snapshot", json={"memory": 777}, headers=auth)
+    assert odd.status_code == 422, odd.text
+    assert "128, 256, 512, 1024" in str(odd.json()["detail"]), odd.text
+    for disk in (3000, 3001, 3002):
+        grown = await fake_api.client.post(
+            "/api/snapshot", json={"memory": 512, "disk_size": disk}, headers=auth
+        )
+        assert grown.status_code == 200, grown.text
+        assert grown.json()["spec"]["disk_size"] == disk
+    sized = fake_api.services.devbox_core.backend._sized_boots  # type: ignore[attr-defined]
+    assert [s.memory_mb for s in sized] == [512]  # one boot snapshot, not one per disk
