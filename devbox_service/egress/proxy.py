@@ -3,8 +3,8 @@ addresses to (`guestfwd`), the guest's network being otherwise closed (`restrict
 
 - the service's API (`GuestApiRelay`): bytes relayed to the API's TCP address;
 - the internet (`EgressProxy`): an HTTP proxy (CONNECT for TLS, absolute URLs for plain HTTP)
-  that resolves names itself and refuses every destination on the host or a private network:
-  loopback, the host's own addresses, RFC 1918, CGNAT, link-local, multicast, unspecified.
+  that resolves names itself and refuses every address that is not global unicast or is the
+  host's own (`addresses.refusal`).
 
 Nothing here imports the web layer; errors are answered to the guest as HTTP status lines.
 """
@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import itertools
 import logging
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from devbox_service.egress.addresses import Address, host_addresses, refusal
 
 log = logging.getLogger("devbox_service.egress")
 
@@ -27,64 +28,6 @@ CONNECT_TIMEOUT = 10.0
 HEADER_TIMEOUT = 30.0
 MAX_HEADER_BYTES = 64 * 1024
 MAX_CONNECTIONS = 256
-
-BLOCKED_NETWORKS = tuple(
-    ipaddress.ip_network(n)
-    for n in (
-        "0.0.0.0/8",
-        "10.0.0.0/8",
-        "100.64.0.0/10",
-        "127.0.0.0/8",
-        "169.254.0.0/16",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-        "224.0.0.0/4",
-        "240.0.0.0/4",
-        "::/128",
-        "::1/128",
-        "::ffff:0:0/96",
-        "fc00::/7",
-        "fe80::/10",
-        "ff00::/8",
-    )
-)
-
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def host_addresses() -> set[Address]:
-    """Every address of this host's interfaces (a guest must not reach host services)."""
-    found = _ipv4_interface_addresses()
-    with contextlib.suppress(OSError):
-        for _, _, _, _, sockaddr in socket.getaddrinfo(socket.gethostname(), None):
-            found.add(ipaddress.ip_address(sockaddr[0]))
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/net/if_inet6").read_text().splitlines():
-            raw = line.split()[0]
-            found.add(ipaddress.ip_address(":".join(raw[i : i + 4] for i in range(0, 32, 4))))
-    return found
-
-
-def _ipv4_interface_addresses() -> set[Address]:
-    """IPv4 addresses of local interfaces, from the kernel's local routing table."""
-    found: set[Address] = set()
-    with contextlib.suppress(OSError):
-        lines = Path("/proc/net/fib_trie").read_text().splitlines()
-        for previous, line in itertools.pairwise(lines):
-            if "/32 host LOCAL" in line:
-                found.add(ipaddress.ip_address(previous.split()[-1]))
-    return found
-
-
-def refusal(address: Address, own: set[Address]) -> str | None:
-    """Why a guest may not reach `address`, or None."""
-    if address in own:
-        return "an address of the devbox's host"
-    for network in BLOCKED_NETWORKS:
-        if address.version == network.version and address in network:
-            return f"a private or local address ({network})"
-    return None
-
 
 OWN_ADDRESSES_TTL = 30.0
 
