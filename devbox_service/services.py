@@ -210,10 +210,18 @@ class Services:
                 flush=True,
             )
         if self.backend is not None:
+            guest_of = self.backend.instance_of_guest
             self.guest_api = GuestApiRelay(
-                guest_api_socket(self.settings), self.settings.host, self.settings.port
+                guest_api_socket(self.settings),
+                self.settings.host,
+                self.settings.port,
+                guest_of=guest_of,
             )
-            self.guest_proxy = EgressProxy(guest_proxy_socket(self.settings))
+            self.guest_proxy = EgressProxy(
+                guest_proxy_socket(self.settings),
+                ports=self.settings.egress_port_set,
+                guest_of=guest_of,
+            )
             await self.guest_api.start()
             await self.guest_proxy.start()
             if self._owns_backend:

@@ -74,10 +74,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     vm_memory_overhead_mb: Annotated[int, Meta(ge=0)] = 64
     web_session_hours: Annotated[float, Meta(gt=0, le=24 * 90)] = 12.0
     gc_interval_seconds: Annotated[float, Meta(ge=0)] = 3600.0
+    # destination ports guests may reach through the egress proxy: web and package mirrors
+    # (80, 443, git over HTTPS) and git over SSH (22); comma-separated
+    egress_ports: Annotated[str, Meta(pattern=r"^\s*\d{1,5}\s*(,\s*\d{1,5}\s*)*$")] = "80,443,22"
+
+    def __post_init__(self) -> None:
+        if not all(0 < port <= 65535 for port in self.egress_port_set):
+            raise ValueError(f"egress_ports: ports are 1 to 65535, not {self.egress_ports!r}")
 
     @property
     def database_path(self) -> Path:
         return Path(self.data_dir) / "devbox.sqlite3"
+
+    @property
+    def egress_port_set(self) -> frozenset[int]:
+        return frozenset(int(port) for port in self.egress_ports.split(","))
 
     @property
     def base_url(self) -> str:

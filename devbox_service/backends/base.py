@@ -97,6 +97,10 @@ GUEST_SERVICE_ADDRESS = "10.0.2.100"
 (`GUEST_API_PORT`) and an HTTP proxy to the internet on `GUEST_PROXY_PORT`."""
 GUEST_API_PORT = 80
 GUEST_PROXY_PORT = 3128
+GUEST_MARKER_VARIABLE = "DEVBOXSVC_GUEST_MARKER"
+"""Set in each VM process's environment (QEMU's, inherited by the `socat` its guestfwd starts
+per connection): the egress servers read it from their peer's /proc environ to tell which
+devbox a connection on the shared sockets comes from (see `VMBackend.instance_of_guest`)."""
 
 
 class InstanceState(enum.StrEnum):
@@ -183,6 +187,10 @@ class VMBackend(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release connections; running VMs keep running (they belong to their records)."""
+
+    def instance_of_guest(self, marker: str) -> str | None:
+        """The live instance whose VM process carries `marker` in `GUEST_MARKER_VARIABLE`."""
+        return None
 
     async def collect_garbage(self) -> GarbageReport:
         """Remove files nothing references (left by crashes, deleted snapshots, old image

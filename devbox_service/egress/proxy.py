@@ -3,8 +3,14 @@ addresses to (`guestfwd`), the guest's network being otherwise closed (`restrict
 
 - the service's API (`GuestApiRelay`): bytes relayed to the API's TCP address;
 - the internet (`EgressProxy`): an HTTP proxy (CONNECT for TLS, absolute URLs for plain HTTP)
-  that resolves names itself and refuses every destination on the host or a private network:
-  loopback, the host's own addresses, RFC 1918, CGNAT, link-local, multicast, unspecified.
+  that resolves names itself, allows the destination ports it is given, and refuses every
+  address that is not global unicast or is the host's own (`addresses.refusal`).
+
+Both sockets are shared by every devbox; `guests.GuestServer` names each connection's devbox,
+and `guests.GuestSlots` caps what one devbox and all of them may hold, refusing at once
+rather than queueing, so one guest's connections never delay another's. A proxy connection
+takes its slot only once its request line and headers arrived (bounded in size and time).
+Each proxied connection is logged with its devbox, host, port and outcome (never a path).
 
 Nothing here imports the web layer; errors are answered to the guest as HTTP status lines.
 """
@@ -14,113 +20,101 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import itertools
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from devbox_service.egress.addresses import Address, host_addresses, refusal
+from devbox_service.egress.guests import (
+    PER_GUEST_CONNECTIONS,
+    GuestOf,
+    GuestServer,
+    GuestSlots,
+    global_cap,
+)
 
 log = logging.getLogger("devbox_service.egress")
 
 CONNECT_TIMEOUT = 10.0
-HEADER_TIMEOUT = 30.0
-MAX_HEADER_BYTES = 64 * 1024
-MAX_CONNECTIONS = 256
-
-BLOCKED_NETWORKS = tuple(
-    ipaddress.ip_network(n)
-    for n in (
-        "0.0.0.0/8",
-        "10.0.0.0/8",
-        "100.64.0.0/10",
-        "127.0.0.0/8",
-        "169.254.0.0/16",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-        "224.0.0.0/4",
-        "240.0.0.0/4",
-        "::/128",
-        "::1/128",
-        "::ffff:0:0/96",
-        "fc00::/7",
-        "fe80::/10",
-        "ff00::/8",
-    )
-)
-
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+RESOLVE_TIMEOUT = 10.0
+HEADER_TIMEOUT = 10.0  # for the whole request head, not per byte (a slow drip is cut off)
+IDLE_TIMEOUT = 300.0  # a relayed connection with no byte either way this long is closed
+MAX_HEADER_BYTES = 16 * 1024
+PER_GUEST_RESOLVING = 4  # name look-ups one devbox may have in flight (the executor is shared)
+OWN_ADDRESSES_TTL = 30.0
+DEFAULT_PORTS = frozenset({80, 443, 22})
 
 
-def host_addresses() -> set[Address]:
-    """Every address of this host's interfaces (a guest must not reach host services)."""
-    found = _ipv4_interface_addresses()
-    with contextlib.suppress(OSError):
-        for _, _, _, _, sockaddr in socket.getaddrinfo(socket.gethostname(), None):
-            found.add(ipaddress.ip_address(sockaddr[0]))
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/net/if_inet6").read_text().splitlines():
-            raw = line.split()[0]
-            found.add(ipaddress.ip_address(":".join(raw[i : i + 4] for i in range(0, 32, 4))))
-    return found
-
-
-def _ipv4_interface_addresses() -> set[Address]:
-    """IPv4 addresses of local interfaces, from the kernel's local routing table."""
-    found: set[Address] = set()
-    with contextlib.suppress(OSError):
-        lines = Path("/proc/net/fib_trie").read_text().splitlines()
-        for previous, line in itertools.pairwise(lines):
-            if "/32 host LOCAL" in line:
-                found.add(ipaddress.ip_address(previous.split()[-1]))
-    return found
-
-
-def refusal(address: Address, own: set[Address]) -> str | None:
-    """Why a guest may not reach `address`, or None."""
-    if address in own:
-        return "an address of the devbox's host"
-    for network in BLOCKED_NETWORKS:
-        if address.version == network.version and address in network:
-            return f"a private or local address ({network})"
+def _no_guest(marker: str) -> str | None:
     return None
 
 
-OWN_ADDRESSES_TTL = 30.0
-
-
 class EgressProxy:
-    """An HTTP proxy for guests on a Unix socket; every accepted connection is one guest's."""
+    """An HTTP proxy for guests on a Unix socket, each connection counted against its devbox."""
 
     def __init__(
-        self, path: Path, *, own_addresses: Callable[[], set[Address]] = host_addresses
+        self,
+        path: Path,
+        *,
+        own_addresses: Callable[[], set[Address]] = host_addresses,
+        ports: Iterable[int] = DEFAULT_PORTS,
+        guest_of: GuestOf = _no_guest,
+        per_guest: int = PER_GUEST_CONNECTIONS,
+        total: int | None = None,
+        header_timeout: float = HEADER_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self.path = path
+        self.ports = frozenset(ports)
         self._read_own_addresses = own_addresses
         self._own: tuple[float, set[Address]] | None = None
-        self._server: asyncio.Server | None = None
-        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        self._server = GuestServer(path, self._handle, guest_of, MAX_HEADER_BYTES)
+        total = global_cap() if total is None else total
+        # connections still sending their head count too (they hold a descriptor), in a
+        # separate pool: a guest cannot hold a tunnel slot without having asked for anything
+        self.heads = GuestSlots(per_guest, total)
+        self.slots = GuestSlots(per_guest, total)
+        self._resolving: Counter[str] = Counter()
+        self.header_timeout, self.idle_timeout = header_timeout, idle_timeout
 
     async def start(self) -> None:
-        self._server = await _serve_unix(self.path, self._handle)
+        await self._server.start()
 
     async def close(self) -> None:
-        await _close(self._server)
-        self._server = None
+        await self._server.close()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async with self._slots:
-            try:
-                await self._proxy(reader, writer)
-            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
-                pass
-            finally:
-                writer.close()
-
-    async def _proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEADER_TIMEOUT)
-        if len(head) > MAX_HEADER_BYTES:
+    async def _handle(
+        self, guest: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        busy = self.heads.take(guest)
+        if busy is not None:
+            _log(guest, "", 0, "refused", busy)
+            return await _answer(writer, 503, busy)
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.header_timeout)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            return None
+        except asyncio.LimitOverrunError:
             return await _answer(writer, 431, "request headers too large")
+        finally:
+            self.heads.give(guest)
+        busy = self.slots.take(guest)
+        if busy is not None:
+            _log(guest, "", 0, "refused", busy)
+            return await _answer(writer, 503, busy)
+        try:
+            await self._proxy(guest, head, reader, writer)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+            pass
+        finally:
+            self.slots.give(guest)
+
+    async def _proxy(
+        self, guest: str, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         request_line, _, rest = head.partition(b"\r\n")
         parts = request_line.decode("latin-1").split(" ")
         if len(parts) != 3:
@@ -128,17 +122,17 @@ class EgressProxy:
         method, target, version = parts
         if method == "CONNECT":
             host, port = _split_host_port(target, 443)
-            upstream = await self._open(writer, host, port)
+            upstream = await self._open(guest, writer, host, port)
             if upstream is None:
                 return None
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             await writer.drain()
-            return await _pipe(reader, writer, *upstream)
+            return await _pipe(reader, writer, *upstream, idle=self.idle_timeout)
         if not target.startswith("http://"):
             return await _answer(writer, 400, "send absolute http:// URLs, or CONNECT for https")
         authority, _, path = target[len("http://") :].partition("/")
         host, port = _split_host_port(authority, 80)
-        upstream = await self._open(writer, host, port)
+        upstream = await self._open(guest, writer, host, port)
         if upstream is None:
             return None
         up_reader, up_writer = upstream
@@ -150,7 +144,7 @@ class EgressProxy:
         forwarded = f"{method} /{path} {version}\r\n".encode("latin-1")
         up_writer.write(forwarded + b"\r\n".join([*headers, b"Connection: close"]) + b"\r\n\r\n")
         await up_writer.drain()
-        return await _pipe(reader, writer, up_reader, up_writer)
+        return await _pipe(reader, writer, up_reader, up_writer, idle=self.idle_timeout)
 
     def _own_addresses(self) -> set[Address]:
         """The host's addresses, read again at most every `OWN_ADDRESSES_TTL` seconds (not
@@ -161,62 +155,128 @@ class EgressProxy:
         return self._own[1]
 
     async def _open(
-        self, writer: asyncio.StreamWriter, host: str, port: int
+        self, guest: str, writer: asyncio.StreamWriter, host: str, port: int
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-        """A connection to the first allowed address of `host`, or an answer why not."""
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM
-            )
-        except OSError:
-            await _answer(writer, 502, f"cannot resolve {host}")
+        """A connection to the first allowed address of `host`, or an answer why not. Every
+        address is judged before any is tried."""
+        if port not in self.ports:
+            reason = f"port {port} is not allowed (allowed: {_ports(self.ports)})"
+            await _refuse(writer, guest, host, port, 403, reason)
+            return None
+        infos = await self._resolve(guest, host, port)
+        if isinstance(infos, str):
+            await _refuse(writer, guest, host, port, 502, infos)
             return None
         own = self._own_addresses()
-        reasons = []
-        for family, _, _, _, sockaddr in infos:
-            address = ipaddress.ip_address(sockaddr[0])
-            reason = refusal(address, own)
-            if reason is not None:
-                reasons.append(f"{address} is {reason}")
-                continue
+        refused = [f"{address} is {why}" for _, address in infos if (why := refusal(address, own))]
+        if refused:  # one refused address and the name is suspect: try none of them
+            await _refuse(writer, guest, host, port, 403, "; ".join(refused))
+            return None
+        failures = []
+        for family, address in infos:
             try:
-                return await asyncio.wait_for(
+                upstream = await asyncio.wait_for(
                     asyncio.open_connection(str(address), port, family=family), CONNECT_TIMEOUT
                 )
             except (OSError, TimeoutError) as exc:
-                reasons.append(f"{address}: {exc or 'timed out'}")
-        status = 403 if reasons and all(" is " in r for r in reasons) else 502
-        await _answer(writer, status, f"{host}:{port} refused: " + "; ".join(reasons))
+                failures.append(f"{address}: {exc or 'timed out'}")
+                continue
+            _log(guest, host, port, "allowed", str(address))
+            return upstream
+        await _refuse(writer, guest, host, port, 502, "; ".join(failures) or "no address")
         return None
+
+    async def _resolve(self, guest: str, host: str, port: int) -> list[tuple[int, Address]] | str:
+        """The addresses of `host` (with their families), or why not; a devbox has few
+        look-ups in flight at once (the resolver's threads are shared by every guest)."""
+        if self._resolving[guest] >= PER_GUEST_RESOLVING:
+            return f"devbox {guest} has {PER_GUEST_RESOLVING} look-ups in flight"
+        self._resolving[guest] += 1
+        try:
+            async with asyncio.timeout(RESOLVE_TIMEOUT):
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, port, type=socket.SOCK_STREAM
+                )
+        except (OSError, TimeoutError, UnicodeError):
+            return f"cannot resolve {host}"
+        finally:
+            self._resolving[guest] -= 1
+            if self._resolving[guest] <= 0:
+                del self._resolving[guest]
+        return [(info[0], ipaddress.ip_address(info[4][0])) for info in infos]
 
 
 class GuestApiRelay:
     """The service's API for guests: each connection relayed to the API's TCP address."""
 
-    def __init__(self, path: Path, host: str, port: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        host: str,
+        port: int,
+        *,
+        guest_of: GuestOf = _no_guest,
+        per_guest: int = PER_GUEST_CONNECTIONS,
+        total: int | None = None,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
         self.path = path
         self.host = "127.0.0.1" if host in ("0.0.0.0", "localhost") else host
         self.host = "::1" if host == "::" else self.host
         self.port = port
-        self._server: asyncio.Server | None = None
+        self._server = GuestServer(path, self._handle, guest_of, 65536)
+        self.slots = GuestSlots(per_guest, global_cap() if total is None else total)
+        self.idle_timeout = idle_timeout
 
     async def start(self) -> None:
-        self._server = await _serve_unix(self.path, self._handle)
+        await self._server.start()
 
     async def close(self) -> None:
-        await _close(self._server)
-        self._server = None
+        await self._server.close()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(
+        self, guest: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        busy = self.slots.take(guest)
+        if busy is not None:  # closed unanswered: the guest's HTTP client sees a reset
+            log.info("guest api refused", extra={"devbox_id": guest, "reason": busy})
+            return None
         try:
             upstream = await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT
             )
-            await _pipe(reader, writer, *upstream)
+            await _pipe(reader, writer, *upstream, idle=self.idle_timeout)
         except (OSError, TimeoutError):
             pass
         finally:
-            writer.close()
+            self.slots.give(guest)
+
+
+def _log(guest: str, host: str, port: int, outcome: str, detail: str) -> None:
+    """One line per egress decision: the devbox, where to, and what happened (a host and a
+    port only: never a path or query, which may carry credentials)."""
+    log.info(
+        "egress %s",
+        outcome,
+        extra={
+            "devbox_id": guest,
+            "host": host,
+            "port": port,
+            "outcome": outcome,
+            "detail": detail,
+        },
+    )
+
+
+async def _refuse(
+    writer: asyncio.StreamWriter, guest: str, host: str, port: int, status: int, reason: str
+) -> None:
+    _log(guest, host, port, "refused", reason)
+    await _answer(writer, status, f"{host}:{port} refused: {reason}")
+
+
+def _ports(ports: frozenset[int]) -> str:
+    return ",".join(str(p) for p in sorted(ports))
 
 
 def _split_host_port(authority: str, default: int) -> tuple[str, int]:
@@ -242,7 +302,13 @@ async def _answer(writer: asyncio.StreamWriter, status: int, reason: str) -> Non
         await writer.drain()
 
 
-_PHRASES = {400: "Bad Request", 403: "Forbidden", 431: "Too Large", 502: "Bad Gateway"}
+_PHRASES = {
+    400: "Bad Request",
+    403: "Forbidden",
+    431: "Too Large",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
 
 
 async def _pipe(
@@ -250,12 +316,18 @@ async def _pipe(
     writer: asyncio.StreamWriter,
     up_reader: asyncio.StreamReader,
     up_writer: asyncio.StreamWriter,
+    *,
+    idle: float,
 ) -> None:
-    """Copy both ways until either side closes."""
+    """Copy both ways until either side closes, or nothing moved either way for `idle`."""
+    loop = asyncio.get_running_loop()
 
-    async def copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def copy(
+        source: asyncio.StreamReader, sink: asyncio.StreamWriter, deadline: asyncio.Timeout
+    ) -> None:
         with contextlib.suppress(OSError):
             while chunk := await source.read(65536):
+                deadline.reschedule(loop.time() + idle)
                 sink.write(chunk)
                 await sink.drain()
         with contextlib.suppress(OSError):
@@ -263,23 +335,10 @@ async def _pipe(
                 sink.write_eof()
 
     try:
-        await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(idle) as deadline:
+                await asyncio.gather(
+                    copy(reader, up_writer, deadline), copy(up_reader, writer, deadline)
+                )
     finally:
         up_writer.close()
-
-
-async def _serve_unix(
-    path: Path, handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], object]
-) -> asyncio.Server:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.unlink(missing_ok=True)
-    server = await asyncio.start_unix_server(handler, path=str(path))  # type: ignore[arg-type]
-    path.chmod(0o600)
-    return server
-
-
-async def _close(server: asyncio.Server | None) -> None:
-    if server is not None:
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 5)

@@ -22,17 +22,22 @@ from support import free_port
 
 pytestmark = pytest.mark.vm
 
-OUTSIDE_NET = "198.51.100"  # TEST-NET-2: a host the test makes in its own network namespace
+# A host the test makes in its own network namespace. Global unicast (next to TEST-NET-2,
+# which the proxy refuses as special-purpose), so the proxy treats it as the internet.
+OUTSIDE_NET = "198.51.101"
+OUTSIDE_PORT = 8099
+HOST_PORT = free_port()  # the host's own listeners: allowed as a port, refused as an address
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
-    with live_service(tmp_path_factory.mktemp("isolation")) as service:
+    ports = f"80,443,22,{OUTSIDE_PORT},{HOST_PORT}"
+    with live_service(tmp_path_factory.mktemp("isolation"), EGRESS_PORTS=ports) as service:
         yield service
 
 
 @contextlib.contextmanager
-def host_listener(host: str) -> Iterator[int]:
+def host_listener(host: str, port: int = 0) -> Iterator[int]:
     """An HTTP server on the host that answers "host-secret" (what a guest must not read)."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -44,7 +49,7 @@ def host_listener(host: str) -> Iterator[int]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer((host, free_port()), Handler)
+    server = http.server.ThreadingHTTPServer((host, port or free_port()), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -76,7 +81,7 @@ def outside_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         for command in commands:
             subprocess.run(command, check=True, timeout=30)
         server = subprocess.Popen(
-            [*run, "python3", "-m", "http.server", "8099", "--bind", f"{OUTSIDE_NET}.2"],
+            [*run, "python3", "-m", "http.server", str(OUTSIDE_PORT), "--bind", f"{OUTSIDE_NET}.2"],
             cwd=root,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -115,14 +120,15 @@ def test_a_guest_reaches_the_api_and_the_outside_but_nothing_on_the_host(
     live: LiveService, outside_host: str
 ) -> None:
     first, second = live.create_devbox(), live.create_devbox()
-    with host_listener("127.0.0.1") as loopback_port, host_listener(f"{OUTSIDE_NET}.1") as own:
+    loopback, own_address = host_listener("127.0.0.1", HOST_PORT), f"{OUTSIDE_NET}.1"
+    with loopback as loopback_port, host_listener(own_address, HOST_PORT) as own:
         for devbox in (first, live.wait_ready(_branch(live, first["id"]))):
             guest_id = devbox["id"]
             health = curl(
                 live, guest_id, "http://10.0.2.100/health", "-o /dev/null -w %{http_code}"
             )
             assert health == "200", "the service's API is reachable at its documented address"
-            assert curl(live, guest_id, f"http://{outside_host}:8099/") == "outside-ok"
+            assert curl(live, guest_id, f"http://{outside_host}:{OUTSIDE_PORT}/") == "outside-ok"
             refused = [
                 f"http://10.0.2.2:{loopback_port}/",  # the host's loopback, as slirp maps it
                 f"http://127.0.0.1:{loopback_port}/",  # the same, named through the proxy
@@ -130,11 +136,38 @@ def test_a_guest_reaches_the_api_and_the_outside_but_nothing_on_the_host(
                 f"http://10.0.2.2:{live.port}/health",  # the API, but not at its address
             ]
             refused += [f"http://10.0.2.2:{p}/" for p in forwarded_ports(live, second["id"])]
+            refused += [
+                f"http://{outside_host}:{OUTSIDE_PORT + 1}/",  # a port the proxy does not allow
+                f"http://[64:ff9b::{_hex4(outside_host)}]:{OUTSIDE_PORT}/",  # NAT64 of it
+                f"http://[2002:{_hex4(outside_host)}::1]:{OUTSIDE_PORT}/",  # 6to4 of it
+                f"http://[::ffff:127.0.0.1]:{HOST_PORT}/",  # the host's loopback, mapped
+            ]
             for url in refused:
                 for how in ("", "--noproxy '*'"):
                     answer = curl(live, guest_id, url, how)
                     assert "host-secret" not in answer and not answer.startswith("{"), (url, how)
                     assert answer.startswith("refused") or "refused" in answer, (url, how, answer)
+            decisions = _egress_log(live, guest_id)
+            assert (outside_host, OUTSIDE_PORT, "allowed") in decisions
+            assert ("64:ff9b::" + _hex4(outside_host), OUTSIDE_PORT, "refused") in decisions
+            assert (outside_host, OUTSIDE_PORT + 1, "refused") in decisions
+
+
+def _hex4(ipv4: str) -> str:
+    """An IPv4 address as the last two groups of an IPv6 one."""
+    a, b, c, d = (int(x) for x in ipv4.split("."))
+    return f"{a << 8 | b:x}:{c << 8 | d:x}"
+
+
+def _egress_log(live: LiveService, devbox_id: str) -> set[tuple[str, int, str]]:
+    """The egress proxy's decisions logged for `devbox_id`: (host, port, outcome)."""
+    found = set()
+    for line in (live.data_dir / "service.log").read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if entry.get("devbox_id") == devbox_id and "outcome" in entry:
+                found.add((entry["host"], entry["port"], entry["outcome"]))
+    return found
 
 
 def test_gateway_port_forwarding_reaches_only_the_devboxs_own_guest(live: LiveService) -> None:

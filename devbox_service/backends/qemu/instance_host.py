@@ -21,6 +21,14 @@ from devbox_service.backends.qemu.util import free_port, proc_pss_kb, proc_usage
 class InstanceHost(BackendState):
     """The `VMBackend` port-forward and usage operations."""
 
+    def instance_of_guest(self, marker: str) -> str | None:
+        """The live instance whose QEMU was launched with `marker` (its process marker, kept
+        in the record, so VMs adopted after a restart and pooled processes are found too)."""
+        for rec in self._instances.values():
+            if rec.state in LIVE and rec.launch.process_marker == marker:
+                return rec.id
+        return None
+
     async def expose_port(self, instance_id: str, guest_port: int) -> int:
         if not 0 < guest_port < 65536:
             raise BackendError("guest port out of range", guest_port=guest_port)

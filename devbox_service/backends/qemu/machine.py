@@ -21,7 +21,7 @@ import signal
 from pathlib import Path
 from typing import IO
 
-from devbox_service.backends.base import BackendError, CommandFailed
+from devbox_service.backends.base import GUEST_MARKER_VARIABLE, BackendError, CommandFailed
 from devbox_service.backends.qemu.argv import GuestRam, LaunchSpec, command_line
 from devbox_service.backends.qemu.session import MachineSession, MachineState
 from devbox_service.backends.qemu.util import pid_alive, tail
@@ -117,6 +117,7 @@ class Machine(MachineSession):
                 stdout=out,
                 stderr=out,
                 start_new_session=True,  # survives the service; never killed with our group
+                env={**os.environ, GUEST_MARKER_VARIABLE: self.launch_spec.process_marker},
                 pass_fds=(state_fd,) if state_fd is not None else (),
             )
         self.pid = self._proc.pid
