@@ -44,7 +44,7 @@ class Events:
 
 
 class Guests:
-    async def guest_endpoint(self, principal: object, devbox_id: str) -> SSHEndpoint:
+    async def guest_endpoint(self, principal: object, devbox_id: str, act: object) -> SSHEndpoint:
         return ENDPOINT
 
 
