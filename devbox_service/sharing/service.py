@@ -1,4 +1,9 @@
-"""Share links: who may name a template with an alias, who sees it, and finding one."""
+"""Share links: who may name a template with an alias, who sees it, and finding one.
+
+An alias belongs to the organization whose template it first named, not to the user who made
+it: only members of that organization touch it, and of those only its creator and the org's
+owners and admins move it to another template (of that organization) or delete it. A member
+who leaves the organization leaves its aliases behind."""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from devbox_service.auth.models import Principal
 from devbox_service.devbox_templates.schemas import InstantDevboxRequest, TemplateDetail
 from devbox_service.devbox_templates.service import TemplateService
 from devbox_service.devboxes.schemas import DevboxResponse
-from devbox_service.errors import Conflict, NotFound
+from devbox_service.errors import Conflict, NotFound, PermissionDenied
 from devbox_service.sharing.models import (
     AliasRecord,
     AliasResponse,
@@ -52,19 +57,21 @@ class SharingService:
     async def share(
         self, principal: Principal, template_id: str, request: TemplateShareRequest
     ) -> TemplateShareResponse:
-        """Name a template of the caller's org; sharing again moves the alias. Raises
-        NotFound (template), Conflict (the alias is someone else's)."""
+        """Name a template of the caller's org; sharing again moves the alias (to another
+        template of the alias's org, by its creator or an org owner/admin). Raises NotFound
+        (template), Conflict (another organization's alias), PermissionDenied (a member who
+        may not move it)."""
         template = await self._templates.visible(principal, template_id)
         existing = await self._store.get(request.alias)
-        if existing is not None and existing.user_id != principal.user_id:
-            raise Conflict(f"alias {request.alias!r} is taken: choose another")
+        if existing is not None:
+            self._may_change(principal, existing)
         now = time.time()
         await self._store.upsert(
             AliasRecord(
                 alias=request.alias,
                 template_id=template.id,
-                org_id=template.org_id,
-                user_id=principal.user_id,
+                org_id=template.org_id,  # == the existing alias's org (`_may_change`)
+                user_id=existing.user_id if existing is not None else principal.user_id,
                 description=request.description,
                 visibility=request.visibility,
                 created_at=now,
@@ -72,6 +79,30 @@ class SharingService:
             )
         )
         return TemplateShareResponse(url=self.url(request.alias))
+
+    async def unshare(self, principal: Principal, alias: str) -> None:
+        """Delete an alias (its template stays). Raises NotFound (not an alias the caller
+        sees), PermissionDenied (another organization's, or a member who may not)."""
+        record = await self.visible(principal, alias)
+        if record.org_id != principal.org_id:
+            raise PermissionDenied(f"alias {alias!r} is another organization's")
+        self._may_change(principal, record)
+        await self._store.delete(record.alias, record.org_id)
+
+    @staticmethod
+    def _may_change(principal: Principal, record: AliasRecord) -> None:
+        """Moving or deleting an alias: a member of its organization who created it, or an
+        owner or admin of that organization. The check reads the caller's membership of
+        now (a removed member's credentials for the org are refused before this)."""
+        if record.org_id != principal.org_id:
+            raise Conflict(
+                f"alias {record.alias!r} is taken by another organization: choose another"
+            )
+        if record.user_id != principal.user_id and not principal.role.manages_org:
+            raise PermissionDenied(
+                f"alias {record.alias!r} is taken: only the member who created it or an "
+                "owner or admin of its organization may move or delete it"
+            )
 
     async def visible(self, principal: Principal | None, alias: str) -> AliasRecord:
         """An alias of the caller's org, or a public one (anyone, signed in or not, sees a
