@@ -45,7 +45,6 @@ from devbox_service.devbox_templates.spec import (
     TemplateSpec,
     base_fingerprint,
     fingerprint,
-    parse,
     step_type,
 )
 from devbox_service.devbox_templates.store import TemplateStore
@@ -99,14 +98,17 @@ class BuildRuns:
     # starting, joining, cancelling
 
     async def start(
-        self, principal: Principal, template: TemplateRecord, request: TemplateCacheRequest
+        self,
+        principal: Principal,
+        template: TemplateRecord,
+        spec: TemplateSpec,
+        request: TemplateCacheRequest,
     ) -> str:
         """A new run, or the one already building this template (two requests join one)."""
         async with self._start_lock:
             running = self._tasks.get(template.id)
             if running is not None and not running.done() and template.run_id:
                 return template.run_id
-            spec = await asyncio.to_thread(parse, template.yaml)
             run = RunRecord(
                 id=new_id("run"),
                 template_id=template.id,

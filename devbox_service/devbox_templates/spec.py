@@ -4,6 +4,11 @@ A spec is a mapping with `name`, `description` and a non-empty `steps` list; eac
 of four types, a tagged union on `type` (default `command`), so the rules are declared on the
 Structs rather than written by hand. YAML anchors and aliases are refused outright: they are
 how a small document expands into a huge one ("billion laughs"), and templates do not need them.
+Nesting is bounded too (`MAX_DEPTH`): composing is recursive, so a deeply nested document is
+refused as the composer reaches the limit, before any deeper work.
+
+A spec is parsed once, when it is written; the parsed Structs are stored beside the YAML as
+msgspec JSON (`encode_spec`) and read back with `decode_spec` (no YAML parsing on reads).
 """
 
 from __future__ import annotations
@@ -174,6 +179,20 @@ def parse(text: str) -> TemplateSpec:
         return msgspec.convert(data, TemplateSpec)
     except msgspec.ValidationError as exc:
         raise _located(str(exc), lines) from exc
+
+
+_SPEC_DECODER = msgspec.json.Decoder(TemplateSpec)
+
+
+def encode_spec(spec: TemplateSpec) -> str:
+    """The parsed spec as stored beside its YAML (msgspec JSON of the Structs)."""
+    return msgspec.json.encode(spec).decode()
+
+
+def decode_spec(stored: str) -> TemplateSpec:
+    """A stored spec back as Structs: JSON decoding, no YAML parsing (milliseconds for the
+    largest spec, where parsing its YAML takes seconds of CPU)."""
+    return _SPEC_DECODER.decode(stored)
 
 
 async def parse_off_loop(text: str) -> TemplateSpec:
