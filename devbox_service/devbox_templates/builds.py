@@ -138,6 +138,7 @@ class StepRunner:
         secret_wait: float,
         prompts: dict[str, SecretPrompt],
         redactor: Redactor,
+        use_saved: bool = True,
     ) -> None:
         self.principal = principal
         self.run = run
@@ -152,6 +153,7 @@ class StepRunner:
         self.secret_wait = secret_wait
         self.prompts = prompts
         self.redactor = redactor
+        self.use_saved = use_saved  # the builder wrote the template: saved secrets as asked
         self.env: dict[str, str] = {}
 
     async def carry_out(self, index: int, step: Step) -> ExposedService | None:
@@ -210,10 +212,15 @@ class StepRunner:
         given = self.runtime_secrets.get(step.name)
         if given is not None and given != USE_SAVED:
             return self._accept(step, given)
-        saved = await self.saved(step.name)
+        saved = await self.saved(step.name) if self._may_use_saved(step.name) else None
         if saved is not None:
             return self._accept(step, saved)
         return await self._ask(index, step)
+
+    def _may_use_saved(self, name: str) -> bool:
+        """The builder's saved secret goes to the steps only for their own template, or when
+        they asked for it by name (`runtime_secrets` `{name: "__USE_SAVED__"}`)."""
+        return self.use_saved or self.runtime_secrets.get(name) == USE_SAVED
 
     async def known_secrets(self, spec: TemplateSpec) -> dict[str, str]:
         """The values of the template's secrets this run knows without asking: for the
@@ -224,7 +231,7 @@ class StepRunner:
                 continue
             value = self.env.get(step.name) or self.runtime_secrets.get(step.name)
             if value in (None, SKIP, USE_SAVED):
-                value = await self.saved(step.name)
+                value = await self.saved(step.name) if self._may_use_saved(step.name) else None
             if value is not None:
                 known[step.name] = value
         return known

@@ -242,6 +242,8 @@ class BuildRuns:
                 secret_wait=self._secret_wait,
                 prompts=self._prompts,
                 redactor=Redactor(),
+                use_saved=principal.user_id == template.user_id
+                and principal.org_id == template.org_id,
             )
             snapshot_info = await self._checkpoints.snapshot_info(start_from)
             devbox = await self._devboxes.start_from(

@@ -13,7 +13,12 @@ import msgspec
 
 from devbox_service.auth.models import Principal
 from devbox_service.devbox_templates.events import RunEvents
-from devbox_service.devbox_templates.instant import InstantDevboxes
+from devbox_service.devbox_templates.instant import (
+    InstantDevboxes,
+    SecretConsent,
+    own_template,
+    secret_consent,
+)
 from devbox_service.devbox_templates.models import (
     RunRecord,
     StepStatus,
@@ -102,6 +107,17 @@ class TemplateService:
         if template is None:
             raise NotFound.of("template", template_id)
         return await self._detail(template)
+
+    async def consent(self, principal: Principal | None, template_id: str) -> SecretConsent | None:
+        """What to ask the caller before their secrets go into a devbox of the template: None
+        when they wrote it (they get its secrets as before); for callers that checked access
+        themselves. Raises NotFound."""
+        template = await self._store.get(template_id)
+        if template is None:
+            raise NotFound.of("template", template_id)
+        if principal is not None and own_template(principal, template):
+            return None
+        return secret_consent(await self.spec(template))
 
     async def by_hash(self, principal: Principal, content_hash: str) -> TemplateDetail:
         template = await self._store.by_hash(principal.org_id, content_hash)
@@ -327,7 +343,7 @@ class TemplateService:
             return InstantDevboxAvailability(
                 template_id=template_id, available=False, reason="forbidden"
             )
-        reason = await self._instant.unavailable(principal, template)
+        reason = await self._instant.unavailable(principal, template, await self.spec(template))
         return InstantDevboxAvailability(
             template_id=template_id, available=reason is None, reason=reason
         )
@@ -337,7 +353,7 @@ class TemplateService:
     ) -> DevboxResponse:
         """A devbox from the template's final snapshot (see `InstantDevboxes.start`)."""
         template = await self.visible(principal, template_id)
-        return await self._instant.start(principal, template, request)
+        return await self._instant.start(principal, template, await self.spec(template), request)
 
     async def instant_devbox_shared(
         self, principal: Principal, template_id: str, request: InstantDevboxRequest
@@ -347,4 +363,4 @@ class TemplateService:
         template = await self._store.get(template_id)
         if template is None:
             raise NotFound.of("template", template_id)
-        return await self._instant.start(principal, template, request)
+        return await self._instant.start(principal, template, await self.spec(template), request)

@@ -13,6 +13,7 @@ import time
 import msgspec
 
 from devbox_service.auth.models import Principal
+from devbox_service.devbox_templates.instant import SecretConsent
 from devbox_service.devbox_templates.schemas import InstantDevboxRequest, TemplateDetail
 from devbox_service.devbox_templates.service import TemplateService
 from devbox_service.devboxes.schemas import DevboxResponse
@@ -39,6 +40,7 @@ class SharePage(msgspec.Struct, frozen=True, kw_only=True):
     description: str
     template: TemplateDetail
     base_url: str
+    consent: SecretConsent | None  # what to ask before the visitor's secrets go in; None: theirs
 
 
 def _iso(epoch: float) -> str:
@@ -128,6 +130,7 @@ class SharingService:
             description=record.description or template.description or "",
             template=template,
             base_url=self._base_url,
+            consent=await self._templates.consent(principal, record.template_id),
         )
 
     async def alias(self, principal: Principal, alias: str) -> AliasResponse:
@@ -152,13 +155,15 @@ class SharingService:
             visibility=record.visibility,
         )
 
-    async def start(self, principal: Principal, alias: str) -> DevboxResponse:
+    async def start(
+        self, principal: Principal, alias: str, request: InstantDevboxRequest
+    ) -> DevboxResponse:
         """A devbox of the caller's own from the template an alias they may see names (a
-        public one included). Raises NotFound, Conflict (not ready), LimitReached."""
+        public one included), with only the secrets the request names unless the caller
+        wrote the template. Raises NotFound, Conflict (not ready), LimitReached,
+        InvalidInput (a secret the template does not export)."""
         record = await self.visible(principal, alias)
-        return await self._templates.instant_devbox_shared(
-            principal, record.template_id, InstantDevboxRequest()
-        )
+        return await self._templates.instant_devbox_shared(principal, record.template_id, request)
 
     async def shared_template(self, principal: Principal, template_id: str) -> TemplateDetail:
         """A template of the caller's org, or one a public alias names. Raises NotFound."""
