@@ -273,6 +273,10 @@ class BuildRuns:
                     raise StepFailed(index, failed.message) from None
                 except DevboxServiceError as exc:
                     raise StepFailed(index, f"step {index}: {exc.message}") from exc
+                try:
+                    await runner.scrub(index)  # no secret of the step in its snapshot
+                except DevboxServiceError as exc:
+                    raise StepFailed(index, f"step {index}: {exc.message}") from exc
                 saved = await self._checkpoints.save_unlisted(build_devbox)
                 await self._store.cache_step(template.org_id, chain[index], saved.id)
                 await self._events.emit(run.id, _step_completed(index, saved.id, exposed))
