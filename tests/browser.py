@@ -57,6 +57,16 @@ def eventually(check: Callable[[], T | None], what: str, timeout: float = 120.0)
         time.sleep(0.1)
 
 
+def shown_text(driver: WebDriver, tag: str, what: str, timeout: float = 30.0) -> str:
+    """The text of the first `tag` once the page (a navigation a click started) shows it."""
+
+    def text() -> str | None:
+        found = driver.find_elements(By.TAG_NAME, tag)
+        return found[0].text if found and found[0].text else None
+
+    return eventually(text, what, timeout)
+
+
 def sign_in(driver: WebDriver, base_url: str, key: str, next_path: str = "/devboxes") -> None:
     """Through the real form, as a person does."""
     driver.get(f"{base_url}/sign-in?next={next_path}")

@@ -14,7 +14,7 @@ import msgspec
 from litestar.di import NamedDependency
 
 from devbox_service.auth.models import Principal, PrincipalKind, Role
-from devbox_service.auth.policy import POLICY, SNAPSHOT_ACTS, Act
+from devbox_service.auth.policy import DEVBOX_ACTS, POLICY, SNAPSHOT_ACTS, Act
 from devbox_service.auth.scopes import AgentScope
 from devbox_service.auth.web_sessions import SESSION_COOKIE, WebSessions, check_csrf
 from devbox_service.errors import NotAuthenticated, PermissionDenied
@@ -104,7 +104,7 @@ def agent_scope(scope: AgentScope) -> Access:
 
 def on_devbox(act: Act) -> Access:
     """A route about the devbox in its path that does `act` to it."""
-    assert act not in SNAPSHOT_ACTS, act
+    assert act in DEVBOX_ACTS, act
     return Access(act=act)
 
 

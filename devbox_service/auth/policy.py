@@ -1,4 +1,4 @@
-"""Who may do what to a devbox or a snapshot: the one table of access rules.
+"""Who may do what to a devbox, a snapshot or a share alias: the one table of access rules.
 
 Every surface asks it: the API routes (their guard names the action, and an agent token's
 scope comes from here), the instance API, pages, previews, the SSH gateway and tmux. The
@@ -61,6 +61,7 @@ class Act(enum.StrEnum):
     SNAPSHOT_BOOT = "boot snapshot"  # start a devbox from a saved snapshot (its memory)
     SNAPSHOT_EDIT = "edit snapshot"  # metadata and TTL
     SNAPSHOT_DELETE = "delete snapshot"
+    ALIAS_CHANGE = "move or delete alias"  # a share link of the org (its creator is "owner")
 
 
 class Rule(NamedTuple):
@@ -96,9 +97,13 @@ POLICY: dict[Act, Rule] = {
     Act.SNAPSHOT_BOOT: Rule(_OWNER, refusal="boot it (it holds the owner's memory)"),
     Act.SNAPSHOT_EDIT: Rule(_ADMINS, AgentScope.SNAPSHOT_WRITE, refusal="change it"),
     Act.SNAPSHOT_DELETE: Rule(_ADMINS, refusal="delete it"),
+    Act.ALIAS_CHANGE: Rule(
+        _ADMINS, refusal="move or delete it (this alias is taken: choose another)"
+    ),
 }
 
 SNAPSHOT_ACTS = frozenset(a for a in Act if a.name.startswith("SNAPSHOT_"))
+DEVBOX_ACTS = frozenset(a for a in Act if a not in SNAPSHOT_ACTS and a is not Act.ALIAS_CHANGE)
 
 
 def relation(

@@ -6,11 +6,21 @@ and say what happens as events.
 Secrets never reach an event, a log line or a stored definition: their values live in the
 run's memory only, are redacted from output, and are written into a devbox (a 0600 env file)
 only for the user who gets that devbox.
+
+Nor do they reach a step's snapshot: a step run with secrets in its environment carries a
+per-step mark there too, and before the step's snapshot every process still holding the mark
+(whatever the step left running, its children, a tmux server it started) is ended, the
+service's SSH session into the guest is closed, and the guest's freed memory is zeroed
+(`SCRUB_MEMORY`). Long-lived processes belong in `tmuxSession` steps, which never get secrets.
+A saved secret of the user running a build is used without asking only when that user wrote
+the template; for someone else's template the user says so per secret (`runtime_secrets`
+`{NAME: "__USE_SAVED__"}`) or answers the prompt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shlex
 import time
 from collections.abc import Awaitable, Callable
@@ -52,6 +62,27 @@ STEP_OUTPUT_MAX_CHARS = 1024 * 1024
 """Output one step stores as events; the rest is dropped (a note says so), so a step that
 prints without end fills neither the database nor a follower's page."""
 
+STEP_MARK = "DEVBOX_STEP_SECRETS"  # in the environment of a step run with secrets
+
+# Ends every process whose environment holds the step's mark: stopped first (no more forks),
+# then killed, twice over for a process forked between the passes.
+END_MARKED = (
+    "for pass in 1 2; do for sig in STOP KILL; do for e in /proc/[0-9]*/environ; do "
+    'p=${e#/proc/}; p=${p%/environ}; [ "$p" = "$$" ] && continue; '
+    'grep -qzxF "$1" "$e" 2>/dev/null && kill -$sig "$p" 2>/dev/null; '
+    "done; done; done; true"
+)
+# What the boot snapshots do before they are saved (backends/qemu/session.py SETTLE_MEMORY):
+# page cache dropped, free memory compacted and faulted in as zeros once, so the pages the
+# ended processes held (their environment, their heap) are zeros in the snapshot.
+SCRUB_MEMORY = (
+    "sync; echo 3 > /proc/sys/vm/drop_caches; echo 1 > /proc/sys/vm/compact_memory; "
+    "free_mb=$(awk '/MemFree/{print int($2 * 9 / 10 / 1024)}' /proc/meminfo); "
+    "[ $free_mb -gt 2048 ] && free_mb=2048; "
+    "dd if=/dev/zero of=/dev/null bs=${free_mb}M count=1 2>/dev/null; "
+    "echo 3 > /proc/sys/vm/drop_caches; true"
+)
+
 
 class GuestShell(Protocol):
     """Runs a command in a guest, streaming its output (an adapter in ssh/)."""
@@ -59,6 +90,9 @@ class GuestShell(Protocol):
     async def stream(
         self, endpoint: SSHEndpoint, command: str, on_output: Callable[[str], Awaitable[None]]
     ) -> int: ...
+
+    async def forget(self, endpoint: SSHEndpoint) -> None:
+        """Close the connection kept to the guest (its sshd session process ends)."""
 
 
 class StepFailed(Exception):
@@ -143,6 +177,7 @@ class StepRunner:
         secret_wait: float,
         prompts: dict[str, SecretPrompt],
         redactor: Redactor,
+        use_saved: bool = True,
     ) -> None:
         self.principal = principal
         self.run = run
@@ -157,7 +192,9 @@ class StepRunner:
         self.secret_wait = secret_wait
         self.prompts = prompts
         self.redactor = redactor
+        self.use_saved = use_saved  # the builder wrote the template: saved secrets as asked
         self.env: dict[str, str] = {}
+        self.marks: list[str] = []  # marks of the steps run with secrets, not yet scrubbed
 
     async def carry_out(self, index: int, step: Step) -> ExposedService | None:
         """Run the step; the HTTP service it exposed, if it is an `exposeHttpService` step."""
@@ -178,7 +215,11 @@ class StepRunner:
 
     async def _shell(self, index: int, script: str, *, with_env: bool = True) -> None:
         endpoint = await self.guests.guest_endpoint(self.principal, self.devbox_id, Act.EXEC)
-        prefix = env_exports(self.env) if with_env else ""
+        prefix = ""
+        if with_env and self.env:
+            mark = f"{STEP_MARK}={secrets.token_hex(16)}"
+            self.marks.append(mark)
+            prefix = env_exports(self.env) + f"export {mark}\n"
         command = f"cd /root && {prefix}exec bash -l -c {shlex.quote(script)}"
         tail: list[str] = []
         stored = 0
@@ -212,6 +253,27 @@ class StepRunner:
                 index, f"step {index} {how}" + (f"; last output:\n{last}" if last else "")
             )
 
+    async def scrub(self, index: int) -> None:
+        """Before a step's snapshot: end the processes a step run with secrets left behind,
+        close the SSH session that carried the secrets in, and zero the freed memory. Nothing
+        for a step that ran without secrets. Raises StepFailed when the guest refuses."""
+        if not self.marks:
+            return
+        endpoint = await self.guests.guest_endpoint(self.principal, self.devbox_id, Act.EXEC)
+
+        async def ignore(_: str) -> None:
+            return None
+
+        for mark in self.marks:
+            script = f"sh -c {shlex.quote(END_MARKED)} scrub {shlex.quote(mark)}"
+            if await self.shell.stream(endpoint, script, ignore) != 0:
+                raise StepFailed(index, f"step {index}: its processes could not be ended")
+        self.marks.clear()
+        await self.shell.forget(endpoint)
+        if await self.shell.stream(endpoint, SCRUB_MEMORY, ignore) != 0:
+            raise StepFailed(index, f"step {index}: the guest's memory could not be cleared")
+        await self.shell.forget(endpoint)
+
     async def _expose(self, step: ExposeHttpServiceStep) -> ExposedService:
         mode = HttpServiceAuthMode(step.auth_mode) if step.auth_mode else None
         await self.previews.expose(
@@ -227,10 +289,15 @@ class StepRunner:
         given = self.runtime_secrets.get(step.name)
         if given is not None and given != USE_SAVED:
             return self._accept(step, given)
-        saved = await self.saved(step.name)
+        saved = await self.saved(step.name) if self._may_use_saved(step.name) else None
         if saved is not None:
             return self._accept(step, saved)
         return await self._ask(index, step)
+
+    def _may_use_saved(self, name: str) -> bool:
+        """The builder's saved secret goes to the steps only for their own template, or when
+        they asked for it by name (`runtime_secrets` `{name: "__USE_SAVED__"}`)."""
+        return self.use_saved or self.runtime_secrets.get(name) == USE_SAVED
 
     async def known_secrets(self, spec: TemplateSpec) -> dict[str, str]:
         """The values of the template's secrets this run knows without asking: for the
@@ -241,7 +308,7 @@ class StepRunner:
                 continue
             value = self.env.get(step.name) or self.runtime_secrets.get(step.name)
             if value in (None, SKIP, USE_SAVED):
-                value = await self.saved(step.name)
+                value = await self.saved(step.name) if self._may_use_saved(step.name) else None
             if value is not None:
                 known[step.name] = value
         return known

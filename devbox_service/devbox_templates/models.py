@@ -49,6 +49,7 @@ class TemplateRecord(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str | None
     created_at: float
     updated_at: float
+    spec_json: str | None = None  # the parsed spec (`spec.encode_spec`); None: not yet stored
 
 
 class RunRecord(msgspec.Struct, frozen=True, kw_only=True):

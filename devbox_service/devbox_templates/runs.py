@@ -45,7 +45,6 @@ from devbox_service.devbox_templates.spec import (
     TemplateSpec,
     base_fingerprint,
     fingerprint,
-    parse,
     step_type,
 )
 from devbox_service.devbox_templates.store import TemplateStore
@@ -99,14 +98,17 @@ class BuildRuns:
     # starting, joining, cancelling
 
     async def start(
-        self, principal: Principal, template: TemplateRecord, request: TemplateCacheRequest
+        self,
+        principal: Principal,
+        template: TemplateRecord,
+        spec: TemplateSpec,
+        request: TemplateCacheRequest,
     ) -> str:
         """A new run, or the one already building this template (two requests join one)."""
         async with self._start_lock:
             running = self._tasks.get(template.id)
             if running is not None and not running.done() and template.run_id:
                 return template.run_id
-            spec = await asyncio.to_thread(parse, template.yaml)
             run = RunRecord(
                 id=new_id("run"),
                 template_id=template.id,
@@ -240,6 +242,8 @@ class BuildRuns:
                 secret_wait=self._secret_wait,
                 prompts=self._prompts,
                 redactor=Redactor(),
+                use_saved=principal.user_id == template.user_id
+                and principal.org_id == template.org_id,
             )
             snapshot_info = await self._checkpoints.snapshot_info(start_from)
             devbox = await self._devboxes.start_from(
@@ -267,6 +271,10 @@ class BuildRuns:
                     exposed = await runner.carry_out(index, step)
                 except StepFailed as failed:
                     raise StepFailed(index, failed.message) from None
+                except DevboxServiceError as exc:
+                    raise StepFailed(index, f"step {index}: {exc.message}") from exc
+                try:
+                    await runner.scrub(index)  # no secret of the step in its snapshot
                 except DevboxServiceError as exc:
                     raise StepFailed(index, f"step {index}: {exc.message}") from exc
                 saved = await self._checkpoints.save_unlisted(build_devbox)

@@ -92,11 +92,18 @@ class TemplateCacheStartResponse(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str
 
 
+SecretName = Annotated[str, Meta(min_length=1, max_length=128)]
+
+
 class InstantDevboxRequest(msgspec.Struct, frozen=True, kw_only=True):
     name: str | None = None
     metadata: dict[str, Any] | None = None
     handoff_ttl_seconds: Annotated[int, Meta(gt=0)] | None = None
     handoff_ttl_action: HandoffAction | None = None
+    # beyond the contract: which of the caller's saved secrets the devbox gets (names the
+    # template exports). Omitted: all of them for the template's author, none for anyone else
+    # (the template's processes, which its author wrote, can read them in the devbox).
+    inject_secrets: Annotated[list[SecretName], Meta(max_length=200)] | None = None
 
 
 AvailabilityReason = Literal["not_ready", "requires_build", "forbidden"]

@@ -13,7 +13,12 @@ import msgspec
 
 from devbox_service.auth.models import Principal
 from devbox_service.devbox_templates.events import RunEvents
-from devbox_service.devbox_templates.instant import InstantDevboxes
+from devbox_service.devbox_templates.instant import (
+    InstantDevboxes,
+    SecretConsent,
+    own_template,
+    secret_consent,
+)
 from devbox_service.devbox_templates.models import (
     RunRecord,
     StepStatus,
@@ -37,6 +42,8 @@ from devbox_service.devbox_templates.spec import (
     ExposeHttpServiceStep,
     TemplateSpec,
     TmuxSessionStep,
+    decode_spec,
+    encode_spec,
     parse_off_loop,
     step_title,
     step_type,
@@ -101,14 +108,34 @@ class TemplateService:
             raise NotFound.of("template", template_id)
         return await self._detail(template)
 
+    async def consent(self, principal: Principal | None, template_id: str) -> SecretConsent | None:
+        """What to ask the caller before their secrets go into a devbox of the template: None
+        when they wrote it (they get its secrets as before); for callers that checked access
+        themselves. Raises NotFound."""
+        template = await self._store.get(template_id)
+        if template is None:
+            raise NotFound.of("template", template_id)
+        if principal is not None and own_template(principal, template):
+            return None
+        return secret_consent(await self.spec(template))
+
     async def by_hash(self, principal: Principal, content_hash: str) -> TemplateDetail:
         template = await self._store.by_hash(principal.org_id, content_hash)
         if template is None:
             raise NotFound.of("template with content hash", content_hash)
         return await self._detail(template)
 
-    async def _detail(self, template: TemplateRecord) -> TemplateDetail:
+    async def spec(self, template: TemplateRecord) -> TemplateSpec:
+        """The template's parsed spec, as stored when it was written (no YAML parsing). A row
+        from before specs were stored has its YAML parsed once and the result kept."""
+        if template.spec_json is not None:
+            return decode_spec(template.spec_json)
         spec = await parse_off_loop(template.yaml)  # stored specs were validated when written
+        await self._store.set_spec(template.id, template.yaml, encode_spec(spec))
+        return spec
+
+    async def _detail(self, template: TemplateRecord) -> TemplateDetail:
+        spec = await self.spec(template)
         run = await self._store.run(template.run_id) if template.run_id else None
         steps = await self._steps(template, spec, run)
         cached = 0
@@ -189,7 +216,7 @@ class TemplateService:
 
     async def create(self, principal: Principal, request: TemplateCreateRequest) -> TemplateDetail:
         """Raises InvalidInput (naming the step and field), PayloadTooLarge, NotFound (base)."""
-        await parse_off_loop(request.yaml)
+        spec = await parse_off_loop(request.yaml)
         await self._checkpoints.bootable(principal, request.baseSnapshotOption)
         now = time.time()
         template = TemplateRecord(
@@ -206,6 +233,7 @@ class TemplateService:
             run_id=None,
             created_at=now,
             updated_at=now,
+            spec_json=encode_spec(spec),
         )
         await self._store.insert(template)
         return await self._detail(template)
@@ -221,7 +249,7 @@ class TemplateService:
         if request.description is not None:
             fields["description"] = request.description
         if request.yaml is not None:
-            await parse_off_loop(request.yaml)
+            fields["spec_json"] = encode_spec(await parse_off_loop(request.yaml))
             fields["yaml"] = request.yaml
             fields["content_hash"] = hashlib.sha256(request.yaml.encode()).hexdigest()
         if request.baseSnapshotOption is not None:
@@ -247,7 +275,7 @@ class TemplateService:
         """Delete the step snapshots no template of the organization reaches any more."""
         wanted: set[str] = set()
         for template in await self._store.for_org(org_id):
-            wanted.update(await self._chain(template, await parse_off_loop(template.yaml)))
+            wanted.update(await self._chain(template, await self.spec(template)))
             if template.final_snapshot_id:
                 wanted.add(template.final_snapshot_id)
         stale = [
@@ -269,7 +297,7 @@ class TemplateService:
         self, principal: Principal, template_id: str, request: TemplateCacheRequest
     ) -> str:
         template = await self.visible(principal, template_id)
-        return await self._runs.start(principal, template, request)
+        return await self._runs.start(principal, template, await self.spec(template), request)
 
     async def cancel(self, principal: Principal, template_id: str) -> None:
         template = await self.visible(principal, template_id)
@@ -315,7 +343,7 @@ class TemplateService:
             return InstantDevboxAvailability(
                 template_id=template_id, available=False, reason="forbidden"
             )
-        reason = await self._instant.unavailable(principal, template)
+        reason = await self._instant.unavailable(principal, template, await self.spec(template))
         return InstantDevboxAvailability(
             template_id=template_id, available=reason is None, reason=reason
         )
@@ -325,7 +353,7 @@ class TemplateService:
     ) -> DevboxResponse:
         """A devbox from the template's final snapshot (see `InstantDevboxes.start`)."""
         template = await self.visible(principal, template_id)
-        return await self._instant.start(principal, template, request)
+        return await self._instant.start(principal, template, await self.spec(template), request)
 
     async def instant_devbox_shared(
         self, principal: Principal, template_id: str, request: InstantDevboxRequest
@@ -335,4 +363,4 @@ class TemplateService:
         template = await self._store.get(template_id)
         if template is None:
             raise NotFound.of("template", template_id)
-        return await self._instant.start(principal, template, request)
+        return await self._instant.start(principal, template, await self.spec(template), request)

@@ -4,6 +4,11 @@ A spec is a mapping with `name`, `description` and a non-empty `steps` list; eac
 of four types, a tagged union on `type` (default `command`), so the rules are declared on the
 Structs rather than written by hand. YAML anchors and aliases are refused outright: they are
 how a small document expands into a huge one ("billion laughs"), and templates do not need them.
+Nesting is bounded too (`MAX_DEPTH`): composing is recursive, so a deeply nested document is
+refused as the composer reaches the limit, before any deeper work.
+
+A spec is parsed once, when it is written; the parsed Structs are stored beside the YAML as
+msgspec JSON (`encode_spec`) and read back with `decode_spec` (no YAML parsing on reads).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from devbox_service.errors import InvalidSpec, PayloadTooLarge
 MAX_SPEC_BYTES = 256 * 1024
 YAML_LOC: list[str | int] = ["body", "yaml"]
 MAX_STEPS = 200
+MAX_DEPTH = 32  # nested collections; a spec needs 4 (template > steps > step > value)
 
 EnvName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 ServiceName = Annotated[str, Meta(pattern=r"^[a-z0-9]([a-z0-9-_]*[a-z0-9])?$", max_length=40)]
@@ -111,18 +117,32 @@ def base_fingerprint(base_snapshot_id: str) -> str:
 
 
 class _NoAliasLoader(yaml.SafeLoader):
-    """A safe loader that refuses anchors and aliases (bounded expansion by construction)."""
+    """A safe loader that refuses anchors and aliases (bounded expansion by construction) and
+    nesting deeper than `MAX_DEPTH` (bounded recursion: the composer recurses per level, and
+    Python's own limit would end it as a 500)."""
+
+    _depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+        mark = event.start_mark
+        line = f" (line {mark.line + 1})" if mark is not None else ""
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-            mark = event.start_mark
-            line = f" (line {mark.line + 1})" if mark is not None else ""
             raise InvalidSpec(
                 f"YAML anchors and aliases are not supported{line}: write the value out",
                 loc=YAML_LOC,
             )
-        return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            raise InvalidSpec(
+                f"the YAML nests deeper than the limit of {MAX_DEPTH} levels (nesting depth)"
+                f"{line}: a template needs 4",
+                loc=YAML_LOC,
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _PATH_INDEX = re.compile(r"^\$\.steps\[(\d+)\](?:\.(\w+))?")
@@ -159,6 +179,20 @@ def parse(text: str) -> TemplateSpec:
         return msgspec.convert(data, TemplateSpec)
     except msgspec.ValidationError as exc:
         raise _located(str(exc), lines) from exc
+
+
+_SPEC_DECODER = msgspec.json.Decoder(TemplateSpec)
+
+
+def encode_spec(spec: TemplateSpec) -> str:
+    """The parsed spec as stored beside its YAML (msgspec JSON of the Structs)."""
+    return msgspec.json.encode(spec).decode()
+
+
+def decode_spec(stored: str) -> TemplateSpec:
+    """A stored spec back as Structs: JSON decoding, no YAML parsing (milliseconds for the
+    largest spec, where parsing its YAML takes seconds of CPU)."""
+    return _SPEC_DECODER.decode(stored)
 
 
 async def parse_off_loop(text: str) -> TemplateSpec:

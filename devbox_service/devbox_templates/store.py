@@ -50,6 +50,14 @@ class TemplateStore:
             f"UPDATE templates SET {assignments} WHERE id = ?", (*values.values(), template_id)
         )
 
+    async def set_spec(self, template_id: str, yaml: str, spec_json: str) -> None:
+        """Keep the parsed spec of a row written before specs were stored (only while its
+        YAML is still the one parsed; `updated_at` unchanged: nothing the user sees changed)."""
+        await self.database.execute(
+            "UPDATE templates SET spec_json = ? WHERE id = ? AND yaml = ? AND spec_json IS NULL",
+            (spec_json, template_id, yaml),
+        )
+
     async def delete(self, template_id: str) -> None:
         await self.database.execute("DELETE FROM templates WHERE id = ?", (template_id,))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, get, post
+from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
@@ -87,3 +87,13 @@ class AliasController(Controller):
         alias: FromPath[str],
     ) -> AliasResponse:
         return await sharing.alias(principal, alias)
+
+    @delete("/{alias:str}", guards=[allow(USER)], summary="Delete Alias")
+    async def delete_alias(
+        self,
+        sharing: NamedDependency[SharingService],
+        principal: CurrentPrincipal,
+        alias: FromPath[str],
+    ) -> None:
+        """Beyond the contract: the alias's creator or an owner/admin of its organization."""
+        await sharing.unshare(principal, alias)

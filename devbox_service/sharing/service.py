@@ -1,4 +1,9 @@
-"""Share links: who may name a template with an alias, who sees it, and finding one."""
+"""Share links: who may name a template with an alias, who sees it, and finding one.
+
+An alias belongs to the organization whose template it first named, not to the user who made
+it: only members of that organization touch it, and of those only its creator and the org's
+owners and admins move it to another template (of that organization) or delete it. A member
+who leaves the organization leaves its aliases behind."""
 
 from __future__ import annotations
 
@@ -8,10 +13,12 @@ import time
 import msgspec
 
 from devbox_service.auth.models import Principal
+from devbox_service.auth.policy import Act, authorize
+from devbox_service.devbox_templates.instant import SecretConsent
 from devbox_service.devbox_templates.schemas import InstantDevboxRequest, TemplateDetail
 from devbox_service.devbox_templates.service import TemplateService
 from devbox_service.devboxes.schemas import DevboxResponse
-from devbox_service.errors import Conflict, NotFound
+from devbox_service.errors import Conflict, NotFound, PermissionDenied
 from devbox_service.sharing.models import (
     AliasRecord,
     AliasResponse,
@@ -34,6 +41,7 @@ class SharePage(msgspec.Struct, frozen=True, kw_only=True):
     description: str
     template: TemplateDetail
     base_url: str
+    consent: SecretConsent | None  # what to ask before the visitor's secrets go in; None: theirs
 
 
 def _iso(epoch: float) -> str:
@@ -52,19 +60,21 @@ class SharingService:
     async def share(
         self, principal: Principal, template_id: str, request: TemplateShareRequest
     ) -> TemplateShareResponse:
-        """Name a template of the caller's org; sharing again moves the alias. Raises
-        NotFound (template), Conflict (the alias is someone else's)."""
+        """Name a template of the caller's org; sharing again moves the alias (to another
+        template of the alias's org, by its creator or an org owner/admin). Raises NotFound
+        (template), Conflict (another organization's alias), PermissionDenied (a member who
+        may not move it)."""
         template = await self._templates.visible(principal, template_id)
         existing = await self._store.get(request.alias)
-        if existing is not None and existing.user_id != principal.user_id:
-            raise Conflict(f"alias {request.alias!r} is taken: choose another")
+        if existing is not None:
+            self._may_change(principal, existing)
         now = time.time()
         await self._store.upsert(
             AliasRecord(
                 alias=request.alias,
                 template_id=template.id,
-                org_id=template.org_id,
-                user_id=principal.user_id,
+                org_id=template.org_id,  # == the existing alias's org (`_may_change`)
+                user_id=existing.user_id if existing is not None else principal.user_id,
                 description=request.description,
                 visibility=request.visibility,
                 created_at=now,
@@ -72,6 +82,34 @@ class SharingService:
             )
         )
         return TemplateShareResponse(url=self.url(request.alias))
+
+    async def unshare(self, principal: Principal, alias: str) -> None:
+        """Delete an alias (its template stays). Raises NotFound (not an alias the caller
+        sees), PermissionDenied (another organization's, or a member who may not)."""
+        record = await self.visible(principal, alias)
+        if record.org_id != principal.org_id:
+            raise PermissionDenied(f"alias {alias!r} is another organization's")
+        self._may_change(principal, record)
+        await self._store.delete(record.alias, record.org_id)
+
+    @staticmethod
+    def _may_change(principal: Principal, record: AliasRecord) -> None:
+        """Moving or deleting an alias: the policy's ALIAS_CHANGE (its creator, or an owner
+        or admin of its organization). Another organization's alias is 409 (taken): a public
+        one is seen by all, so its existence is no secret. Membership is read as of now (a
+        removed member's credentials for the org are refused before this)."""
+        if record.org_id != principal.org_id:
+            raise Conflict(
+                f"alias {record.alias!r} is taken by another organization: choose another"
+            )
+        authorize(
+            principal,
+            Act.ALIAS_CHANGE,
+            user_id=record.user_id,
+            org_id=record.org_id,
+            devbox_id=None,
+            resource=("alias", record.alias),
+        )
 
     async def visible(self, principal: Principal | None, alias: str) -> AliasRecord:
         """An alias of the caller's org, or a public one (anyone, signed in or not, sees a
@@ -97,6 +135,7 @@ class SharingService:
             description=record.description or template.description or "",
             template=template,
             base_url=self._base_url,
+            consent=await self._templates.consent(principal, record.template_id),
         )
 
     async def alias(self, principal: Principal, alias: str) -> AliasResponse:
@@ -121,13 +160,15 @@ class SharingService:
             visibility=record.visibility,
         )
 
-    async def start(self, principal: Principal, alias: str) -> DevboxResponse:
+    async def start(
+        self, principal: Principal, alias: str, request: InstantDevboxRequest
+    ) -> DevboxResponse:
         """A devbox of the caller's own from the template an alias they may see names (a
-        public one included). Raises NotFound, Conflict (not ready), LimitReached."""
+        public one included), with only the secrets the request names unless the caller
+        wrote the template. Raises NotFound, Conflict (not ready), LimitReached,
+        InvalidInput (a secret the template does not export)."""
         record = await self.visible(principal, alias)
-        return await self._templates.instant_devbox_shared(
-            principal, record.template_id, InstantDevboxRequest()
-        )
+        return await self._templates.instant_devbox_shared(principal, record.template_id, request)
 
     async def shared_template(self, principal: Principal, template_id: str) -> TemplateDetail:
         """A template of the caller's org, or one a public alias names. Raises NotFound."""

@@ -22,6 +22,11 @@ class AliasStore:
         row = await self.database.fetch_one("SELECT * FROM aliases WHERE alias = ?", (alias,))
         return ALIASES.decode(row) if row else None
 
+    async def delete(self, alias: str, org_id: str) -> None:
+        await self.database.execute(
+            "DELETE FROM aliases WHERE alias = ? AND org_id = ?", (alias, org_id)
+        )
+
     async def visible_to(self, org_id: str) -> list[AliasRecord]:
         """The organization's aliases and every public one."""
         rows = await self.database.fetch_all(

@@ -121,7 +121,10 @@ async def template_page(
 ) -> Template:
     template = await templates.get(principal, template_id)
     availability = await templates.availability(principal, template_id)
-    return page(request, "template.html", template=template, availability=availability)
+    consent = await templates.consent(principal, template_id)
+    return page(
+        request, "template.html", template=template, availability=availability, consent=consent
+    )
 
 
 @post("/templates/{template_id:str}/build", guards=[allow(PAGE)], include_in_schema=False)
@@ -197,13 +200,23 @@ async def answer_secret(
     return Redirect(f"/templates/{template_id}/builds/{run_id}", status_code=303)
 
 
+async def _start_request(request: Request[Any, Any, Any]) -> InstantDevboxRequest:
+    """The start form: the secrets the visitor ticked (`secret`, one per box). None ticked
+    sends no list: the author of the template gets its secrets, anyone else none."""
+    form = await request.form()
+    ticked = [str(v)[:128] for v in form.getall("secret", [])][:200]
+    return InstantDevboxRequest(inject_secrets=ticked or None)
+
+
 @post("/templates/{template_id:str}/start", guards=[allow(PAGE)], include_in_schema=False)
 async def start_from_template(
+    request: Request[Any, Any, Any],
     templates: NamedDependency[TemplateService],
     principal: CurrentPrincipal,
     template_id: FromPath[str],
 ) -> Redirect:
-    devbox = await templates.instant_devbox(principal, template_id, InstantDevboxRequest())
+    body = await _start_request(request)
+    devbox = await templates.instant_devbox(principal, template_id, body)
     return Redirect(f"/devboxes/{devbox.id}?done=started", status_code=303)
 
 
@@ -238,13 +251,17 @@ async def share_page(
         description=shared.description,
         template=shared.template,
         base_url=shared.base_url,
+        consent=shared.consent,
         signed_in_user=principal,
     )
 
 
 @post(SHARE_PREFIX + "/{alias:str}/start", guards=[allow(PAGE)], include_in_schema=False)
 async def start_from_share(
-    sharing: NamedDependency[SharingService], principal: CurrentPrincipal, alias: FromPath[str]
+    request: Request[Any, Any, Any],
+    sharing: NamedDependency[SharingService],
+    principal: CurrentPrincipal,
+    alias: FromPath[str],
 ) -> Redirect:
-    devbox = await sharing.start(principal, alias)
+    devbox = await sharing.start(principal, alias, await _start_request(request))
     return Redirect(f"/devboxes/{devbox.id}?done=started", status_code=303)

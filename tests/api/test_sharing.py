@@ -1,11 +1,14 @@
 """Share links on the in-memory VM backend: aliases, who sees them, search, the shared view
-and the page a short link opens."""
+and the page a short link opens; an alias is its organization's (a removed member who made
+it cannot move it)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from support import Api
+from support import Api, background_settled
+
+from devbox_service.auth.models import Role
 
 YAML = "name: web\ndescription: a web app\nsteps:\n  - title: install nginx\n    run: echo a\n"
 
@@ -68,7 +71,10 @@ async def test_sharing_names_a_template_and_members_find_it(fake_api: Api) -> No
     again = await fake_api.client.get("/api/aliases/web-app", headers=fake_api.auth(member))
     assert again.json()["template_id"] == other, "sharing again moves the alias"
     taken = await share(fake_api, template_id, key=member, alias="web-app")
-    assert taken.status_code == 409 and "taken" in taken.json()["detail"]
+    assert taken.status_code == 403 and "taken" in taken.json()["detail"]
+    elsewhere = await template(fake_api, key=await fake_api.new_user("share-elsewhere"))
+    other_org = await share(fake_api, elsewhere, key=None, alias="web-app")
+    assert other_org.status_code == 404, "another org's template is not the caller's to name"
     bad = await share(fake_api, template_id, alias="Not A Slug")
     assert bad.status_code == 422
 
@@ -111,3 +117,72 @@ async def test_org_shares_stay_in_the_org_public_ones_show_to_all(fake_api: Api)
     )
     gone = await fake_api.client.get("/api/aliases/everyone", headers=fake_api.auth(outsider))
     assert gone.status_code == 404, "deleting a template removes its aliases"
+
+
+async def test_a_removed_member_cannot_re_point_the_orgs_alias(fake_api: Api) -> None:
+    # she is a member of the team (and of her own org), and made the team's alias
+    mallory = await fake_api.new_user("mallory")
+    await background_settled(fake_api)
+    await fake_api.services.identities.add_member("default", "mallory", Role.MEMBER)
+    as_member = (await fake_api.services.identities.issue_key("mallory", org="default")).key
+    team_template = await template(
+        fake_api, "name: team\nsteps:\n  - run: echo team\n", key=as_member
+    )
+    made = await fake_api.client.post(
+        f"/api/templates/{team_template}/share",
+        json={"alias": "team-env"},
+        headers=fake_api.auth(as_member),
+    )
+    assert made.status_code == 200, made.text
+    own = await template(fake_api, "name: evil\nsteps:\n  - run: echo evil\n", key=mallory)
+
+    # while a member, she may not move it to a template outside the org either
+    outside = await fake_api.client.post(
+        f"/api/templates/{own}/share",
+        json={"alias": "team-env", "visibility": "public"},
+        headers=fake_api.auth(mallory),
+    )
+    assert outside.status_code == 409, outside.text
+
+    await background_settled(fake_api)
+    await fake_api.services.identities.remove_member("default", "mallory")
+    for key in (mallory, as_member):
+        moved = await fake_api.client.post(
+            f"/api/templates/{own}/share",
+            json={"alias": "team-env", "visibility": "public"},
+            headers=fake_api.auth(key),
+        )
+        assert moved.status_code in (401, 403, 409), moved.text
+        deleted = await fake_api.client.delete("/api/aliases/team-env", headers=fake_api.auth(key))
+        assert deleted.status_code in (401, 403, 404), deleted.text
+    still = await fake_api.client.get(
+        "/api/aliases/team-env", headers=fake_api.auth(fake_api.admin_key)
+    )
+    assert still.status_code == 200 and still.json()["template_id"] == team_template
+
+    # the org's owner may move it within the org; a plain member who did not make it may not
+    other = await template(fake_api, "name: next\nsteps:\n  - run: echo 2\n")
+    by_owner = await fake_api.client.post(
+        f"/api/templates/{other}/share",
+        json={"alias": "team-env"},
+        headers=fake_api.auth(fake_api.admin_key),
+    )
+    assert by_owner.status_code == 200, by_owner.text
+    member = await fake_api.new_user("plain-member", org="default")
+    refused = await fake_api.client.post(
+        f"/api/templates/{team_template}/share",
+        json={"alias": "team-env"},
+        headers=fake_api.auth(member),
+    )
+    assert refused.status_code == 403 and "owner or an org admin" in refused.json()["detail"]
+    assert (
+        await fake_api.client.delete("/api/aliases/team-env", headers=fake_api.auth(member))
+    ).status_code == 403
+    removed = await fake_api.client.delete(
+        "/api/aliases/team-env", headers=fake_api.auth(fake_api.admin_key)
+    )
+    assert removed.status_code == 204
+    gone = await fake_api.client.get(
+        "/api/aliases/team-env", headers=fake_api.auth(fake_api.admin_key)
+    )
+    assert gone.status_code == 404

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from support import Api
 
-from devbox_service.devbox_templates.spec import MAX_SPEC_BYTES
+from devbox_service.devbox_templates.spec import MAX_DEPTH, MAX_SPEC_BYTES
 
 GOOD = "name: ok\nsteps:\n  - run: echo hi\n  - type: exportSecret\n    name: TOKEN\n"
 
@@ -65,6 +65,35 @@ async def test_billion_laughs_is_refused_at_once(fake_api: Api) -> None:
         lines.append(f"{name}: &{name} [*{previous},*{previous},*{previous},*{previous}]")
     refused = await create(fake_api, "\n".join(lines) + "\nname: x\nsteps:\n  - run: a\n")
     assert refused.status_code == 422 and "aliases" in refused.text
+
+
+def nested(depth: int, style: str) -> str:
+    """A spec whose extra key nests `depth` levels deep (flow lists or block mappings)."""
+    if style == "flow":
+        return "name: x\nsteps:\n  - run: a\nextra: " + "[" * depth + "]" * depth + "\n"
+    block = "".join(" " * level + "a:\n" for level in range(depth)) + " " * depth + "b\n"
+    return "name: x\nsteps:\n  - run: a\nextra:\n" + block
+
+
+@pytest.mark.parametrize(("style", "depth"), [("flow", 5000), ("block", 600)])
+async def test_deeply_nested_yaml_is_422_naming_the_depth_limit(
+    fake_api: Api, style: str, depth: int
+) -> None:
+    """Nesting past the limit is refused as it is reached (the composer recurses per level;
+    unbounded, Python's recursion limit answered 500), on create and on update."""
+    refused = await create(fake_api, nested(depth, style))
+    assert refused.status_code == 422, refused.text
+    (problem,) = refused.json()["detail"]
+    assert problem["loc"] == ["body", "yaml"]
+    assert f"{MAX_DEPTH} levels (nesting depth)" in problem["msg"], problem
+    created = await create(fake_api, nested(MAX_DEPTH - 3, style))
+    assert created.status_code == 201, created.text
+    updated = await fake_api.client.put(
+        f"/api/templates/{created.json()['id']}",
+        json={"yaml": nested(depth, style)},
+        headers=fake_api.auth(fake_api.admin_key),
+    )
+    assert updated.status_code == 422 and "nesting depth" in updated.text
 
 
 async def test_an_oversized_spec_is_413(fake_api: Api) -> None:

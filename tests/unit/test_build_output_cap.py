@@ -34,6 +34,9 @@ class Flooding:
         await on_output("the last words\n")
         return 1
 
+    async def forget(self, endpoint: SSHEndpoint) -> None:
+        return None
+
 
 class Events:
     def __init__(self) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from browser import chromium, eventually, screenshot, sign_in, terminal_text
+from browser import chromium, eventually, screenshot, shown_text, sign_in, terminal_text
 from live import LiveService, live_service
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
@@ -216,7 +216,7 @@ def test_follow_a_build_then_a_member_starts_a_devbox_from_its_share_link(
     browser.find_element(By.ID, "api_key").send_keys(member_key)
     browser.find_element(By.CSS_SELECTOR, "form[action='/sign-in'] button").click()
     eventually(lambda: browser.current_url.endswith("/s/web-demo"), "back at the share", 30)
-    assert "web-demo" in browser.find_element(By.TAG_NAME, "h1").text
+    assert "web-demo" in shown_text(browser, "h1", "the share page's heading")
     screenshot(browser, "share-page")
     browser.find_element(By.CSS_SELECTOR, "form[action='/s/web-demo/start'] button").click()
     eventually(lambda: "done=started" in browser.current_url, "the new devbox's page", 60)

@@ -5,6 +5,7 @@ devboxes, and the public CLI driving a build."""
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -236,6 +237,59 @@ def test_a_secret_prompt_answered_then_secrets_that_time_out(live: LiveService) 
     assert [e["secretName"] for e in found if e["type"] == "awaiting_input"] == ["MAYBE", "NEEDED"]
     assert any("MAYBE skipped" in e.get("message", "") for e in found)
     assert found[-1]["type"] == "step_failed" and "NEEDED" in found[-1]["message"]
+
+
+def file_holds(path: Any, needle: bytes, chunk: int = 1 << 24) -> bool:
+    """Whether a (large) file holds the bytes, read in overlapping chunks."""
+    with open(path, "rb") as f:
+        tail = b""
+        while block := f.read(chunk):
+            if needle in tail + block:
+                return True
+            tail = block[-len(needle) :]
+    return False
+
+
+def test_a_build_secret_is_in_no_step_snapshot(live: LiveService) -> None:
+    """Steps that leave processes running with the secret in their environment (a detached
+    daemon, a tmux server started by a command step): they are ended before the step's
+    snapshot, and the guest's freed memory zeroed, so a devbox from the template (anyone's in
+    the org) finds the secret nowhere. (Processes that keep the step's SSH channel as stdin
+    end with the step anyway; these do not.)"""
+    value = f"leaky-{secrets.token_hex(8)}-build-secret"
+    yaml = (
+        "name: leaky\nsteps:\n"
+        "  - type: exportSecret\n    name: LEAK_TOKEN\n"
+        '    run: "setsid sleep 1001 </dev/null >/dev/null 2>&1 &"\n'  # a detached daemon
+        "  - run: tmux new-session -d -s leak 'sleep 1002'\n"  # a tmux server, with the env
+    )
+    template = create(live, yaml, name="leaky")
+    run_id = start_run(live, template["id"], runtime_secrets={"LEAK_TOKEN": value})
+    found = events(live, template["id"], run_id)
+    assert found[-1]["type"] == "completed", found
+    delete_devbox(live, found[-1]["instanceId"])
+    snapshots = [e["snapshotId"] for e in found if e["type"] == "step_completed"]
+    assert len(snapshots) == 2
+
+    started = live.http.post(
+        f"/api/templates/{template['id']}/instant-devbox",
+        json={"inject_secrets": []},  # the secret was given at build time, never saved
+        headers=live.headers(),
+    )
+    assert started.status_code == 200, started.text
+    devbox = live.wait_ready(started.json()["id"])
+    holders = guest(
+        live,
+        devbox["id"],
+        "for e in /proc/[0-9]*/environ; do grep -lzs '^LEAK_TOKEN=' $e; done; "
+        "pgrep -f 'sleep 100[12]'; true",
+    )
+    assert holders == "", f"processes with the build secret survived into the snapshot: {holders}"
+    delete_devbox(live, devbox["id"])
+
+    for snapshot_id in snapshots:
+        (state,) = list(live.data_dir.rglob(f"snapshots/{snapshot_id}/state"))
+        assert not file_holds(state, value.encode()), f"the secret is in {snapshot_id}'s memory"
 
 
 def test_cancel_stops_the_run_and_removes_the_build_devbox(live: LiveService) -> None:
