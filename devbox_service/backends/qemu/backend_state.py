@@ -155,12 +155,20 @@ class BackendState:
 
     # disk pool ------------------------------------------------------------------------------
 
-    async def _create_overlay(self, path: Path, backing: str, size_mb: int | None = None) -> None:
-        """A new top layer over `backing`; as large as it, or `size_mb` (a grown disk)."""
+    async def _create_overlay(
+        self, path: Path, backing: str, size_mb: int | None = None, size_bytes: int | None = None
+    ) -> None:
+        """A new top layer over `backing`; as large as it, or `size_mb` (a grown disk).
+
+        With `size_bytes` (a save's overlay over the layer a running QEMU writes), the backing
+        is not opened at all (`-u`): only its name goes into the header."""
         size = [] if size_mb is None else [f"{size_mb}M"]
+        unsafe = []
+        if size_bytes is not None:
+            size, unsafe = [str(size_bytes)], ["-u"]
         await run(
             [
-                self.config.qemu_img, "create", "-q", "-f", "qcow2",
+                self.config.qemu_img, "create", "-q", "-f", "qcow2", *unsafe,
                 "-b", backing, "-F", "qcow2", str(path), *size,
             ],
             timeout=30,
