@@ -15,6 +15,7 @@ from pathlib import Path
 import msgspec
 
 from devbox_service.backends.base import MachineSpec
+from devbox_service.backends.qemu.confine import sandbox
 from devbox_service.backends.qemu.guest_files import SERVICE_ADDRESS
 
 # Bump when the QEMU command line changes in a way saved guests depend on (devices, ids).
@@ -97,10 +98,16 @@ def socket_dir(instance_dir: Path) -> Path:
 
 
 def command_line(
-    binary: str, ls: LaunchSpec, incoming: str | None = None, ram: GuestRam | None = None
+    binary: str,
+    ls: LaunchSpec,
+    incoming: str | None = None,
+    ram: GuestRam | None = None,
+    *,
+    run_as: str = "",
 ) -> list[str]:
     """The argv that runs `ls`; with `incoming`, QEMU waits for that state and a `cont`;
-    with `ram`, guest memory is that file (see `GuestRam`)."""
+    with `ram`, guest memory is that file (see `GuestRam`). Always sandboxed; with `run_as`,
+    QEMU becomes that user once its files are open (`confine`)."""
     d = Path(ls.dir)
     sockets = socket_dir(d)
     append = KERNEL_APPEND
@@ -145,7 +152,10 @@ def command_line(
         "-serial", "chardev:ser0",
         "-display", "none",
         "-qmp", f"unix:{sockets / 'qmp.sock'},server=on,wait=off",
+        "-sandbox", sandbox(spawn=bool(ls.guest_services), dropping_user=bool(run_as)),
     ]  # fmt: skip
+    if run_as:
+        argv += ["-runas", run_as]
     if ram is not None:
         backend = ram_backend_id(ls.machine)
         share = "on" if ram.shared else "off"
