@@ -67,6 +67,7 @@ from devbox_service.wiring import (
     gateway_hosts,
     guest_api_socket,
     guest_proxy_socket,
+    qemu_group,
 )
 
 log = logging.getLogger("devbox_service")
@@ -209,10 +210,14 @@ class Services:
                 flush=True,
             )
         if self.backend is not None:
+            shared_gid = qemu_group(self.settings)
             self.guest_api = GuestApiRelay(
-                guest_api_socket(self.settings), self.settings.host, self.settings.port
+                guest_api_socket(self.settings),
+                self.settings.host,
+                self.settings.port,
+                shared_gid=shared_gid,
             )
-            self.guest_proxy = EgressProxy(guest_proxy_socket(self.settings))
+            self.guest_proxy = EgressProxy(guest_proxy_socket(self.settings), shared_gid=shared_gid)
             await self.guest_api.start()
             await self.guest_proxy.start()
             if self._owns_backend:

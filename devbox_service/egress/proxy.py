@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from devbox_service.sockets import prepare_guest_socket_dir, share_socket
+
 log = logging.getLogger("devbox_service.egress")
 
 CONNECT_TIMEOUT = 10.0
@@ -93,16 +95,21 @@ class EgressProxy:
     """An HTTP proxy for guests on a Unix socket; every accepted connection is one guest's."""
 
     def __init__(
-        self, path: Path, *, own_addresses: Callable[[], set[Address]] = host_addresses
+        self,
+        path: Path,
+        *,
+        own_addresses: Callable[[], set[Address]] = host_addresses,
+        shared_gid: int | None = None,
     ) -> None:
         self.path = path
+        self.shared_gid = shared_gid  # QEMU's group, when QEMU runs as another user
         self._read_own_addresses = own_addresses
         self._own: tuple[float, set[Address]] | None = None
         self._server: asyncio.Server | None = None
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     async def start(self) -> None:
-        self._server = await _serve_unix(self.path, self._handle)
+        self._server = await _serve_unix(self.path, self._handle, self.shared_gid)
 
     async def close(self) -> None:
         await _close(self._server)
@@ -193,15 +200,16 @@ class EgressProxy:
 class GuestApiRelay:
     """The service's API for guests: each connection relayed to the API's TCP address."""
 
-    def __init__(self, path: Path, host: str, port: int) -> None:
+    def __init__(self, path: Path, host: str, port: int, *, shared_gid: int | None = None) -> None:
         self.path = path
+        self.shared_gid = shared_gid
         self.host = "127.0.0.1" if host in ("0.0.0.0", "localhost") else host
         self.host = "::1" if host == "::" else self.host
         self.port = port
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self._server = await _serve_unix(self.path, self._handle)
+        self._server = await _serve_unix(self.path, self._handle, self.shared_gid)
 
     async def close(self) -> None:
         await _close(self._server)
@@ -269,12 +277,16 @@ async def _pipe(
 
 
 async def _serve_unix(
-    path: Path, handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], object]
+    path: Path,
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], object],
+    shared_gid: int | None,
 ) -> asyncio.Server:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Listen on `path`: only the service's user may connect, and QEMU's group if given (the
+    socat a guest's connection spawns runs as QEMU's user)."""
+    prepare_guest_socket_dir(path.parent, shared_gid)
     path.unlink(missing_ok=True)
     server = await asyncio.start_unix_server(handler, path=str(path))  # type: ignore[arg-type]
-    path.chmod(0o600)
+    share_socket(path, shared_gid)
     return server
 
 
