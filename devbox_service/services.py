@@ -11,6 +11,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from devbox_service import data_dir as data_dir_modes
 from devbox_service.auth.agent_tokens import AgentTokenService
 from devbox_service.auth.service import ADMIN_KEY_FILE, IdentityService
 from devbox_service.auth.store import IdentityStore
@@ -99,7 +100,7 @@ class Services:
 
     async def start(self) -> None:
         data_dir = Path(self.settings.data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data_dir_modes.secure(data_dir)  # 0700 / 0600 whatever it was, and the umask
         self._data_dir_lock = DataDirLock.acquire(data_dir, "serve")
         self._database = await Database.open(self.settings.database_path)
         self.identities = IdentityService(IdentityStore(self._database))
