@@ -44,7 +44,8 @@ def golden(machine: str, cpu: str, append: str, bus: str, net: str) -> list[str]
         "-kernel", "/cache/vmlinuz",
         "-initrd", "/cache/initramfs.cpio",
         "-append", append,
-        "-drive", "file=/var/lib/devbox/disks/top.qcow2,if=none,id=d0,format=qcow2",
+        "-drive", "file=/var/lib/devbox/disks/top.qcow2,if=none,id=d0,format=qcow2,"
+        "file.auto-read-only=off,file.locking=off",
         "-device", f"virtio-blk-{bus},drive=d0",
         "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:2222-:22",
         "-device", net,

@@ -79,6 +79,19 @@ def ram_backend_id(machine: str) -> str:
     return f"{machine}.ram"
 
 
+TOP_FILE_OPTIONS = "file.auto-read-only=off,file.locking=off"
+"""How QEMU opens the top layer (the file under the qcow2), so that it never has to open it
+again by path, which QEMU turned into another user cannot (`confine`):
+
+- auto-read-only=off: -drive defaults to on, which opens the file read-only while nothing
+  writes it (an incoming restore) and reopens it read-write by path when the guest runs.
+- locking=off: a save freezes the top and QEMU reopens it read-only by path; failing that
+  (harmlessly: nothing writes a backing layer) the layer would keep its write lock, and a
+  clone of the snapshot could not open it. The backend decides who writes which layer (each
+  instance its own top); QEMU's image locks were only a second guard against two writers.
+"""
+
+
 def launch_key() -> str:
     """A short hash of what saved guests depend on; boot snapshot keys include it."""
     return hashlib.sha256(f"{LAUNCH_VERSION} {KERNEL_APPEND}".encode()).hexdigest()[:8]
@@ -140,7 +153,7 @@ def command_line(
         "-kernel", ls.kernel,
         "-initrd", ls.initrd,
         "-append", append,
-        "-drive", f"file={ls.disk},if=none,id=d0,format=qcow2",
+        "-drive", f"file={ls.disk},if=none,id=d0,format=qcow2,{TOP_FILE_OPTIONS}",
         "-device", f"virtio-blk-{bus},drive=d0",
         "-netdev", f"user,id=n0,{fwd}",
         "-device", net_dev,

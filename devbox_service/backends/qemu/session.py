@@ -144,7 +144,14 @@ class MachineSession(abc.ABC):
         """Start copying every layer between `base` and the top into the top one, in the
         background while the guest runs; QEMU drops those layers from the chain at the end.
         Frozen layers are only read, so the snapshots that own them stay as they are."""
-        await self.qmp("block-stream", {"job-id": FLATTEN_JOB, "device": "d0", "base": base})
+        # By node: QEMU finds `base` by file name only through names of paths, and a layer a
+        # save put on is named /dev/fdset/N (`put_overlay`), which it cannot resolve past.
+        target: dict[str, object] = {"base": base}
+        for node in await self.qmp("query-named-block-nodes", {"flat": True}):
+            if node.get("drv") == "qcow2" and node.get("file") == base and node.get("node-name"):
+                target = {"base-node": node["node-name"]}
+                break
+        await self.qmp("block-stream", {"job-id": FLATTEN_JOB, "device": "d0", **target})
 
     async def flattening(self) -> bool:
         jobs = await self.qmp("query-block-jobs")
@@ -219,7 +226,8 @@ class MachineSession(abc.ABC):
 
         QEMU gets the file open, not its path: it may run as a user that cannot reach the
         state dir (`confine`). The fd goes into an fd set (`add-fd`, its opaque the path, which
-        `live_chain` reads back) and QEMU opens `/dev/fdset/N`, a copy of it. The new node
+        `live_chain` reads back) and QEMU opens `/dev/fdset/N`, a copy of it, without locks
+        (see `argv.TOP_FILE_OPTIONS`). The new node
         opens no backing of its own: it is put over the node already open (`blockdev-snapshot`;
         the path in its header is what a later launch opens).
         """
@@ -237,7 +245,11 @@ class MachineSession(abc.ABC):
                 {
                     "driver": "qcow2",
                     "node-name": node,
-                    "file": {"driver": "file", "filename": f"{FDSET_PREFIX}{fdset}"},
+                    "file": {
+                        "driver": "file",
+                        "filename": f"{FDSET_PREFIX}{fdset}",
+                        "locking": "off",
+                    },
                     "backing": None,
                 },
             )
