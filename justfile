@@ -33,8 +33,18 @@ check: venv
 bench: setup
     {{bin}}/python -m bench
 
-# system packages and the virtualenv, both idempotent
-setup: system-packages venv
+# system packages, QEMU's user and the virtualenv, all idempotent
+setup: system-packages qemu-user venv
+
+# as root, create the unprivileged system user QEMU drops to (not root: QEMU runs as you)
+qemu-user:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    [ "$(id -u)" = 0 ] || exit 0
+    getent passwd devbox-qemu >/dev/null && exit 0
+    echo "creating system user devbox-qemu (QEMU runs as it)"
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin devbox-qemu
 
 # install the Debian packages the service needs (only those missing)
 system-packages:

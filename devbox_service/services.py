@@ -11,6 +11,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from devbox_service import data_dir as data_dir_modes
 from devbox_service.auth.agent_tokens import AgentTokenService
 from devbox_service.auth.service import ADMIN_KEY_FILE, IdentityService
 from devbox_service.auth.store import IdentityStore
@@ -67,6 +68,7 @@ from devbox_service.wiring import (
     gateway_hosts,
     guest_api_socket,
     guest_proxy_socket,
+    qemu_group,
 )
 
 log = logging.getLogger("devbox_service")
@@ -98,7 +100,7 @@ class Services:
 
     async def start(self) -> None:
         data_dir = Path(self.settings.data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data_dir_modes.secure(data_dir)  # 0700 / 0600 whatever it was, and the umask
         self._data_dir_lock = DataDirLock.acquire(data_dir, "serve")
         self._database = await Database.open(self.settings.database_path)
         self.identities = IdentityService(IdentityStore(self._database))
@@ -211,16 +213,19 @@ class Services:
             )
         if self.backend is not None:
             guest_of = self.backend.instance_of_guest
+            shared_gid = qemu_group(self.settings)
             self.guest_api = GuestApiRelay(
                 guest_api_socket(self.settings),
                 self.settings.host,
                 self.settings.port,
                 guest_of=guest_of,
+                shared_gid=shared_gid,
             )
             self.guest_proxy = EgressProxy(
                 guest_proxy_socket(self.settings),
                 ports=self.settings.egress_port_set,
                 guest_of=guest_of,
+                shared_gid=shared_gid,
             )
             await self.guest_api.start()
             await self.guest_proxy.start()

@@ -14,7 +14,7 @@ from devbox_service.devboxes.snapshot_store import SnapshotStore
 from devbox_service.devboxes.store import DevboxStore
 from devbox_service.secrets.box import SecretBox
 from devbox_service.settings import Settings
-from devbox_service.sockets import short_socket_path
+from devbox_service.sockets import guest_socket_dir, short_socket_path
 
 
 def build_backend(settings: Settings) -> VMBackend | None:
@@ -41,13 +41,25 @@ def build_backend(settings: Settings) -> VMBackend | None:
     return QemuBackend(config)
 
 
+def qemu_group(settings: Settings) -> int | None:
+    """The group of the user QEMU runs as, when that is not the service's own (a root
+    service confines QEMU to an unprivileged user): the guest sockets are shared with it."""
+    if settings.vm_backend == "none":
+        return None
+    from devbox_service.backends.qemu.confine import qemu_user, user_group
+
+    return user_group(qemu_user(quiet=True))
+
+
 def guest_api_socket(settings: Settings) -> Path:
     """Where guests' API connections arrive (stable per data dir: VMs outlive the service)."""
-    return short_socket_path(Path(settings.data_dir) / "run" / "guest-api.sock")
+    directory = guest_socket_dir(Path(settings.data_dir), qemu_group(settings))
+    return short_socket_path(directory / "guest-api.sock")
 
 
 def guest_proxy_socket(settings: Settings) -> Path:
-    return short_socket_path(Path(settings.data_dir) / "run" / "guest-proxy.sock")
+    directory = guest_socket_dir(Path(settings.data_dir), qemu_group(settings))
+    return short_socket_path(directory / "guest-proxy.sock")
 
 
 def admission(

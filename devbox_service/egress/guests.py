@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from devbox_service.backends.base import GUEST_MARKER_VARIABLE
+from devbox_service.sockets import prepare_guest_socket_dir, share_socket
 
 log = logging.getLogger("devbox_service.egress")
 
@@ -102,19 +103,29 @@ class GuestServer:
     when accept() fails for lack of descriptors it waits (doubling, up to a cap) and warns
     once per episode, instead of spinning and logging every failure."""
 
-    def __init__(self, path: Path, handler: Handler, guest_of: GuestOf, limit: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        handler: Handler,
+        guest_of: GuestOf,
+        limit: int,
+        shared_gid: int | None = None,
+    ) -> None:
         self.path, self._handler, self._guest_of, self._limit = path, handler, guest_of, limit
+        self.shared_gid = shared_gid  # QEMU's group, when QEMU runs as another user
         self._sock: socket.socket | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.accept_failures = 0
 
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # only the service's user may connect, and QEMU's group if given (the socat a
+        # guest's connection spawns runs as QEMU's user)
+        prepare_guest_socket_dir(self.path.parent, self.shared_gid)
         self.path.unlink(missing_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(str(self.path))
-        self.path.chmod(0o600)
+        share_socket(self.path, self.shared_gid)
         sock.listen(128)
         sock.setblocking(False)
         self._sock = sock

@@ -64,6 +64,7 @@ class EgressProxy:
         guest_of: GuestOf = _no_guest,
         per_guest: int = PER_GUEST_CONNECTIONS,
         total: int | None = None,
+        shared_gid: int | None = None,
         header_timeout: float = HEADER_TIMEOUT,
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
@@ -71,7 +72,7 @@ class EgressProxy:
         self.ports = frozenset(ports)
         self._read_own_addresses = own_addresses
         self._own: tuple[float, set[Address]] | None = None
-        self._server = GuestServer(path, self._handle, guest_of, MAX_HEADER_BYTES)
+        self._server = GuestServer(path, self._handle, guest_of, MAX_HEADER_BYTES, shared_gid)
         total = global_cap() if total is None else total
         # connections still sending their head count too (they hold a descriptor), in a
         # separate pool: a guest cannot hold a tunnel slot without having asked for anything
@@ -218,13 +219,14 @@ class GuestApiRelay:
         guest_of: GuestOf = _no_guest,
         per_guest: int = PER_GUEST_CONNECTIONS,
         total: int | None = None,
+        shared_gid: int | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self.path = path
         self.host = "127.0.0.1" if host in ("0.0.0.0", "localhost") else host
         self.host = "::1" if host == "::" else self.host
         self.port = port
-        self._server = GuestServer(path, self._handle, guest_of, 65536)
+        self._server = GuestServer(path, self._handle, guest_of, 65536, shared_gid)
         self.slots = GuestSlots(per_guest, global_cap() if total is None else total)
         self.idle_timeout = idle_timeout
 

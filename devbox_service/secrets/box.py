@@ -29,6 +29,7 @@ class SecretBox:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
+            os.chmod(path, 0o600)  # an older or copied data dir may have left it wider
             return cls(path.read_bytes().strip())
         key = Fernet.generate_key()
         try:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sqlite3
 import stat
 from collections.abc import Callable
@@ -58,6 +59,39 @@ async def test_first_start_writes_admin_key_0600_and_stores_only_a_hash(api: Api
     for secret in (key, other):
         assert secret.encode() not in raw
         assert tokens.hash_secret(secret).encode() in raw
+
+
+async def test_a_start_closes_an_existing_data_dir_left_open(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # a data dir from before (or restored, or copied): 0755 directories, 0644 files
+    settings = make_settings()
+    data_dir = Path(settings.data_dir)
+    async with AsyncTestClient(create_app(settings)):
+        pass
+    (data_dir / "ssh").mkdir(exist_ok=True)
+    (data_dir / "ssh" / "host_ed25519").write_text("key")
+    for d in (data_dir, data_dir / "run", data_dir / "ssh"):
+        d.chmod(0o755)
+    for f in [*data_dir.iterdir(), *(data_dir / "ssh").iterdir()]:
+        if f.is_file():
+            f.chmod(0o644)
+    names = {f.name for f in data_dir.iterdir()}
+    assert {"devbox.sqlite3", "secret-box.key", "admin.key"} <= names
+    umask = os.umask(0o022)
+    try:
+        async with AsyncTestClient(create_app(settings)):
+            for d in (data_dir, data_dir / "run", data_dir / "ssh"):
+                assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+            files = [f for f in [*data_dir.iterdir(), *(data_dir / "ssh").iterdir()] if f.is_file()]
+            # the WAL files exist while the service runs: made from the 0600 database
+            assert {"devbox.sqlite3-wal", "devbox.sqlite3-shm"} <= {f.name for f in files}
+            for f in files:
+                assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+            # what is created from now on is private too
+            assert os.umask(0o077) == 0o077
+    finally:
+        os.umask(umask)
 
 
 async def test_second_start_keeps_the_first_admin_key(

@@ -27,6 +27,8 @@ APPEND = (
     "random.trust_cpu=on norandmaps reboot=t tsc=reliable"
 )
 MICROVM = "x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=on,acpi=on"
+# no guest services, no user switch: everything the filter can deny is denied
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
 
 def golden(machine: str, cpu: str, append: str, bus: str, net: str) -> list[str]:
@@ -42,7 +44,8 @@ def golden(machine: str, cpu: str, append: str, bus: str, net: str) -> list[str]
         "-kernel", "/cache/vmlinuz",
         "-initrd", "/cache/initramfs.cpio",
         "-append", append,
-        "-drive", "file=/var/lib/devbox/disks/top.qcow2,if=none,id=d0,format=qcow2",
+        "-drive", "file=/var/lib/devbox/disks/top.qcow2,if=none,id=d0,format=qcow2,"
+        "file.auto-read-only=off,file.locking=off",
         "-device", f"virtio-blk-{bus},drive=d0",
         "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:2222-:22",
         "-device", net,
@@ -54,6 +57,7 @@ def golden(machine: str, cpu: str, append: str, bus: str, net: str) -> list[str]
         "-serial", "chardev:ser0",
         "-display", "none",
         "-qmp", f"unix:{DIR}/qmp.sock,server=on,wait=off",
+        "-sandbox", SANDBOX,
     ]  # fmt: skip
 
 
@@ -148,3 +152,44 @@ def test_long_instance_dir_gets_a_stable_short_socket_dir() -> None:
     argv = command_line("qemu", launch(dir=str(deep)))
     assert f"unix:{sockets}/qmp.sock,server=on,wait=off" in argv
     assert f"file,id=ser0,path={deep}/console.log,append=on" in argv  # the console stays put
+
+
+def test_qemu_is_sandboxed_and_a_root_service_drops_it_to_the_unprivileged_user() -> None:
+    # -runas: QEMU opens its files, then becomes the user before the guest runs; QEMU 7.2 sets
+    # the filter before that setgid/setuid, so only then are set*id calls allowed.
+    argv = command_line("qemu", launch(), "fd:7", run_as="devbox-qemu")
+    sandbox = argv[argv.index("-sandbox") + 1]
+    assert sandbox == "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
+    assert argv[argv.index("-runas") + 1] == "devbox-qemu"
+    assert argv[-3:] == ["-S", "-incoming", "fd:7"]
+    assert "-runas" not in command_line("qemu", launch())
+
+
+def test_guest_services_need_spawn_for_the_socat_slirp_forks_per_connection() -> None:
+    argv = command_line("qemu", launch(guest_services={80: "/run/devbox/api.sock"}))
+    assert argv[argv.index("-sandbox") + 1] == (
+        "on,obsolete=deny,elevateprivileges=deny,spawn=allow,resourcecontrol=deny"
+    )
+
+
+def test_the_qemu_user_is_devbox_qemu_or_nobody_for_a_root_service_and_none_otherwise(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from devbox_service.backends.qemu import confine
+
+    users = {"nobody"}
+
+    def getpwnam(name: str) -> object:
+        if name not in users:
+            raise KeyError(name)
+        return object()
+
+    monkeypatch.setattr("pwd.getpwnam", getpwnam)
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    assert confine.qemu_user() == "nobody"
+    assert "devbox-qemu does not exist" in caplog.text
+    users.add("devbox-qemu")
+    assert confine.qemu_user() == "devbox-qemu"
+    assert confine.qemu_user("") == ""
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    assert confine.qemu_user() == ""  # only root can switch; QEMU keeps the service's user

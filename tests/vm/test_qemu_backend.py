@@ -6,6 +6,7 @@ Assertions are about behaviour, never wall-clock speed (that is bench/bench_vm.p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import time
@@ -290,3 +291,55 @@ async def test_many_saves_keep_the_disk_chain_short_and_every_snapshot_whole(
         await qemu_backend.delete(vm.id)
         for snapshot in saves:
             await qemu_backend.delete_snapshot(snapshot.id)
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def _assert_confined(pid: int) -> None:
+    """Seccomp-filtered, no_new_privs, and (under a root test run) every uid and gid that of
+    the unprivileged QEMU user, with no capability left."""
+    status = _proc_status(pid)
+    assert status["Seccomp"] == "2", status  # a filter (mode 2), not off
+    assert status["NoNewPrivs"] == "1", status
+    if os.geteuid() == 0:
+        import pwd
+
+        from devbox_service.backends.qemu.confine import qemu_user
+
+        user = pwd.getpwnam(qemu_user(quiet=True))
+        assert user.pw_uid != 0
+        assert status["Uid"].split() == [str(user.pw_uid)] * 4, status
+        assert status["Gid"].split() == [str(user.pw_gid)] * 4, status
+        assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0, status
+    else:
+        assert status["Uid"].split() == [str(os.geteuid())] * 4, status
+
+
+async def test_a_sandboxed_guest_as_the_unprivileged_user_boots_saves_and_restores(
+    qemu_backend: QemuBackend, boot_snapshot_id: str
+) -> None:
+    vm = await qemu_backend.boot(boot_snapshot_id, "vm-confined")
+    clone: InstanceInfo | None = None
+    try:
+        _assert_confined(_pid_of(qemu_backend, vm.id))
+        await sh(vm, "echo confined > /root/confined; sync")
+        # a save: QEMU (no longer root) writes the state to an fd and takes the new disk
+        # layer as an fd, the state dir being closed to it
+        snap = await qemu_backend.save(vm.id, "snap-confined")
+        await sh(vm, "echo after > /root/confined-after; sync")  # the new layer is writable
+        clone = await qemu_backend.boot(snap.id, "vm-confined-clone")
+        _assert_confined(_pid_of(qemu_backend, clone.id))
+        assert (await sh(clone, "cat /root/confined")).strip() == "confined"
+        assert (await sh(clone, "test -e /root/confined-after || echo absent")).strip() == "absent"
+        chain = qemu_backend._instances[vm.id].chain
+        assert all(p.startswith("/") and "fdset" not in p for p in chain), chain
+        assert await live_chain(qemu_backend._machines[vm.id], []) == chain
+    finally:
+        if clone is not None:
+            await qemu_backend.delete(clone.id)
+        await qemu_backend.delete(vm.id)
+        with contextlib.suppress(NotFound):
+            await qemu_backend.delete_snapshot("snap-confined")

@@ -15,6 +15,7 @@ from pathlib import Path
 import msgspec
 
 from devbox_service.backends.base import MachineSpec
+from devbox_service.backends.qemu.confine import sandbox
 from devbox_service.backends.qemu.guest_files import SERVICE_ADDRESS
 
 # Bump when the QEMU command line changes in a way saved guests depend on (devices, ids).
@@ -78,6 +79,19 @@ def ram_backend_id(machine: str) -> str:
     return f"{machine}.ram"
 
 
+TOP_FILE_OPTIONS = "file.auto-read-only=off,file.locking=off"
+"""How QEMU opens the top layer (the file under the qcow2), so that it never has to open it
+again by path, which QEMU turned into another user cannot (`confine`):
+
+- auto-read-only=off: -drive defaults to on, which opens the file read-only while nothing
+  writes it (an incoming restore) and reopens it read-write by path when the guest runs.
+- locking=off: a save freezes the top and QEMU reopens it read-only by path; failing that
+  (harmlessly: nothing writes a backing layer) the layer would keep its write lock, and a
+  clone of the snapshot could not open it. The backend decides who writes which layer (each
+  instance its own top); QEMU's image locks were only a second guard against two writers.
+"""
+
+
 def launch_key() -> str:
     """A short hash of what saved guests depend on; boot snapshot keys include it."""
     return hashlib.sha256(f"{LAUNCH_VERSION} {KERNEL_APPEND}".encode()).hexdigest()[:8]
@@ -97,10 +111,16 @@ def socket_dir(instance_dir: Path) -> Path:
 
 
 def command_line(
-    binary: str, ls: LaunchSpec, incoming: str | None = None, ram: GuestRam | None = None
+    binary: str,
+    ls: LaunchSpec,
+    incoming: str | None = None,
+    ram: GuestRam | None = None,
+    *,
+    run_as: str = "",
 ) -> list[str]:
     """The argv that runs `ls`; with `incoming`, QEMU waits for that state and a `cont`;
-    with `ram`, guest memory is that file (see `GuestRam`)."""
+    with `ram`, guest memory is that file (see `GuestRam`). Always sandboxed; with `run_as`,
+    QEMU becomes that user once its files are open (`confine`)."""
     d = Path(ls.dir)
     sockets = socket_dir(d)
     append = KERNEL_APPEND
@@ -133,7 +153,7 @@ def command_line(
         "-kernel", ls.kernel,
         "-initrd", ls.initrd,
         "-append", append,
-        "-drive", f"file={ls.disk},if=none,id=d0,format=qcow2",
+        "-drive", f"file={ls.disk},if=none,id=d0,format=qcow2,{TOP_FILE_OPTIONS}",
         "-device", f"virtio-blk-{bus},drive=d0",
         "-netdev", f"user,id=n0,{fwd}",
         "-device", net_dev,
@@ -145,7 +165,10 @@ def command_line(
         "-serial", "chardev:ser0",
         "-display", "none",
         "-qmp", f"unix:{sockets / 'qmp.sock'},server=on,wait=off",
+        "-sandbox", sandbox(spawn=bool(ls.guest_services), dropping_user=bool(run_as)),
     ]  # fmt: skip
+    if run_as:
+        argv += ["-runas", run_as]
     if ram is not None:
         backend = ram_backend_id(ls.machine)
         share = "on" if ram.shared else "off"

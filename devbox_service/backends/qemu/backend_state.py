@@ -24,6 +24,7 @@ from devbox_service.backends.base import (
 from devbox_service.backends.qemu import image as images
 from devbox_service.backends.qemu.argv import LaunchSpec
 from devbox_service.backends.qemu.config import QemuConfig
+from devbox_service.backends.qemu.confine import qemu_user
 from devbox_service.backends.qemu.machine import Machine
 from devbox_service.backends.qemu.store import InstanceRecord, SnapshotRecord
 from devbox_service.backends.qemu.util import free_port, host_tsc_khz, run, write_json_atomic
@@ -62,6 +63,11 @@ class BackendState:
         self._pool_filler: asyncio.Task[None] | None = None
         self._pool_endings: set[asyncio.Task[None]] = set()  # unused pooled processes ending
         self.last_save_pause: float = 0.0  # seconds the guest stood still in the last save
+        self.qemu_user = qemu_user(config.qemu_user)  # "" : QEMU keeps the service's user
+
+    def _new_machine(self, launch: LaunchSpec) -> Machine:
+        """A QEMU for `launch`, confined (`confine`): every process the backend starts."""
+        return Machine(self.config.qemu_binary, launch, run_as=self.qemu_user)
 
     # records --------------------------------------------------------------------------------
 
@@ -155,12 +161,20 @@ class BackendState:
 
     # disk pool ------------------------------------------------------------------------------
 
-    async def _create_overlay(self, path: Path, backing: str, size_mb: int | None = None) -> None:
-        """A new top layer over `backing`; as large as it, or `size_mb` (a grown disk)."""
+    async def _create_overlay(
+        self, path: Path, backing: str, size_mb: int | None = None, size_bytes: int | None = None
+    ) -> None:
+        """A new top layer over `backing`; as large as it, or `size_mb` (a grown disk).
+
+        With `size_bytes` (a save's overlay over the layer a running QEMU writes), the backing
+        is not opened at all (`-u`): only its name goes into the header."""
         size = [] if size_mb is None else [f"{size_mb}M"]
+        unsafe = []
+        if size_bytes is not None:
+            size, unsafe = [str(size_bytes)], ["-u"]
         await run(
             [
-                self.config.qemu_img, "create", "-q", "-f", "qcow2",
+                self.config.qemu_img, "create", "-q", "-f", "qcow2", *unsafe,
                 "-b", backing, "-F", "qcow2", str(path), *size,
             ],
             timeout=30,

@@ -183,7 +183,7 @@ class BootSnapshots(BackendState):
             await self._create_overlay(disk, img.disk, size_mb=spec.disk_mb)
             ls = self._launch_spec(name, work, accel, img.kernel, img.initrd, str(disk))
             ls = msgspec.structs.replace(ls, spec=spec)
-            machine = Machine(self.config.qemu_binary, ls)
+            machine = self._new_machine(ls)
             yield machine
         finally:
             if machine is not None:

@@ -28,6 +28,9 @@ class QemuConfig(msgspec.Struct, frozen=True, kw_only=True):
     spec: MachineSpec = msgspec.field(default_factory=MachineSpec)
     qemu_binary: str = "qemu-system-x86_64"
     qemu_img: str = "qemu-img"
+    qemu_user: str = "auto"
+    """The user QEMU runs as when the service is root ("auto": devbox-qemu, else nobody; "":
+    stay root). A service that is not root runs QEMU as itself. See `confine`."""
     debian_mirror: str = "http://deb.debian.org/debian"
     suite: str = "bookworm"
     kernel_version: str | None = None  # None: the newest /boot/vmlinuz-*-cloud-amd64

@@ -91,7 +91,7 @@ class QemuBackend(Instances, InstanceHost, Snapshots, BootSnapshots, WarmPool, G
             self._snapshots[rec.id] = rec
 
     async def _adopt(self, rec: InstanceRecord) -> None:
-        machine = Machine(self.config.qemu_binary, rec.launch)
+        machine = self._new_machine(rec.launch)
         try:
             if rec.pid is None:
                 raise BackendError("no pid recorded")

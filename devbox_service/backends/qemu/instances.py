@@ -145,7 +145,7 @@ class Instances(BackendState):
         if rec.launch.launched_in:  # a new process of a once pooled instance starts here
             rec.launch = msgspec.structs.replace(rec.launch, launched_in="")
         for attempt in range(3):
-            machine = Machine(self.config.qemu_binary, rec.launch)
+            machine = self._new_machine(rec.launch)
             try:
                 await machine.launch(state_file=state_file, ram=ram)
                 return machine

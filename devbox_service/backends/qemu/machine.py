@@ -36,9 +36,10 @@ class LaunchFailed(CommandFailed):
 class Machine(MachineSession):
     """A QEMU process we launched or adopted, with its QMP and agent connections."""
 
-    def __init__(self, binary: str, launch: LaunchSpec) -> None:
+    def __init__(self, binary: str, launch: LaunchSpec, *, run_as: str = "") -> None:
         super().__init__(launch)
         self.binary = binary
+        self.run_as = run_as  # the user QEMU switches to after opening its files ("" stays)
         self.pid: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._ram: GuestRam | None = None
@@ -108,7 +109,7 @@ class Machine(MachineSession):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
         self.qmp_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        argv = command_line(self.binary, self.launch_spec, incoming, self._ram)
+        argv = command_line(self.binary, self.launch_spec, incoming, self._ram, run_as=self.run_as)
         log_path = self.dir / "qemu.log"
         with _open_log(log_path) as out:
             self._proc = await asyncio.create_subprocess_exec(

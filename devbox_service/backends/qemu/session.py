@@ -11,6 +11,7 @@ import abc
 import asyncio
 import contextlib
 import enum
+import json
 import logging
 import os
 import time
@@ -143,7 +144,14 @@ class MachineSession(abc.ABC):
         """Start copying every layer between `base` and the top into the top one, in the
         background while the guest runs; QEMU drops those layers from the chain at the end.
         Frozen layers are only read, so the snapshots that own them stay as they are."""
-        await self.qmp("block-stream", {"job-id": FLATTEN_JOB, "device": "d0", "base": base})
+        # By node: QEMU finds `base` by file name only through names of paths, and a layer a
+        # save put on is named /dev/fdset/N (`put_overlay`), which it cannot resolve past.
+        target: dict[str, object] = {"base": base}
+        for node in await self.qmp("query-named-block-nodes", {"flat": True}):
+            if node.get("drv") == "qcow2" and node.get("file") == base and node.get("node-name"):
+                target = {"base-node": node["node-name"]}
+                break
+        await self.qmp("block-stream", {"job-id": FLATTEN_JOB, "device": "d0", **target})
 
     async def flattening(self) -> bool:
         jobs = await self.qmp("query-block-jobs")
@@ -186,7 +194,8 @@ class MachineSession(abc.ABC):
             await self.qmp("cont")
 
     async def save_state(self, state_file: Path, *, new_top: Path | None, timeout: float) -> float:
-        """Stop, optionally freeze the disk under a new overlay, write memory, continue.
+        """Stop, optionally freeze the disk under `new_top` (a qcow2 the caller made over the
+        current top, see `put_overlay`), write memory, continue.
 
         Returns how long the guest was stopped. The caller decides what the files mean.
         """
@@ -197,20 +206,63 @@ class MachineSession(abc.ABC):
             try:
                 if new_top is not None:
                     # Must come before migrate: the frozen layer is what the state refers to.
-                    await self.qmp(
-                        "blockdev-snapshot-sync",
-                        {
-                            "device": "d0",
-                            "snapshot-file": str(new_top),
-                            "format": "qcow2",
-                            "mode": "absolute-paths",
-                        },
-                    )
+                    await self.put_overlay(new_top)
                 await self.migrate_to(state_file, timeout)
             finally:
                 if was_running and self.alive():
                     await self.qmp("cont")
             return time.perf_counter() - t0
+
+    async def disk_size(self) -> int:
+        """The disk's virtual size in bytes, as QEMU has it (a resize may be newer than the
+        image headers say)."""
+        for block in await self.qmp("query-block"):
+            if block.get("device") == "d0":
+                return int(block["inserted"]["image"]["virtual-size"])
+        raise BackendError("QEMU has no disk d0")
+
+    async def put_overlay(self, top: Path) -> None:
+        """Make `top` (a qcow2 backed by the current top layer) the disk's writable layer.
+
+        QEMU gets the file open, not its path: it may run as a user that cannot reach the
+        state dir (`confine`). The fd goes into an fd set (`add-fd`, its opaque the path, which
+        `live_chain` reads back) and QEMU opens `/dev/fdset/N`, a copy of it, without locks
+        (see `argv.TOP_FILE_OPTIONS`). The new node
+        opens no backing of its own: it is put over the node already open (`blockdev-snapshot`;
+        the path in its header is what a later launch opens).
+        """
+        fd = os.open(top, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self._connected_qmp().send_fd_scm(fd)
+            added = await self.qmp("add-fd", {"opaque": str(top)})
+        finally:
+            os.close(fd)
+        fdset = int(added["fdset-id"])
+        node = f"layer-{os.urandom(8).hex()}"
+        try:
+            await self.qmp(
+                "blockdev-add",
+                {
+                    "driver": "qcow2",
+                    "node-name": node,
+                    "file": {
+                        "driver": "file",
+                        "filename": f"{FDSET_PREFIX}{fdset}",
+                        "locking": "off",
+                    },
+                    "backing": None,
+                },
+            )
+            try:
+                await self.qmp("blockdev-snapshot", {"node": "d0", "overlay": node})
+            except BackendError:
+                with contextlib.suppress(BackendError):
+                    await self.qmp("blockdev-del", {"node-name": node})
+                raise
+        except BackendError:
+            with contextlib.suppress(BackendError):
+                await self.qmp("remove-fd", {"fdset-id": fdset})
+            raise
 
     async def set_ignore_shared(self, on: bool) -> None:
         """The migration capability that leaves file-backed (template) memory out of a state."""
@@ -304,20 +356,60 @@ class MachineSession(abc.ABC):
 
 
 async def live_chain(machine: MachineSession, fallback: list[str]) -> list[str]:
-    """The disk chain QEMU really uses (a save may have ended before its record was written)."""
+    """The disk chain QEMU really uses (a save may have ended before its record was written).
+
+    Layers a save put on (`put_overlay`) are named `/dev/fdset/N` by QEMU (or a `json:` name
+    around it); their paths are the opaques of those fd sets. A name that maps to no path
+    leaves `fallback`: a wrong chain would let garbage collection delete a layer in use.
+    """
     try:
         blocks = await machine.qmp("query-block")
         for block in blocks:
             if block.get("device") == "d0":
-                chain: list[str] = []
+                names: list[str] = []
                 img = block["inserted"]["image"]
                 while img is not None:
-                    chain.append(img["filename"])
+                    names.append(img["filename"])
                     img = img.get("backing-image")
-                return chain
-    except (BackendError, KeyError, TypeError):
+                fdsets = [_fdset(name) for name in names]
+                paths = await _fdset_paths(machine) if any(n is not None for n in fdsets) else {}
+                chain = [
+                    name if fdset is None else paths.get(fdset, "")
+                    for name, fdset in zip(names, fdsets, strict=True)
+                ]
+                if all(p.startswith("/") and not p.startswith(FDSET_PREFIX) for p in chain):
+                    return chain
+                log.warning("disk chain of %s not understood: %s", machine.launch_spec.name, names)
+    except (BackendError, KeyError, TypeError, ValueError):
         pass
     return fallback
+
+
+FDSET_PREFIX = "/dev/fdset/"
+
+
+def _fdset(name: str) -> int | None:
+    """The fd set a QEMU file name opens, if any: `/dev/fdset/N`, or the file in a `json:`
+    name (QEMU's name for a node whose backing is not the one its header names)."""
+    if name.startswith("json:"):
+        file = json.loads(name[len("json:") :]).get("file")
+        if isinstance(file, dict):
+            name = str(file.get("filename", ""))
+        elif isinstance(file, str):
+            name = file
+    if name.startswith(FDSET_PREFIX):
+        return int(name[len(FDSET_PREFIX) :])
+    return None
+
+
+async def _fdset_paths(machine: MachineSession) -> dict[int, str]:
+    """fd set id -> the path its fd was opened from (`put_overlay` gives it as opaque)."""
+    paths: dict[int, str] = {}
+    for fdset in await machine.qmp("query-fdsets"):
+        for fd in fdset.get("fds", []):
+            if fd.get("opaque"):
+                paths[int(fdset["fdset-id"])] = str(fd["opaque"])
+    return paths
 
 
 async def wait_ssh_banner(

@@ -60,6 +60,9 @@ class Snapshots(BackendState):
                 async with asyncio.timeout(self.config.restore_timeout):
                     await machine.settle_flattening(FLATTEN_WAIT)
                     rec.chain = await live_chain(machine, rec.chain)  # a stream may have ended
+                    await self._create_overlay(
+                        new_top, rec.chain[0], size_bytes=await machine.disk_size()
+                    )
                     self.last_save_pause = await machine.save_state(
                         work / "state", new_top=new_top, timeout=self.config.restore_timeout
                     )

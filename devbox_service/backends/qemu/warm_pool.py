@@ -63,7 +63,7 @@ class WarmPool(BackendState):
         try:
             await self._create_overlay(top, boot.chain[0])
             ls = self._launch_spec(name, d, boot.accel, boot.kernel, boot.initrd, str(top))
-            machine = Machine(self.config.qemu_binary, msgspec.structs.replace(ls, spec=boot.spec))
+            machine = self._new_machine(msgspec.structs.replace(ls, spec=boot.spec))
             await machine.launch(ram=boot.ram, wait_for_state=True)
             return Pooled(machine=machine, snapshot_id=boot.id, top=str(top))
         except BaseException:
