@@ -1,4 +1,5 @@
-"""Who may do what to a devbox, a snapshot or a share alias: the one table of access rules.
+"""Who may do what to a devbox, a snapshot, a template or a share alias: the one table of
+access rules.
 
 Every surface asks it: the API routes (their guard names the action, and an agent token's
 scope comes from here), the instance API, pages, previews, the SSH gateway and tmux. The
@@ -7,7 +8,8 @@ owner check. README's security model shows this table; the access-matrix test ex
 it says of every route.
 
 How the caller stands to a resource:
-- owner: the user whose devbox (or snapshot) it is, with a user key or a page session;
+- owner: the user whose devbox (or snapshot) it is, who wrote the template's steps, who made
+  the alias; with a user key or a page session;
 - org admin: an owner or admin of the resource's organization who is not its owner;
 - member: anyone else in the organization;
 - agent: an agent token bound to this devbox, with the rule's scope;
@@ -61,6 +63,9 @@ class Act(enum.StrEnum):
     SNAPSHOT_BOOT = "boot snapshot"  # start a devbox from a saved snapshot (its memory)
     SNAPSHOT_EDIT = "edit snapshot"  # metadata and TTL
     SNAPSHOT_DELETE = "delete snapshot"
+    TEMPLATE_USE = "use template"  # see, build, start from, share (owner: its author)
+    TEMPLATE_EDIT = "edit template"  # its steps, name, base; delete it
+    TEMPLATE_SECRETS = "get saved secrets unasked"  # starting it writes the starter's secrets
     ALIAS_CHANGE = "move or delete alias"  # a share link of the org (its creator is "owner")
 
 
@@ -97,13 +102,22 @@ POLICY: dict[Act, Rule] = {
     Act.SNAPSHOT_BOOT: Rule(_OWNER, refusal="boot it (it holds the owner's memory)"),
     Act.SNAPSHOT_EDIT: Rule(_ADMINS, AgentScope.SNAPSHOT_WRITE, refusal="change it"),
     Act.SNAPSHOT_DELETE: Rule(_ADMINS, refusal="delete it"),
+    Act.TEMPLATE_USE: Rule(_ORG),
+    # steps run as root in everyone's devbox started from the template: a member who could
+    # change them could harvest the author's secrets at the author's next start
+    Act.TEMPLATE_EDIT: Rule(_ADMINS, refusal="change or delete it"),
+    # the author's steps may read the starter's secrets: only the author is not asked
+    Act.TEMPLATE_SECRETS: Rule(_OWNER, refusal="be given secrets without naming them"),
     Act.ALIAS_CHANGE: Rule(
         _ADMINS, refusal="move or delete it (this alias is taken: choose another)"
     ),
 }
 
 SNAPSHOT_ACTS = frozenset(a for a in Act if a.name.startswith("SNAPSHOT_"))
-DEVBOX_ACTS = frozenset(a for a in Act if a not in SNAPSHOT_ACTS and a is not Act.ALIAS_CHANGE)
+ORG_RESOURCE_ACTS = frozenset(
+    {Act.TEMPLATE_USE, Act.TEMPLATE_EDIT, Act.TEMPLATE_SECRETS, Act.ALIAS_CHANGE}
+)
+DEVBOX_ACTS = frozenset(Act) - SNAPSHOT_ACTS - ORG_RESOURCE_ACTS
 
 
 def relation(

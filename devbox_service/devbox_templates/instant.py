@@ -18,6 +18,7 @@ import re
 import msgspec
 
 from devbox_service.auth.models import Principal
+from devbox_service.auth.policy import Act, permits
 from devbox_service.devbox_templates.builds import inject_secrets
 from devbox_service.devbox_templates.models import TemplateRecord, TemplateStatus
 from devbox_service.devbox_templates.schemas import AvailabilityReason, InstantDevboxRequest
@@ -94,11 +95,6 @@ def secret_consent(spec: TemplateSpec) -> SecretConsent:
     return SecretConsent(secrets=list(uses.values()), sessions=sessions)
 
 
-def own_template(principal: Principal, template: TemplateRecord) -> bool:
-    """The caller wrote the template (in the organization that holds it)."""
-    return principal.user_id == template.user_id and principal.org_id == template.org_id
-
-
 def chosen_secrets(
     principal: Principal, template: TemplateRecord, spec: TemplateSpec, named: list[str] | None
 ) -> list[str]:
@@ -107,7 +103,7 @@ def chosen_secrets(
     InvalidInput for a name the template does not export."""
     exported = [s.name for s in spec.steps if isinstance(s, ExportSecretStep)]
     if named is None:
-        return exported if own_template(principal, template) else []
+        return exported if permits(principal, Act.TEMPLATE_SECRETS, template) else []
     unknown = sorted(set(named) - set(exported))
     if unknown:
         offered = ", ".join(exported) or "none"

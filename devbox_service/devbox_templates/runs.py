@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from devbox_service.auth.models import Principal
+from devbox_service.auth.policy import Act, permits
 from devbox_service.devbox_templates.builds import (
     ExposedService,
     GuestShell,
@@ -242,8 +243,7 @@ class BuildRuns:
                 secret_wait=self._secret_wait,
                 prompts=self._prompts,
                 redactor=Redactor(),
-                use_saved=principal.user_id == template.user_id
-                and principal.org_id == template.org_id,
+                use_saved=permits(principal, Act.TEMPLATE_SECRETS, template),
             )
             snapshot_info = await self._checkpoints.snapshot_info(start_from)
             devbox = await self._devboxes.start_from(

@@ -12,11 +12,11 @@ from typing import Any
 import msgspec
 
 from devbox_service.auth.models import Principal
+from devbox_service.auth.policy import Act, authorize, permits
 from devbox_service.devbox_templates.events import RunEvents
 from devbox_service.devbox_templates.instant import (
     InstantDevboxes,
     SecretConsent,
-    own_template,
     secret_consent,
 )
 from devbox_service.devbox_templates.models import (
@@ -86,11 +86,22 @@ class TemplateService:
 
     # reading
 
-    async def visible(self, principal: Principal, template_id: str) -> TemplateRecord:
-        """The template if the caller's organization holds it. Raises NotFound otherwise."""
+    async def visible(
+        self, principal: Principal, template_id: str, act: Act = Act.TEMPLATE_USE
+    ) -> TemplateRecord:
+        """The template if the policy lets the caller do `act` to it. Raises NotFound (not
+        the caller's organization's), PermissionDenied (a member changing another's)."""
         template = await self._store.get(template_id)
-        if template is None or template.org_id != principal.org_id:
+        if template is None:
             raise NotFound.of("template", template_id)
+        authorize(
+            principal,
+            act,
+            user_id=template.user_id,
+            org_id=template.org_id,
+            devbox_id=None,
+            resource=("template", template_id),
+        )
         return template
 
     async def summaries(self, principal: Principal) -> list[TemplateSummary]:
@@ -115,7 +126,7 @@ class TemplateService:
         template = await self._store.get(template_id)
         if template is None:
             raise NotFound.of("template", template_id)
-        if principal is not None and own_template(principal, template):
+        if principal is not None and permits(principal, Act.TEMPLATE_SECRETS, template):
             return None
         return secret_consent(await self.spec(template))
 
@@ -241,8 +252,10 @@ class TemplateService:
     async def update(
         self, principal: Principal, template_id: str, request: TemplateUpdateRequest
     ) -> TemplateDetail:
-        """Null fields stay; a changed spec or base keeps the cached steps it still matches."""
-        template = await self.visible(principal, template_id)
+        """Null fields stay; a changed spec or base keeps the cached steps it still matches.
+        Whoever writes the steps is the template's author from then on (an org admin
+        changing a member's steps): the one who starts it unasked with their secrets."""
+        template = await self.visible(principal, template_id, Act.TEMPLATE_EDIT)
         fields: dict[str, Any] = {}
         if request.name is not None:
             fields["name"] = request.name
@@ -252,6 +265,7 @@ class TemplateService:
             fields["spec_json"] = encode_spec(await parse_off_loop(request.yaml))
             fields["yaml"] = request.yaml
             fields["content_hash"] = hashlib.sha256(request.yaml.encode()).hexdigest()
+            fields["user_id"] = principal.user_id
         if request.baseSnapshotOption is not None:
             await self._checkpoints.bootable(principal, request.baseSnapshotOption)
             fields["base_snapshot_id"] = request.baseSnapshotOption
@@ -266,7 +280,7 @@ class TemplateService:
 
     async def delete(self, principal: Principal, template_id: str) -> None:
         """Devboxes started from it keep running (the backend keeps what they use)."""
-        template = await self.visible(principal, template_id)
+        template = await self.visible(principal, template_id, Act.TEMPLATE_EDIT)
         await self._runs.cancel(template.id)
         await self._store.delete(template.id)
         await self.reclaim(template.org_id)

@@ -111,3 +111,36 @@ async def test_an_org_mates_template_gets_none_of_the_starters_secrets_unless_na
     await save_secret(fake_api, author, "GITHUB_TOKEN", "author-github-token")
     await started(fake_api, author, template_id)
     assert injected == [{"GITHUB_TOKEN": "author-github-token"}]
+
+
+async def test_a_member_cannot_rewrite_an_org_mates_template_to_harvest_its_authors_secrets(
+    fake_api: Api, injected: list[dict[str, str]]
+) -> None:
+    """Were a member able to change another's steps, the author's next start (unasked, as
+    their own template) would hand their secrets to the member's code."""
+    author = await fake_api.new_user("careful-author", org="default")
+    mallory = await fake_api.new_user("mallory-member", org="default")
+    harmless = "name: tools\nsteps:\n  - run: echo tools\n"
+    template_id = await create(fake_api, author, harmless, name="tools")
+    url = f"/api/templates/{template_id}"
+
+    rewrite = {"yaml": STEALING}
+    refused = await fake_api.client.put(url, json=rewrite, headers=fake_api.auth(mallory))
+    assert refused.status_code == 403, refused.text
+    assert "owner or an org admin" in refused.json()["detail"]
+    renamed = await fake_api.client.put(url, json={"name": "x"}, headers=fake_api.auth(mallory))
+    assert renamed.status_code == 403, renamed.text
+    deleted = await fake_api.client.delete(url, headers=fake_api.auth(mallory))
+    assert deleted.status_code == 403, deleted.text
+    seen = await fake_api.client.get(url, headers=fake_api.auth(mallory))
+    assert seen.status_code == 200 and seen.json()["yaml"] == harmless, "a member still reads it"
+
+    # an org admin may change the steps, and becomes the author: the old author is now asked
+    changed = await fake_api.client.put(
+        url, json=rewrite, headers=fake_api.auth(fake_api.admin_key)
+    )
+    assert changed.status_code == 200, changed.text
+    await mark_built(fake_api, template_id)
+    await save_secret(fake_api, author, "GITHUB_TOKEN", "author-github-token")
+    await started(fake_api, author, template_id)
+    assert injected and all("author-github-token" not in e.values() for e in injected), injected
