@@ -78,7 +78,9 @@ def test_a_member_watches_but_never_runs_code_or_copies_memory() -> None:
         Act.VIEW,
         Act.WATCH,
         Act.SNAPSHOT_VIEW,
+        Act.TEMPLATE_USE,  # see, build, start and share the org's templates
     ]
     admin = person("someone", Role.ADMIN)
     for act in (Act.EXEC, Act.TYPE, Act.SSH, Act.UPLOAD, Act.SAVE, Act.BRANCH, Act.EXPOSE):
         assert decide(admin, act) == "403", act
+    assert decide(admin, Act.TEMPLATE_SECRETS) == "403", "an admin is asked like anyone"
