@@ -140,8 +140,13 @@ class HttpServiceRegistry:
 
     async def target(self, devbox_id: str, name: str, bearer: str | None) -> PreviewTarget:
         """Where a preview request goes: checks the service's auth mode (401 without a key,
-        404 for a key that may not see the devbox) and wakes a paused devbox first."""
-        service = await self._get(devbox_id, name)
+        404 for a key that may not see the devbox) and wakes a paused devbox first. A name no
+        service has is treated as a keyed one (401 without a valid key, then 404), so a
+        visitor without a key cannot tell which keyed services exist."""
+        service = await self._store.get(devbox_id, name)
+        if service is None:
+            await self._identities.authenticate(bearer)
+            raise NotFound.of("http service", name)
         if service.auth_mode is HttpServiceAuthMode.API_KEY:
             principal = await self._identities.authenticate(bearer)
             await self._devboxes.visible(principal, devbox_id, Act.VIEW)

@@ -120,3 +120,24 @@ async def test_a_port_nothing_answers_on_is_a_502_naming_it(fake_api: Api) -> No
     assert answer.status_code == 502, answer.text
     detail = answer.json()["detail"]
     assert f"nothing answered HTTP on port 8099 of devbox {devbox_id} (service 'silent')" in detail
+
+
+async def test_a_visitor_without_a_key_cannot_tell_which_keyed_services_exist(
+    fake_api: Api,
+) -> None:
+    """A keyed service and a name no service has answer alike: 401 without a valid key,
+    404 for a key that may not see it (no existence oracle for anonymous visitors)."""
+    key, devbox_id = fake_api.admin_key, await default_devbox(fake_api)
+    await expose(fake_api, key, devbox_id, name="secret-app", port=8080, auth_mode="api_key")
+    keyed, missing = (f"http://{n}-{devbox_id}.localhost/" for n in ("secret-app", "nothing"))
+    no_devbox = "http://web-devbox_000000000000000000000000.localhost/"
+    for url in (keyed, missing, no_devbox):
+        anonymous = await fake_api.client.get(url)
+        assert anonymous.status_code == 401, (url, anonymous.text)
+        wrong = await fake_api.client.get(url, headers={"Authorization": "Bearer not-a-key"})
+        assert wrong.status_code == 401, (url, wrong.text)
+    outsider = await fake_api.new_user("outsider-oracle")
+    for url in (keyed, missing, no_devbox):
+        hidden = await fake_api.client.get(url, headers=fake_api.auth(outsider))
+        assert hidden.status_code == 404, (url, hidden.text)
+    assert (await fake_api.client.get(missing, headers=fake_api.auth(key))).status_code == 404
