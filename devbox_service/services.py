@@ -191,6 +191,7 @@ class Services:
             previews=self.previews,
         )
         core.snapshot_keepers.append(self.templates.step_snapshots)
+        self.admission.unlisted_snapshots.append(self.templates.step_snapshot_count)
         self.sharing = SharingService(AliasStore(database), self.templates, self.settings.base_url)
         self.dashboard = Dashboard(
             devboxes=self.devboxes,

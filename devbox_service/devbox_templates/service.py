@@ -305,12 +305,18 @@ class TemplateService:
         """Every cached step's snapshot (start-up recovery keeps them)."""
         return {snapshot_id for _, _, snapshot_id in await self._store.cache_entries()}
 
+    async def step_snapshot_count(self, org_id: str) -> int:
+        """How many cached step snapshots the organization holds (they count toward its
+        snapshot limit)."""
+        return len(await self._store.cache_entries(org_id))
+
     # builds
 
     async def cache(
         self, principal: Principal, template_id: str, request: TemplateCacheRequest
     ) -> str:
         template = await self.visible(principal, template_id)
+        await self._checkpoints.room_for_unlisted(template.org_id)
         return await self._runs.start(principal, template, await self.spec(template), request)
 
     async def cancel(self, principal: Principal, template_id: str) -> None:

@@ -147,11 +147,21 @@ class CheckpointService:
         return found
 
     async def save_unlisted(self, devbox_id: str) -> backend_api.SnapshotInfo:
-        """A checkpoint no user lists (a template step's): its owner keeps the id, and must
-        register it with `core.snapshot_keepers` so start-up recovery keeps it."""
-        async with self._core.held(devbox_id):
-            await machines.in_memory(self._core.backend, devbox_id)
-            return await self._core.backend.save(devbox_id, new_id("snapshot"))
+        """A checkpoint no user lists (a template step's), counted toward the devbox's
+        organization's snapshot limit: its owner keeps the id, and must register it with
+        `core.snapshot_keepers` so start-up recovery keeps it. Raises LimitReached."""
+        async with self._core.held(devbox_id) as record:
+            if record is None:
+                raise NotFound.of("devbox", devbox_id)
+            async with self._core.admission.guard():
+                await self._core.admission.check_unlisted_snapshot(record.org_id)
+                await machines.in_memory(self._core.backend, devbox_id)
+                return await self._core.backend.save(devbox_id, new_id("snapshot"))
+
+    async def room_for_unlisted(self, org_id: str) -> None:
+        """Raises LimitReached when the organization may hold no more snapshots (before a
+        build starts, so it is refused with 429 rather than failing at its first step)."""
+        await self._core.admission.check_unlisted_snapshot(org_id)
 
     async def delete_unlisted(self, snapshot_id: str) -> None:
         with contextlib.suppress(backend_api.NotFound):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import msgspec
@@ -94,6 +94,9 @@ class Admission:
         self._overhead = vm_overhead_mb
         self._host_memory = host_memory
         self._lock = asyncio.Lock()
+        # snapshots an organization holds outside the snapshot store (its templates' cached
+        # steps): they take disk like any save, so they count toward its snapshot limit
+        self.unlisted_snapshots: list[Callable[[str], Awaitable[int]]] = []
 
     async def limits_for(self, scope: Scope, subject_id: str) -> Limits:
         base = self._defaults[scope]
@@ -151,16 +154,27 @@ class Admission:
 
     async def check_snapshot(self, principal: Principal) -> None:
         """One more saved snapshot for this caller. Raises LimitReached."""
-        saved = await self._snapshots.for_org(principal.org_id)
-        for scope, subject, mine in (
-            (Scope.USER, principal.user_id, [s for s in saved if s.user_id == principal.user_id]),
-            (Scope.ORG, principal.org_id, saved),
-        ):
+        await self._check_snapshots(principal.org_id, principal.user_id)
+
+    async def check_unlisted_snapshot(self, org_id: str) -> None:
+        """One more snapshot of the organization's own (a template step's). Raises
+        LimitReached."""
+        await self._check_snapshots(org_id, None)
+
+    async def _check_snapshots(self, org_id: str, user_id: str | None) -> None:
+        saved = await self._snapshots.for_org(org_id)
+        unlisted = sum([await count(org_id) for count in self.unlisted_snapshots])
+        counts = [(Scope.ORG, org_id, len(saved) + unlisted)]
+        if user_id is not None:
+            counts.insert(0, (Scope.USER, user_id, sum(s.user_id == user_id for s in saved)))
+        for scope, subject, held in counts:
             limits = await self.limits_for(scope, subject)
-            if len(mine) + 1 > limits.snapshots:
+            if held + 1 > limits.snapshots:
                 raise LimitReached(
-                    f"limit reached: at most {limits.snapshots} snapshots per {scope.value}: "
-                    "delete snapshots you no longer need (DELETE /api/snapshots/{id})",
+                    f"limit reached: at most {limits.snapshots} snapshots per {scope.value} "
+                    f"(template build steps included: {unlisted}): delete snapshots you no "
+                    "longer need (DELETE /api/snapshots/{id}) or templates whose cached steps "
+                    "you do not use, or ask an admin to raise the limit",
                     limit=f"snapshots_per_{scope.value}",
                 )
 

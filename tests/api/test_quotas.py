@@ -15,7 +15,9 @@ from devbox_service.app import create_app
 from devbox_service.auth.models import Role
 from devbox_service.backends.memory import MemoryBackend
 from devbox_service.cli import main as cli
+from devbox_service.devbox_templates.store import TemplateStore
 from devbox_service.devboxes.quotas import host_memory_mb
+from devbox_service.errors import LimitReached
 from devbox_service.settings import Settings
 
 
@@ -119,3 +121,37 @@ def test_admins_set_and_show_limits(
     assert shown == "user alice: devboxes 5, snapshots 100, disk 40960 MB"
     assert cli(["limits", "set", "--org", "nobody", "--devboxes", "1"]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+async def test_template_step_snapshots_count_toward_the_orgs_snapshot_limit(
+    make_settings: Callable[..., Settings], fake_backend: MemoryBackend
+) -> None:
+    """Each build step leaves a cached snapshot on disk: an org cannot pile them up past its
+    snapshot limit by building templates (nor save past it once steps fill it)."""
+    settings = make_settings(vm_backend="qemu", ssh_port=0, limit_snapshots_per_org=3)
+    async with AsyncTestClient(create_app(settings, backend=fake_backend)) as client:
+        await wait_ready(client)
+        api = Api(client, settings)
+        auth = api.auth(api.admin_key)
+        body = {"name": "t", "yaml": "name: t\nsteps:\n  - run: echo 1\n"}
+        created = await client.post(
+            "/api/templates", json={**body, "baseSnapshotOption": await image(api)}, headers=auth
+        )
+        template_id = created.json()["id"]
+        devbox_id = (await create_devbox(api, await image(api)))["id"]
+        services = api.services
+        org_id = (await services.identities.authenticate(api.admin_key)).org_id
+        steps = TemplateStore(services.database)
+        for n in range(2):  # two steps a build left, as a build caches them
+            snapshot = await services.checkpoints.save_unlisted(devbox_id)
+            await steps.cache_step(org_id, f"fingerprint-{n}", snapshot.id)
+        saved = await client.post(f"/api/devboxes/{devbox_id}/save", headers=auth)
+        assert saved.status_code == 200, "two steps and one save: three"
+        full = await client.post(f"/api/devboxes/{devbox_id}/save", headers=auth)
+        assert full.status_code == 429 and full.headers["x-devbox-limit"] == "snapshots_per_org"
+        assert "template build steps included: 2" in full.json()["detail"]
+        build = await client.post(f"/api/templates/{template_id}/cache", json={}, headers=auth)
+        assert build.status_code == 429, build.text
+        assert build.headers["x-devbox-limit"] == "snapshots_per_org"
+        with pytest.raises(LimitReached):
+            await services.checkpoints.save_unlisted(devbox_id)  # a step of a running build
