@@ -21,6 +21,9 @@ EXEC_TIMEOUT = 3600.0
 DEFAULT_OUTPUT_MAX_BYTES = 1024 * 1024
 ExecKey = tuple[str, str, str]  # user, instance, Idempotency-Key
 IDEMPOTENCY_SECONDS = 600.0
+REMEMBERED_PER_USER = 32
+"""Answers kept for retries, per user (each holds up to twice the output cap): past it the
+oldest is forgotten, so a retry of that one runs the command again."""
 
 
 class GuestCommands(Protocol):
@@ -83,6 +86,9 @@ class InstanceExec:
                 del self._results[key]
         key = (user_id, instance_id, idempotency_key)
         if key not in self._results:
+            mine = [k for k in self._results if k[0] == user_id]  # oldest first (insertion)
+            for old in mine[: max(0, len(mine) - REMEMBERED_PER_USER + 1)]:
+                del self._results[old]
             task = asyncio.ensure_future(self._run(endpoint, command))
             self._results[key] = (now, task)
         return await asyncio.shield(self._results[key][1])
