@@ -66,6 +66,7 @@ class Act(enum.StrEnum):
     TEMPLATE_USE = "use template"  # see, build, start from, share (owner: its author)
     TEMPLATE_EDIT = "edit template"  # its steps, name, base; delete it
     TEMPLATE_SECRETS = "get saved secrets unasked"  # starting it writes the starter's secrets
+    ALIAS_VIEW = "see alias"  # an org share link (a public one: anyone, signed in or not)
     ALIAS_CHANGE = "move or delete alias"  # a share link of the org (its creator is "owner")
 
 
@@ -108,6 +109,7 @@ POLICY: dict[Act, Rule] = {
     Act.TEMPLATE_EDIT: Rule(_ADMINS, refusal="change or delete it"),
     # the author's steps may read the starter's secrets: only the author is not asked
     Act.TEMPLATE_SECRETS: Rule(_OWNER, refusal="be given secrets without naming them"),
+    Act.ALIAS_VIEW: Rule(_ORG),
     Act.ALIAS_CHANGE: Rule(
         _ADMINS, refusal="move or delete it (this alias is taken: choose another)"
     ),
@@ -115,7 +117,7 @@ POLICY: dict[Act, Rule] = {
 
 SNAPSHOT_ACTS = frozenset(a for a in Act if a.name.startswith("SNAPSHOT_"))
 ORG_RESOURCE_ACTS = frozenset(
-    {Act.TEMPLATE_USE, Act.TEMPLATE_EDIT, Act.TEMPLATE_SECRETS, Act.ALIAS_CHANGE}
+    {Act.TEMPLATE_USE, Act.TEMPLATE_EDIT, Act.TEMPLATE_SECRETS, Act.ALIAS_VIEW, Act.ALIAS_CHANGE}
 )
 DEVBOX_ACTS = frozenset(Act) - SNAPSHOT_ACTS - ORG_RESOURCE_ACTS
 

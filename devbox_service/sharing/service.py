@@ -13,7 +13,7 @@ import time
 import msgspec
 
 from devbox_service.auth.models import Principal
-from devbox_service.auth.policy import Act, authorize
+from devbox_service.auth.policy import Act, authorize, permits
 from devbox_service.devbox_templates.instant import SecretConsent
 from devbox_service.devbox_templates.schemas import InstantDevboxRequest, TemplateDetail
 from devbox_service.devbox_templates.service import TemplateService
@@ -117,7 +117,7 @@ class SharingService:
         record = await self._store.get(alias)
         if record is None or not (
             record.visibility is Visibility.PUBLIC
-            or (principal is not None and record.org_id == principal.org_id)
+            or (principal is not None and permits(principal, Act.ALIAS_VIEW, record))
         ):
             raise NotFound(
                 f"alias {alias!r} not found among your organization's aliases and the public "

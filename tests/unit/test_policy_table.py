@@ -79,6 +79,7 @@ def test_a_member_watches_but_never_runs_code_or_copies_memory() -> None:
         Act.WATCH,
         Act.SNAPSHOT_VIEW,
         Act.TEMPLATE_USE,  # see, build, start and share the org's templates
+        Act.ALIAS_VIEW,
     ]
     admin = person("someone", Role.ADMIN)
     for act in (Act.EXEC, Act.TYPE, Act.SSH, Act.UPLOAD, Act.SAVE, Act.BRANCH, Act.EXPOSE):
