@@ -89,7 +89,10 @@ async def test_an_exposed_port_is_listed_and_served_until_unexposed(
     assert service(again.json(), "web") == {**listed, "auth_mode": "api_key"}
     assert len(again.json()["networking"]["http_services"]) == 1
 
-    unknown = await vm_api.client.get(f"http://nothing-here-{devbox_id}.localhost/file")
+    nowhere = f"http://nothing-here-{devbox_id}.localhost/file"
+    anonymous = await vm_api.client.get(nowhere)
+    assert anonymous.status_code == 401, "as a keyed service would: nothing says what exists"
+    unknown = await vm_api.client.get(nowhere, headers=vm_api.auth(key))
     assert unknown.status_code == 404 and "nothing-here" in unknown.json()["detail"]
 
     instance = await vm_api.services.devbox_core.backend.get_instance(devbox_id)
@@ -101,7 +104,9 @@ async def test_an_exposed_port_is_listed_and_served_until_unexposed(
     with pytest.raises(OSError):  # the host's forward to the guest port is gone
         socket.create_connection(("127.0.0.1", host_port), timeout=5).close()
     assert service(removed.json(), "web") is None
-    assert (await vm_api.client.get(path_of(url) + "file")).status_code == 404
+    gone = await vm_api.client.get(url + "file", headers=vm_api.auth(key))
+    assert gone.status_code == 404, gone.text
+    assert (await vm_api.client.get(url + "file")).status_code == 401, "as any unknown name"
     twice = await vm_api.client.delete(
         f"/api/devboxes/{devbox_id}/http/web", headers=vm_api.auth(key)
     )
