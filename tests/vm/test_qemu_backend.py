@@ -24,8 +24,8 @@ from devbox_service.backends.base import (
 )
 from devbox_service.backends.qemu.config import QemuConfig
 from devbox_service.backends.qemu.console import CONSOLE_LIMIT
+from devbox_service.backends.qemu.disk_chain import live_chain
 from devbox_service.backends.qemu.driver import QemuBackend
-from devbox_service.backends.qemu.session import live_chain
 from devbox_service.backends.qemu.snapshots import FLATTEN_DEPTH
 from devbox_service.backends.qemu.util import pid_alive
 

@@ -30,13 +30,13 @@ from devbox_service.backends.qemu import image as images
 from devbox_service.backends.qemu.argv import GuestRam, launch_key
 from devbox_service.backends.qemu.backend_state import BackendState
 from devbox_service.backends.qemu.config import QemuConfig
-from devbox_service.backends.qemu.machine import Machine
-from devbox_service.backends.qemu.session import (
+from devbox_service.backends.qemu.guest_shell import (
     SETTLE_MEMORY,
     grow_root_filesystem,
     guest_shell,
     wait_ssh_banner,
 )
+from devbox_service.backends.qemu.machine import Machine
 from devbox_service.backends.qemu.store import SnapshotRecord
 from devbox_service.backends.qemu.util import (
     file_size,

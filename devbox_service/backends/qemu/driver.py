@@ -33,11 +33,11 @@ from devbox_service.backends.qemu.argv import socket_dir
 from devbox_service.backends.qemu.backend_state import LIVE
 from devbox_service.backends.qemu.boot_snapshots import BootSnapshots
 from devbox_service.backends.qemu.config import QemuConfig
+from devbox_service.backends.qemu.disk_chain import live_chain
 from devbox_service.backends.qemu.garbage import Garbage
 from devbox_service.backends.qemu.instance_host import InstanceHost
 from devbox_service.backends.qemu.instances import Instances
 from devbox_service.backends.qemu.machine import Machine
-from devbox_service.backends.qemu.session import live_chain
 from devbox_service.backends.qemu.snapshots import Snapshots
 from devbox_service.backends.qemu.store import InstanceRecord, SnapshotRecord
 from devbox_service.backends.qemu.util import kill_strays

@@ -32,8 +32,8 @@ from devbox_service.backends.base import (
 )
 from devbox_service.backends.qemu.argv import GuestRam
 from devbox_service.backends.qemu.backend_state import LIVE, BackendState
+from devbox_service.backends.qemu.guest_shell import grow_root_filesystem, wait_ssh_banner
 from devbox_service.backends.qemu.machine import LaunchFailed, Machine
-from devbox_service.backends.qemu.session import grow_root_filesystem, wait_ssh_banner
 from devbox_service.backends.qemu.store import InstanceRecord
 from devbox_service.backends.qemu.util import (
     free_port,

@@ -11,7 +11,6 @@ import abc
 import asyncio
 import contextlib
 import enum
-import json
 import logging
 import os
 import time
@@ -19,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import asyncssh
 from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 from qemu.qmp.qmp_client import ExecuteError
@@ -27,7 +25,6 @@ from qemu.qmp.qmp_client import ExecuteError
 from devbox_service.backends.base import (
     BackendError,
     BackendTimeout,
-    CommandFailed,
     GuestUnreachable,
     QMPFailed,
 )
@@ -45,6 +42,7 @@ class MachineState(enum.Enum):
 
 
 FLATTEN_JOB = "flatten"
+FDSET_PREFIX = "/dev/fdset/"
 
 
 class MachineSession(abc.ABC):
@@ -353,130 +351,3 @@ class MachineSession(abc.ABC):
             except (BackendError, TimeoutError):
                 log.warning("guest %s did not reboot itself; resetting", self.launch_spec.name)
             await self.qmp("system_reset")
-
-
-async def live_chain(machine: MachineSession, fallback: list[str]) -> list[str]:
-    """The disk chain QEMU really uses (a save may have ended before its record was written).
-
-    Layers a save put on (`put_overlay`) are named `/dev/fdset/N` by QEMU (or a `json:` name
-    around it); their paths are the opaques of those fd sets. A name that maps to no path
-    leaves `fallback`: a wrong chain would let garbage collection delete a layer in use.
-    """
-    try:
-        blocks = await machine.qmp("query-block")
-        for block in blocks:
-            if block.get("device") == "d0":
-                names: list[str] = []
-                img = block["inserted"]["image"]
-                while img is not None:
-                    names.append(img["filename"])
-                    img = img.get("backing-image")
-                fdsets = [_fdset(name) for name in names]
-                paths = await _fdset_paths(machine) if any(n is not None for n in fdsets) else {}
-                chain = [
-                    name if fdset is None else paths.get(fdset, "")
-                    for name, fdset in zip(names, fdsets, strict=True)
-                ]
-                if all(p.startswith("/") and not p.startswith(FDSET_PREFIX) for p in chain):
-                    return chain
-                log.warning("disk chain of %s not understood: %s", machine.launch_spec.name, names)
-    except (BackendError, KeyError, TypeError, ValueError):
-        pass
-    return fallback
-
-
-FDSET_PREFIX = "/dev/fdset/"
-
-
-def _fdset(name: str) -> int | None:
-    """The fd set a QEMU file name opens, if any: `/dev/fdset/N`, or the file in a `json:`
-    name (QEMU's name for a node whose backing is not the one its header names)."""
-    if name.startswith("json:"):
-        file = json.loads(name[len("json:") :]).get("file")
-        if isinstance(file, dict):
-            name = str(file.get("filename", ""))
-        elif isinstance(file, str):
-            name = file
-    if name.startswith(FDSET_PREFIX):
-        return int(name[len(FDSET_PREFIX) :])
-    return None
-
-
-async def _fdset_paths(machine: MachineSession) -> dict[int, str]:
-    """fd set id -> the path its fd was opened from (`put_overlay` gives it as opaque)."""
-    paths: dict[int, str] = {}
-    for fdset in await machine.qmp("query-fdsets"):
-        for fd in fdset.get("fds", []):
-            if fd.get("opaque"):
-                paths[int(fdset["fdset-id"])] = str(fd["opaque"])
-    return paths
-
-
-async def wait_ssh_banner(
-    port: int, timeout: float, console: MachineSession | None = None, host: str = "127.0.0.1"
-) -> None:
-    """Ready means sshd answers with its banner (slirp accepts and drops until it listens)."""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                try:
-                    reader, writer = await asyncio.open_connection(host, port)
-                    try:
-                        line = await asyncio.wait_for(reader.readline(), 5.0)
-                    finally:
-                        writer.close()
-                    if line.startswith(b"SSH-"):
-                        return
-                except (OSError, TimeoutError):
-                    pass
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise GuestUnreachable(
-            f"no SSH banner on port {port} in {timeout} s",
-            console_tail=console.console_tail() if console else "",
-        ) from None
-
-
-async def guest_shell(port: int, key_path: str, command: str, timeout: float) -> str:
-    """Run a command as root in the guest over SSH (the backend's own key); its stdout.
-    Raises CommandFailed, GuestUnreachable, BackendTimeout."""
-    try:
-        async with asyncio.timeout(timeout):
-            async with asyncssh.connect(
-                "127.0.0.1",
-                port,
-                username="root",
-                client_keys=[key_path],
-                known_hosts=None,
-                config=(),
-            ) as conn:
-                result = await conn.run(command, check=False)
-    except TimeoutError:
-        raise BackendTimeout(f"{command!r} did not finish in the guest in {timeout} s") from None
-    except (OSError, asyncssh.Error) as exc:
-        raise GuestUnreachable(f"cannot reach the guest: {exc}", console_tail="") from exc
-    if result.exit_status != 0:
-        raise CommandFailed(
-            "a command failed in the guest",
-            command=[command],
-            exit_code=result.exit_status or -1,
-            output=str(result.stderr)[-2000:],
-        )
-    return str(result.stdout)
-
-
-async def grow_root_filesystem(port: int, key_path: str, timeout: float) -> None:
-    """Grow the guest's root ext4 to its (already larger) disk, online."""
-    await guest_shell(port, key_path, "resize2fs /dev/vda", timeout)
-
-
-# Run in a guest about to become a memory template: what it holds in memory beyond the
-# running system is left as zeros, which the template file stores as holes. (dd's buffer
-# is faulted in zeroed and freed again; at most 2 GB of it, so large guests stay quick.)
-SETTLE_MEMORY = (
-    "sync; echo 3 > /proc/sys/vm/drop_caches; echo 1 > /proc/sys/vm/compact_memory; "
-    "free_mb=$(awk '/MemFree/{print int($2 * 9 / 10 / 1024)}' /proc/meminfo); "
-    "[ $free_mb -gt 2048 ] && free_mb=2048; "
-    "dd if=/dev/zero of=/dev/null bs=${free_mb}M count=1 2>/dev/null; "
-    "echo 3 > /proc/sys/vm/drop_caches"
-)

@@ -26,7 +26,7 @@ from devbox_service.backends.base import (
     check_id,
 )
 from devbox_service.backends.qemu.backend_state import BackendState
-from devbox_service.backends.qemu.session import live_chain
+from devbox_service.backends.qemu.disk_chain import live_chain
 from devbox_service.backends.qemu.store import SnapshotRecord
 from devbox_service.backends.qemu.util import file_size, fsync_path, write_json_atomic
 
