@@ -25,6 +25,7 @@ if __package__ in (None, ""):
 from bench.common import merge_results, percentile, print_table
 from devbox_service.backends.qemu.config import QemuConfig
 from devbox_service.backends.qemu.driver import QemuBackend
+from devbox_service.backends.qemu.guest_shell import wait_ssh_banner
 from devbox_service.backends.qemu.machine import LaunchSpec, Machine, command_line
 from devbox_service.backends.qemu.util import free_port
 from devbox_service.settings import load_settings
@@ -44,23 +45,6 @@ TARGETS = {
 
 def p50(values: list[float]) -> float:
     return percentile(values, 0.5)
-
-
-async def banner(port: int, deadline: float) -> None:
-    """The bare recipe's readiness: sshd sends its banner."""
-    while time.monotonic() < deadline:
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            try:
-                line = await asyncio.wait_for(reader.readline(), 5)
-            finally:
-                writer.close()
-            if line.startswith(b"SSH-"):
-                return
-        except (OSError, TimeoutError):
-            pass
-        await asyncio.sleep(0.01)
-    raise TimeoutError(f"no banner on {port}")
 
 
 async def qmp_raw(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -119,7 +103,7 @@ async def bare_restore(backend: QemuBackend, boot_id: str, work: Path) -> float:
         while (await qmp_cmd(conn, "query-status"))["return"]["status"] == "inmigrate":
             await asyncio.sleep(0.005)
         await qmp_cmd(conn, "cont")
-        await banner(ls.ssh_port, time.monotonic() + 60)
+        await wait_ssh_banner(ls.ssh_port, 60)
         return time.monotonic() - t0
     finally:
         proc.kill()
@@ -139,7 +123,7 @@ async def cold_boot(backend: QemuBackend, work: Path) -> float:
     t0 = time.monotonic()
     try:
         await machine.launch()
-        await banner(ls.ssh_port, time.monotonic() + 180)
+        await wait_ssh_banner(ls.ssh_port, 180)
         return time.monotonic() - t0
     finally:
         await machine.shutdown(graceful=False)

@@ -20,7 +20,7 @@ from litestar.testing import AsyncTestClient
 from devbox_service.app import create_app
 from devbox_service.auth import tokens
 from devbox_service.auth.guards import AccessGuard
-from devbox_service.auth.models import AgentTokenRecord, Role
+from devbox_service.auth.models import AgentTokenRecord, Principal, PrincipalKind, Role
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus, EventType
 from devbox_service.devboxes.records import new_event
 from devbox_service.ids import new_id
@@ -83,6 +83,20 @@ async def guest(api: Api, devbox_id: str, command: str) -> str:
     instance = await api.services.devbox_core.backend.get_instance(devbox_id)
     result = await guest_connections.run(instance.ssh, command)
     return str(result.stdout)
+
+
+def principal(**overrides: Any) -> Principal:
+    """A signed-in user (a member of org_1 by default) for rule tests that need no database."""
+    fields: dict[str, Any] = {
+        "kind": PrincipalKind.USER,
+        "credential_id": "key_1",
+        "user_id": "user_1",
+        "user_name": "user_1",
+        "org_id": "org_1",
+        "role": Role.MEMBER,
+    }
+    fields.update(overrides)
+    return Principal(**fields)
 
 
 def devbox_record(**overrides: Any) -> DevboxRecord:

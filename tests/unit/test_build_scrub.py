@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import pytest
+from support import principal
 
-from devbox_service.auth.models import Principal, PrincipalKind, Role
+from devbox_service.auth.models import Principal, Role
 from devbox_service.backends.base import SSHEndpoint
 from devbox_service.devbox_templates.builds import (
     END_MARKED,
@@ -54,20 +55,13 @@ class Shell:
 
 
 def runner(shell: Shell, runtime_secrets: dict[str, str]) -> StepRunner:
-    principal = Principal(
-        kind=PrincipalKind.USER,
-        credential_id="key_1",
-        user_id="user_1",
-        user_name="u",
-        org_id="org_1",
-        role=Role.OWNER,
-    )
+    owner = principal(role=Role.OWNER)
     run = RunRecord(
         id="run_1", template_id="tpl_1", user_id="user_1", status=RunStatus.RUNNING, created_at=0
     )
     unused = cast(Any, None)  # events, store, secrets, previews: not reached by these steps
     return StepRunner(
-        principal=principal,
+        principal=owner,
         run=run,
         devbox_id="devbox_1",
         events=unused,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import support
 
 from devbox_service.auth.guards import ADMIN, USER, agent_scope, check
-from devbox_service.auth.models import Principal, PrincipalKind, Role
+from devbox_service.auth.models import Principal, PrincipalKind
 from devbox_service.auth.scopes import SECRET_SCOPES, AgentScope, granted
 from devbox_service.errors import PermissionDenied
 
@@ -17,17 +18,7 @@ def principal(
     scopes: frozenset[str] = frozenset(),
     devbox_id: str | None = None,
 ) -> Principal:
-    return Principal(
-        kind=kind,
-        credential_id="c",
-        user_id="u",
-        user_name="n",
-        org_id="o",
-        role=Role.MEMBER,
-        is_admin=is_admin,
-        scopes=scopes,
-        devbox_id=devbox_id,
-    )
+    return support.principal(kind=kind, is_admin=is_admin, scopes=scopes, devbox_id=devbox_id)
 
 
 def test_user_keys_pass_user_rules_and_scoped_rules() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support import principal
 
 from devbox_service.auth.models import Principal, PrincipalKind, Role
 from devbox_service.auth.policy import POLICY, Act, Relation, authorize, markdown_table
@@ -18,26 +19,12 @@ def test_readme_shows_the_table_as_written() -> None:
 
 
 def person(user: str, role: Role = Role.MEMBER, org: str = "org_1") -> Principal:
-    return Principal(
-        kind=PrincipalKind.USER,
-        credential_id="k",
-        user_id=user,
-        user_name=user,
-        org_id=org,
-        role=role,
-    )
+    return principal(user_id=user, user_name=user, org_id=org, role=role)
 
 
 def agent(devbox: str, *scopes: str) -> Principal:
-    return Principal(
-        kind=PrincipalKind.AGENT,
-        credential_id="t",
-        user_id="owner",
-        user_name="owner",
-        org_id="org_1",
-        role=Role.MEMBER,
-        devbox_id=devbox,
-        scopes=frozenset(scopes),
+    return principal(
+        kind=PrincipalKind.AGENT, user_id="owner", devbox_id=devbox, scopes=frozenset(scopes)
     )
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
+from support import principal
 
-from devbox_service.auth.models import Principal, PrincipalKind, Role
+from devbox_service.auth.models import Principal
 from devbox_service.auth.policy import Act
 from devbox_service.backends.base import SSHEndpoint
 from devbox_service.errors import Conflict, NotFound, Timeout
@@ -14,14 +15,7 @@ from devbox_service.tmux.models import TmuxSendKeysRequest, TmuxSession, TmuxTar
 from devbox_service.tmux.ports import ShellResult, Watcher
 from devbox_service.tmux.service import TmuxService
 
-PRINCIPAL = Principal(
-    kind=PrincipalKind.USER,
-    credential_id="c",
-    user_id="u",
-    user_name="n",
-    org_id="o",
-    role=Role.MEMBER,
-)
+PRINCIPAL = principal()
 
 
 def endpoint(port: int) -> SSHEndpoint:
