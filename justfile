@@ -7,7 +7,7 @@ bin := venv + "/bin"
 uv := "UV_PYTHON_DOWNLOADS=never UV_PYTHON=" + bin + "/python " + bin + "/uv"
 # prints uv's pinned requirement (version and hashes) from uv.lock, to bootstrap uv with pip
 locked_uv := "python3 -c 'import tomllib; p = next(p for p in tomllib.load(open(\"uv.lock\", \"rb\"))[\"package\"] if p[\"name\"] == \"uv\"); print(\"uv==\" + p[\"version\"], *(\"--hash=\" + w[\"hash\"] for w in p[\"wheels\"]))'"
-system_packages := "qemu-system-x86 qemu-utils debootstrap busybox-static linux-image-cloud-amd64 openssh-client openssh-server openssh-sftp-server tmux libnss-myhostname e2fsprogs cpio socat iproute2 chromium chromium-driver wrk"
+system_packages := "postgresql qemu-system-x86 qemu-utils debootstrap busybox-static linux-image-cloud-amd64 openssh-client openssh-server openssh-sftp-server tmux libnss-myhostname e2fsprogs cpio socat iproute2 chromium chromium-driver wrk"
 
 # list the recipes
 default:

@@ -16,7 +16,7 @@ from devbox_service.auth.service import ADMIN_KEY_FILE, IdentityService
 from devbox_service.auth.store import IdentityStore
 from devbox_service.backup import backup, restore
 from devbox_service.data_dir import held
-from devbox_service.db import Database
+from devbox_service.db import open_database
 from devbox_service.devboxes.quotas import LimitStore
 from devbox_service.errors import (
     ConfigError,
@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
 async def _with_identities(
     settings: Settings, action: Callable[[IdentityService], Awaitable[None]]
 ) -> None:
-    database = await Database.open(settings.database_path)
+    database = await open_database(settings.database_url, settings.database_path)
     try:
         await action(IdentityService(IdentityStore(database)))
     finally:
@@ -112,7 +112,7 @@ async def _limits(settings: Settings, args: argparse.Namespace) -> None:
     from devbox_service.devboxes.quotas import LimitOverride, Scope
     from devbox_service.wiring import offline_admission
 
-    database = await Database.open(settings.database_path)
+    database = await open_database(settings.database_url, settings.database_path)
     try:
         store = IdentityStore(database)
         found: User | Org | None
@@ -258,11 +258,11 @@ async def _stop_vms(settings: Settings) -> int:
 
     data_dir = Path(settings.data_dir)
     backend = build_backend(settings)
-    if backend is None or not settings.database_path.exists():
+    if backend is None or (not settings.database_url and not settings.database_path.exists()):
         print("no VMs: nothing to stop")
         return 0
     with held(data_dir, "stop-vms"):
-        database = await Database.open(settings.database_path)
+        database = await open_database(settings.database_url, settings.database_path)
         try:
             await backend.start()  # adopts the VMs an earlier serve left running
             for record in await standby_all(offline_core(settings, database, backend)):
@@ -284,7 +284,8 @@ async def _restore(settings: Settings, source: Path) -> None:
     data_dir = Path(settings.data_dir)
     with held(data_dir, "restore"):
         summary = restore(source, data_dir)
-        database = await Database.open(settings.database_path)  # migrations, as at any start
+        # migrations, as at any start
+        database = await open_database(settings.database_url, settings.database_path)
         version = await database.schema_version()
         await database.close()
     print(f"restored {summary.describe()} into {data_dir} (schema now {version})")

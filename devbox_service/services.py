@@ -21,7 +21,7 @@ from devbox_service.backends.base import (
     VMBackend,
 )
 from devbox_service.data_dir import DataDirLock
-from devbox_service.db import Database
+from devbox_service.db import Database, open_database
 from devbox_service.devbox_templates.events import RunEvents
 from devbox_service.devbox_templates.runs import BuildRuns
 from devbox_service.devbox_templates.service import TemplateService
@@ -102,7 +102,8 @@ class Services:
         data_dir = Path(self.settings.data_dir)
         data_dir_modes.secure(data_dir)  # 0700 / 0600 whatever it was, and the umask
         self._data_dir_lock = DataDirLock.acquire(data_dir, "serve")
-        self._database = await Database.open(self.settings.database_path)
+        settings = self.settings
+        self._database = await open_database(settings.database_url, settings.database_path)
         self.identities = IdentityService(IdentityStore(self._database))
         self.web_sessions = WebSessions(self.identities, self.settings.web_session_hours * 3600)
         self.secret_box = SecretBox.open(data_dir)

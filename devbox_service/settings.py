@@ -39,6 +39,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Every setting the service reads. README.md documents each one (a test checks)."""
 
     data_dir: str = msgspec.field(default_factory=_default_data_dir)
+    # PostgreSQL shared by several replicas (postgresql://user:password@host:port/db); empty:
+    # the embedded SQLite file in data_dir. Never logged: it may hold a password.
+    database_url: Annotated[str, Meta(pattern=r"^(|postgres(ql)?://\S+)$")] = ""
     cache_dir: str = msgspec.field(default_factory=_default_cache_dir)
     host: str = "127.0.0.1"
     port: Port = 8000

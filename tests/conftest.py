@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
+from postgres_server import PostgresServer, running_postgres
 from support import Api, create_devbox, vm_service, vm_settings, wait_ready
 
 from devbox_service.app import create_app
@@ -37,10 +38,19 @@ def no_vm_outlives_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iter
                 os.kill(int(cmdline.parent.name), signal.SIGKILL)
 
 
+STORE_UNDER_TEST = os.environ.get("PYTEST_DEVBOX_STORE", "sqlite")
+"""`postgres` runs every service a test starts on a fresh PostgreSQL database instead of
+SQLite (`PYTEST_DEVBOX_STORE=postgres pytest tests/api`); the tests that name a store run on
+both whatever this says."""
+
+
 @pytest.fixture
-def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+def make_settings(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[..., Settings]:
     def make(**overrides: object) -> Settings:
         values: dict[str, object] = {"data_dir": str(tmp_path / "data"), "vm_backend": "none"}
+        if STORE_UNDER_TEST == "postgres":
+            server: PostgresServer = request.getfixturevalue("postgres")
+            values["database_url"] = server.new_database()
         values.update(overrides)
         return load_settings(environ={}, **values)
 
@@ -98,3 +108,10 @@ async def devbox(vm_api: Api, default_image: dict[str, Any]) -> dict[str, Any]:
     return await create_devbox(
         vm_api, default_image["id"], name="shared", metadata={"purpose": "tests"}
     )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session; each test asks it for a database of its own."""
+    with running_postgres() as server:
+        yield server

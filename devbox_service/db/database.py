@@ -1,42 +1,62 @@
-"""One SQLite file (WAL, foreign keys on), numbered migrations applied at open.
+"""The store's interface: transactions, reads, migrations, and announcements after commit.
 
-Writes go through a single aiosqlite connection guarded by an asyncio lock: SQLite serialises
-writers anyway, and one lock makes "every multi-row change in one transaction" trivially true.
-
-Reads outside a transaction use a second, read-only connection on the event loop itself. They
-are small indexed lookups that take microseconds, far less than a hop to aiosqlite's thread
-and a wait behind the writer's lock (the authenticated read path does several per request);
-WAL lets them run beside a write and see every committed one. A read that finds the file
-busy (rare in WAL) takes the writer's path instead of blocking the loop.
+Two adapters stand behind it: SQLite (`sqlite.py`, the embedded default, one process) and
+PostgreSQL (`postgres.py`, shared by several replicas). Stores write one SQL for both
+(`dialect.py`). What one process learns from another goes through announcements: a
+transaction names topics (`announce`), and once it commits every subscriber in every process
+on the same database hears them. They are wake-ups, never the data: a subscriber re-reads.
 """
 
 from __future__ import annotations
 
-import asyncio
+import abc
 import contextlib
-import os
+import logging
 import re
-import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib import resources
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import aiosqlite
+from devbox_service.db.dialect import Dialect, postgres_ddl
 
-Row = sqlite3.Row
+log = logging.getLogger(__name__)
+
 Params = Sequence[Any] | dict[str, Any]
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_TWIN_SUFFIX = ".postgres.sql"
 
 
-def migrations() -> list[tuple[int, str]]:
-    """The packaged migrations as (version, sql), in order; versions must be 1..N."""
+class Row(Protocol):
+    """A result row, by column name or position (sqlite3.Row and asyncpg's Record)."""
+
+    def __getitem__(self, key: Any, /) -> Any: ...
+
+    def keys(self) -> Iterable[str]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+Listener = Callable[[str], None]
+"""Called with an announcement's key, on the event loop, after the commit that made it."""
+
+
+def migrations(dialect: Dialect = Dialect.SQLITE) -> list[tuple[int, str]]:
+    """The packaged migrations as (version, sql) for `dialect`, in order; versions are 1..N.
+
+    PostgreSQL gets each SQLite migration translated (`postgres_ddl`), or its twin
+    `NNNN_name.postgres.sql` where one exists."""
     found: list[tuple[int, str]] = []
-    for entry in resources.files("devbox_service.db.migrations").iterdir():
+    folder = resources.files("devbox_service.db.migrations")
+    for entry in folder.iterdir():
         match = _MIGRATION_NAME.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), entry.read_text()))
+        if not match or entry.name.endswith(_TWIN_SUFFIX):
+            continue
+        sql = entry.read_text()
+        if dialect is Dialect.POSTGRES:
+            twin = folder / entry.name.replace(".sql", _TWIN_SUFFIX)
+            sql = twin.read_text() if twin.is_file() else postgres_ddl(sql)
+        found.append((int(match.group(1)), sql))
     found.sort()
     expected = list(range(1, len(found) + 1))
     if [v for v, _ in found] != expected:
@@ -44,173 +64,85 @@ def migrations() -> list[tuple[int, str]]:
     return found
 
 
-class Transaction:
+class Transaction(abc.ABC):
     """The statements of one transaction; only usable inside `Database.transaction()`."""
 
-    def __init__(self, connection: aiosqlite.Connection) -> None:
-        self._connection = connection
+    def __init__(self) -> None:
+        self.announced: set[tuple[str, str]] = set()
+
+    @abc.abstractmethod
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run a statement; the number of rows it changed."""
+
+    @abc.abstractmethod
+    async def executemany(self, sql: str, rows: Iterable[Params]) -> None: ...
+
+    @abc.abstractmethod
+    async def fetch_one(self, sql: str, params: Params = ()) -> Row | None: ...
+
+    @abc.abstractmethod
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]: ...
+
+    def announce(self, topic: str, key: str = "") -> None:
+        """Tell every subscriber of `topic`, in every process, once this commits."""
+        self.announced.add((topic, key))
+
+
+class Database(abc.ABC):
+    """Writes are serialised (one transaction at a time, across processes too): every
+    read-check-write in a transaction sees all that committed before it, as in SQLite."""
+
+    dialect: Dialect
+
+    def __init__(self) -> None:
+        self._listeners: dict[str, list[Listener]] = {}
+
+    @abc.abstractmethod
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Transaction]: ...
 
     async def execute(self, sql: str, params: Params = ()) -> int:
-        cursor = await self._connection.execute(sql, params)
-        return cursor.rowcount
+        """One statement in a transaction of its own."""
+        async with self.transaction() as tx:
+            return await tx.execute(sql, params)
 
-    async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
-        await self._connection.executemany(sql, rows)
+    @abc.abstractmethod
+    async def fetch_one(self, sql: str, params: Params = ()) -> Row | None: ...
 
-    async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
-        cursor = await self._connection.execute(sql, params)
-        row: Row | None = await cursor.fetchone()
-        return row
+    @abc.abstractmethod
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]: ...
 
-    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
-        cursor = await self._connection.execute(sql, params)
-        return list(await cursor.fetchall())
+    @abc.abstractmethod
+    async def schema_version(self) -> int: ...
 
-
-READ_BUSY_TIMEOUT_MS = 50
-
-
-def _private(path: Path) -> None:
-    """The database and its -wal and -shm files: the service's user's alone (0600)."""
-    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        try:
-            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        try:
-            os.fchmod(fd, 0o600)
-        finally:
-            os.close(fd)
-
-
-class Database:
-    def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
-        self._connection = connection
-        self._lock = asyncio.Lock()
-        self._reader: sqlite3.Connection | None = None
-        self.path = path
-
-    @classmethod
-    async def open(cls, path: Path) -> Database:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _private(path)  # SQLite gives the -wal and -shm files the database file's mode
-        connection = await aiosqlite.connect(path, isolation_level=None)
-        connection.row_factory = sqlite3.Row
-        await connection.execute("PRAGMA journal_mode = WAL")
-        await connection.execute("PRAGMA foreign_keys = ON")
-        await connection.execute("PRAGMA busy_timeout = 5000")
-        await connection.execute("PRAGMA synchronous = NORMAL")
-        _private(path)
-        database = cls(connection, path)
-        await database.migrate()
-        database._reader = _open_reader(path)
-        return database
-
-    async def close(self) -> None:
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.close()
-        await self._connection.close()
-
-    async def schema_version(self) -> int:
-        row = await self.fetch_one("PRAGMA user_version")
-        return int(row[0]) if row else 0
-
+    @abc.abstractmethod
     async def migrate(self) -> int:
         """Apply pending migrations, each in its own transaction; return the new version."""
-        current = await self.schema_version()
-        for version, sql in migrations():
-            if version <= current:
-                continue
-            async with self._lock:
-                try:
-                    await self._connection.executescript(
-                        f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;"
-                    )
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        await self._connection.execute("ROLLBACK")
-                    raise
-            current = version
-        return current
 
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
-        async with self._lock:
-            await self._connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield Transaction(self._connection)
-            except BaseException:
-                await self._connection.execute("ROLLBACK")
-                raise
-            await self._connection.execute("COMMIT")
-
-    async def execute(self, sql: str, params: Params = ()) -> int:
-        async with self._lock:
-            cursor = await self._connection.execute(sql, params)
-            return cursor.rowcount
-
-    async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
-        if self._reader is not None:
-            with (
-                contextlib.suppress(_Busy),
-                contextlib.closing(_read(self._reader, sql, params)) as read,
-            ):
-                found: Row | None = read.fetchone()
-                return found
-        async with self._lock:
-            cursor = await self._connection.execute(sql, params)
-            row: Row | None = await cursor.fetchone()
-            return row
-
-    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
-        if self._reader is not None:
-            with (
-                contextlib.suppress(_Busy),
-                contextlib.closing(_read(self._reader, sql, params)) as read,
-            ):
-                return read.fetchall()
-        async with self._lock:
-            cursor = await self._connection.execute(sql, params)
-            return list(await cursor.fetchall())
-
+    @abc.abstractmethod
     def data_version(self) -> int | None:
-        """A number that changes whenever any connection commits (this service's writer, or
-        another process such as the operator's CLI): what lets a reader cache a query's
-        result until anything at all was written. None when there is no read connection."""
-        if self._reader is None:
-            return None
-        try:
-            row = self._reader.execute("PRAGMA data_version").fetchone()
-        except sqlite3.Error:
-            return None
-        return int(row[0])
+        """A number that changes whenever anything is committed by anyone (this process or
+        another on the same database): what lets a reader cache a query's answer until the
+        next write. None when it cannot be known (then nothing may be cached)."""
 
-    async def ping(self) -> bool:
-        try:
-            await self.fetch_one("SELECT 1")
-        except (sqlite3.Error, ValueError):
-            return False
-        return True
+    @abc.abstractmethod
+    async def ping(self) -> bool: ...
 
+    @abc.abstractmethod
+    async def close(self) -> None: ...
 
-class _Busy(Exception):
-    """The read connection found the file locked; the caller reads through the writer."""
+    def subscribe(self, topic: str, listener: Listener) -> None:
+        """Hear `topic`'s announcements from now on (see `Transaction.announce`)."""
+        self._listeners.setdefault(topic, []).append(listener)
 
+    def _deliver(self, topic: str, key: str) -> None:
+        for listener in self._listeners.get(topic, ()):
+            try:
+                listener(key)
+            except Exception:
+                log.exception("a listener of %s failed", topic)
 
-def _open_reader(path: Path) -> sqlite3.Connection:
-    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    reader.row_factory = sqlite3.Row
-    reader.execute("PRAGMA query_only = ON")
-    reader.execute("PRAGMA foreign_keys = ON")  # as the writer, for anyone reading pragmas
-    reader.execute(f"PRAGMA busy_timeout = {READ_BUSY_TIMEOUT_MS}")
-    return reader
-
-
-def _read(reader: sqlite3.Connection, sql: str, params: Params) -> sqlite3.Cursor:
-    try:
-        return reader.execute(sql, params)
-    except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            raise _Busy from exc
-        raise
+    def _committed(self, tx: Transaction) -> None:
+        """Tell this process's subscribers what a transaction announced, once it committed
+        (other processes hear it from the database: see the PostgreSQL adapter)."""
+        for topic, key in sorted(tx.announced):
+            self._deliver(topic, key)

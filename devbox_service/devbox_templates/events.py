@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from devbox_service.devbox_templates.store import TemplateStore
+from devbox_service.devbox_templates.store import RUN_EVENTS, TemplateStore
 
 RECHECK_SECONDS = 5.0
 
@@ -159,6 +159,16 @@ class RunEvents:
         self._last_seq: dict[str, int] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         self._lock = asyncio.Lock()
+        store.database.subscribe(RUN_EVENTS, self._woken)
+
+    def _woken(self, run_id: str) -> None:
+        """An event was stored, here or by another process (any run, after a reconnect)."""
+        if run_id:
+            self._wakeups.pop(run_id, asyncio.Event()).set()
+        else:
+            for wakeup in self._wakeups.values():
+                wakeup.set()
+            self._wakeups.clear()
 
     def _wakeup(self, run_id: str) -> asyncio.Event:
         """Set (and replaced) at the next event: a follower takes it before reading, so an
@@ -175,7 +185,6 @@ class RunEvents:
             seq += 1
             await self._store.append_event(run_id, seq, payload(event))
             self._last_seq[run_id] = seq
-        self._wakeups.pop(run_id, asyncio.Event()).set()
         if kind(event) in TERMINAL:
             self._last_seq.pop(run_id, None)
 

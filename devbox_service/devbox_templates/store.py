@@ -11,6 +11,10 @@ from devbox_service.db import Database
 from devbox_service.db.records import Table
 from devbox_service.devbox_templates.models import RunRecord, RunStatus, TemplateRecord
 
+RUN_EVENTS = "run_events"
+"""The topic a stored build event announces (its key: the run id)."""
+
+
 TEMPLATES = Table("templates", TemplateRecord)
 RUNS = Table("template_runs", RunRecord)
 
@@ -92,11 +96,14 @@ class TemplateStore:
     # events
 
     async def append_event(self, run_id: str, seq: int, payload: dict[str, Any]) -> None:
-        await self.database.execute(
-            "INSERT INTO template_run_events (run_id, seq, payload, created_at) "
-            "VALUES (?, ?, ?, ?)",
-            (run_id, seq, json.dumps(payload), time.time()),
-        )
+        """Store one build event; its followers in every process hear `RUN_EVENTS`."""
+        async with self.database.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO template_run_events (run_id, seq, payload, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                (run_id, seq, json.dumps(payload), time.time()),
+            )
+            tx.announce(RUN_EVENTS, run_id)
 
     async def events(self, run_id: str, after: int = 0) -> list[tuple[int, dict[str, Any]]]:
         rows = await self.database.fetch_all(

@@ -44,7 +44,8 @@ from devbox_service.secrets.box import SecretBox
 log = logging.getLogger("devbox_service.devboxes")
 
 WAIT_RECHECK_SECONDS = 5.0
-"""A wait reads the record at least this often (a write by another process bumps nothing)."""
+"""A wait reads the record at least this often: announcements are wake-ups that can be lost
+(a SQLite write by the operator's CLI announces nothing; a PostgreSQL listener may reconnect)."""
 
 DestroyListener = Callable[[str], Awaitable[None]]
 ReadyHook = Callable[[str], Awaitable[None]]
@@ -141,7 +142,6 @@ class DevboxCore:
         token_hash = tokens.hash_secret(credentials["access_token"])
         async with self.store.database.transaction() as tx:
             await self.store.insert(tx, record, event, ssh_token_hash=token_hash)
-        self.store.changes.bump()
         return record
 
     # the one writer of a devbox's status: the transition table in `lifecycle` decides

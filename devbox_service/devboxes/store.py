@@ -20,10 +20,14 @@ EVENTS = Table("devbox_events", EventRecord, json_columns=["detail"])
 _UNSET = object()
 
 
+DEVBOX_CHANGES = "devboxes"
+"""The topic every write to a devbox row announces (its key: the devbox id)."""
+
+
 class Changes:
-    """A counter bumped at every write to a devbox row, and a wait for the next bump: how a
-    dashboard follows status changes without polling the table (one process; a service
-    spread over hosts would feed this from its shared store)."""
+    """A counter bumped at every write to a devbox row, by this process or another on the
+    same database (the store's announcements), and a wait for the next bump: how a dashboard
+    and `wait()` follow status changes without polling the table."""
 
     def __init__(self) -> None:
         self.version = 0
@@ -46,6 +50,7 @@ class DevboxStore:
     def __init__(self, database: Database) -> None:
         self.database = database
         self.changes = Changes()
+        database.subscribe(DEVBOX_CHANGES, lambda _devbox_id: self.changes.bump())
 
     async def insert(
         self, tx: Transaction, record: DevboxRecord, event: EventRecord, *, ssh_token_hash: str
@@ -53,6 +58,7 @@ class DevboxStore:
         """A new devbox and its first timeline entry, in the caller's transaction."""
         await DEVBOXES.insert(tx, record, ssh_token_hash=ssh_token_hash)
         await EVENTS.insert(tx, event)
+        tx.announce(DEVBOX_CHANGES, record.id)
 
     async def get(self, devbox_id: str) -> DevboxRecord | None:
         row = await self.database.fetch_one("SELECT * FROM devboxes WHERE id = ?", (devbox_id,))
@@ -107,7 +113,7 @@ class DevboxStore:
             )
             if event is not None:
                 await EVENTS.insert(tx, event)
-        self.changes.bump()
+            tx.announce(DEVBOX_CHANGES, devbox_id)
 
     async def add_event(self, event: EventRecord) -> None:
         async with self.database.transaction() as tx:
@@ -117,8 +123,8 @@ class DevboxStore:
         async with self.database.transaction() as tx:
             await tx.execute("DELETE FROM disk_resizes WHERE devbox_id = ?", (devbox_id,))
             await tx.execute("DELETE FROM devboxes WHERE id = ?", (devbox_id,))
-        self.changes.bump()
+            tx.announce(DEVBOX_CHANGES, devbox_id)
 
     async def events_for(self, devbox_ids: Sequence[str]) -> dict[str, list[EventRecord]]:
-        rows = await rows_by_devbox(self.database, "devbox_events", "created_at, rowid", devbox_ids)
+        rows = await rows_by_devbox(self.database, "devbox_events", "created_at, seq", devbox_ids)
         return {devbox_id: EVENTS.decode_all(found) for devbox_id, found in rows.items()}

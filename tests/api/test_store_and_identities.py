@@ -12,7 +12,7 @@ from support import Api
 
 from devbox_service.app import create_app
 from devbox_service.auth import tokens
-from devbox_service.db import Database
+from devbox_service.db import SQLiteDatabase as Database
 from devbox_service.db.database import migrations
 from devbox_service.settings import Settings
 

@@ -5,10 +5,12 @@ terminal set even for an event this version cannot read."""
 from __future__ import annotations
 
 import json
-from typing import Any, get_args
+from collections.abc import Callable
+from typing import Any, cast, get_args
 
 import pytest
 
+from devbox_service.db import Database
 from devbox_service.devbox_templates.events import (
     TERMINAL,
     AwaitingInputEvent,
@@ -30,7 +32,7 @@ from devbox_service.devbox_templates.events import (
     payload,
 )
 from devbox_service.devbox_templates.models import RunRecord, RunStatus
-from devbox_service.devbox_templates.store import TemplateStore
+from devbox_service.devbox_templates.store import RUN_EVENTS, TemplateStore
 
 INSTANCE = {"id": "devbox_1", "name": "web", "status": "ready", "networking": None}
 SERVICE = {"name": "web", "port": 8080, "url": "https://web--devbox_1.example"}
@@ -183,9 +185,17 @@ class MemoryStore(TemplateStore):
 
     def __init__(self) -> None:
         self.rows: dict[str, list[tuple[int, str]]] = {}
+        self.listeners: list[Callable[[str], None]] = []
+        self.database = cast(Database, self)
+
+    def subscribe(self, topic: str, listener: Callable[[str], None]) -> None:
+        assert topic == RUN_EVENTS
+        self.listeners.append(listener)
 
     async def append_event(self, run_id: str, seq: int, stored: dict[str, Any]) -> None:
         self.rows.setdefault(run_id, []).append((seq, json.dumps(stored)))
+        for listener in self.listeners:  # the announcement after the commit
+            listener(run_id)
 
     async def events(self, run_id: str, after: int = 0) -> list[tuple[int, dict[str, Any]]]:
         return [(seq, json.loads(text)) for seq, text in self.rows.get(run_id, []) if seq > after]

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from devbox_service.db import Database
+from devbox_service.db import SQLiteDatabase as Database
 from devbox_service.db.records import Table
 
 
