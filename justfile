@@ -21,6 +21,8 @@ run: setup
 # set up, then run the whole test suite (real VMs under TCG where KVM does not work)
 test: setup
     {{bin}}/pytest
+    @echo "the API tier again, every service on PostgreSQL instead of SQLite:"
+    PYTEST_DEVBOX_STORE=postgres {{bin}}/pytest tests/api -m "not vm" -q
 
 # lint, type-check (the package, the tests and the benchmarks) and check the layer rules
 check: venv

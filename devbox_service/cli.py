@@ -304,6 +304,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             _collect_garbage(settings)
         elif args.command == "stop-vms":
             return asyncio.run(_stop_vms(settings))
+        elif args.command in ("backup", "restore") and settings.database_url:
+            print(
+                f"devbox-service: {args.command} is for the embedded SQLite store; with "
+                "DEVBOX_DATABASE_URL set, use PostgreSQL's pg_dump and pg_restore (and copy "
+                "secret-box.key from the data dir)",
+                file=sys.stderr,
+            )
+            return 2
         elif args.command == "backup":
             summary = backup(Path(settings.data_dir), args.file)
             print(f"backed up {summary.describe()} to {args.file}")

@@ -79,6 +79,10 @@ class Conflict(DevboxServiceError):
         self.state = state
 
 
+class AlreadyExists(Conflict):
+    """A write lost a race for a unique name or key (both stores raise it, as 409)."""
+
+
 class PayloadTooLarge(DevboxServiceError):
     pass
 

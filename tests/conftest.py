@@ -48,7 +48,7 @@ both whatever this says."""
 def make_settings(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[..., Settings]:
     def make(**overrides: object) -> Settings:
         values: dict[str, object] = {"data_dir": str(tmp_path / "data"), "vm_backend": "none"}
-        if STORE_UNDER_TEST == "postgres":
+        if STORE_UNDER_TEST == "postgres" and not request.node.get_closest_marker("sqlite_only"):
             server: PostgresServer = request.getfixturevalue("postgres")
             values["database_url"] = server.new_database()
         values.update(overrides)

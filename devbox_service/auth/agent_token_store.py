@@ -114,8 +114,8 @@ class AgentTokenStore:
         self, user_id: str, devbox_id: str | None, limit: int
     ) -> list[AuditEntry]:
         rows = await self.database.fetch_all(
-            "SELECT * FROM audit_log WHERE user_id = ? AND (? IS NULL OR devbox_id = ?) "
-            "ORDER BY id DESC LIMIT ?",
+            "SELECT * FROM audit_log WHERE user_id = ? "
+            "AND (CAST(? AS TEXT) IS NULL OR devbox_id = ?) ORDER BY id DESC LIMIT ?",
             (user_id, devbox_id, devbox_id, limit),
         )
         return AUDIT_LOG.decode_all(rows)

@@ -18,7 +18,13 @@ from devbox_service.auth.models import (
     User,
 )
 from devbox_service.auth.store import IdentityStore
-from devbox_service.errors import Conflict, InvalidInput, NotAuthenticated, NotFound
+from devbox_service.errors import (
+    AlreadyExists,
+    Conflict,
+    InvalidInput,
+    NotAuthenticated,
+    NotFound,
+)
 from devbox_service.ids import new_id
 
 ADMIN_USER = "admin"
@@ -154,7 +160,10 @@ class IdentityService:
         """On the first start with an empty store: an admin user, an org, and a key file."""
         if not await self.store.is_empty():
             return None
-        await self.create_user(ADMIN_USER, org=ADMIN_ORG, is_admin=True)
+        try:
+            await self.create_user(ADMIN_USER, org=ADMIN_ORG, is_admin=True)
+        except AlreadyExists:
+            return None  # another replica starting beside this one bootstrapped the store
         issued = await self.issue_key(ADMIN_USER, name="first admin key")
         write_private_file(data_dir / ADMIN_KEY_FILE, issued.key + "\n")
         return issued

@@ -89,7 +89,7 @@ class IdentityStore:
         rows = await self.database.fetch_all(
             "SELECT m.org_id, o.name AS org_name, m.user_id, u.name AS user_name, m.role "
             "FROM org_members m JOIN orgs o ON o.id = m.org_id JOIN users u ON u.id = m.user_id "
-            "WHERE (? IS NULL OR m.org_id = ?) ORDER BY o.name, u.name",
+            "WHERE (CAST(? AS TEXT) IS NULL OR m.org_id = ?) ORDER BY o.name, u.name",
             (org_id, org_id),
         )
         return MEMBERSHIPS.decode_all(rows)

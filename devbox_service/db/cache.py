@@ -1,9 +1,11 @@
 """Answers read from the database, kept until anything at all is written to it.
 
 Hot read paths (the principal behind an API key, a devbox's view) are asked on every request
-but change rarely. SQLite's `PRAGMA data_version` moves whenever any connection commits —
-this service's writer or another process such as the operator's CLI — so a cache keyed by it
-can never serve an answer older than the last write.
+but change rarely. `Database.data_version()` moves whenever anyone commits: on SQLite its
+`PRAGMA data_version` (this service's writer or another process such as the operator's CLI);
+on PostgreSQL every commit here and every write another replica announces (a key revoked on
+one replica is refused on the others as soon as they hear it, milliseconds later; while a
+replica cannot hear, it caches nothing).
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@
   and tells every topic's subscribers to re-read.
 - **The database gone** (restarted, unreachable) raises `Unavailable` (503) instead of a
   driver error, and the pool reconnects on the next request.
+- asyncpg connections belong to one event loop; a caller on another loop (a test's, beside
+  the app's) gets a small pool of its own, as aiosqlite serves any loop.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import asyncpg
 
 from devbox_service.db.database import Database, Params, Row, Transaction, migrations
 from devbox_service.db.dialect import Dialect, numbered_placeholders
-from devbox_service.errors import Unavailable
+from devbox_service.errors import AlreadyExists, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ def _unavailable_when_gone() -> Any:
         yield
     except _GONE as exc:
         raise Unavailable(f"the database cannot be reached: {type(exc).__name__}") from exc
+    except asyncpg.UniqueViolationError as exc:
+        raise AlreadyExists(f"already exists (unique {exc.constraint_name})") from exc
 
 
 def _rowcount(status: str) -> int:
@@ -97,7 +101,9 @@ class PostgresDatabase(Database):
     def __init__(self, url: str, pool: asyncpg.Pool) -> None:
         super().__init__()
         self._url = url
-        self._pool = pool
+        self._home_pool = pool
+        self._home_loop = asyncio.get_running_loop()
+        self._other_pools: dict[asyncio.AbstractEventLoop, asyncpg.Pool] = {}
         self._origin = secrets.token_hex(8)
         self._version = 0
         self._listening: asyncpg.Connection | None = None
@@ -131,14 +137,28 @@ class PostgresDatabase(Database):
         if self._listening is not None:
             with contextlib.suppress(*_GONE):
                 await self._listening.close()
-        await self._pool.close()
+        for pool in self._other_pools.values():
+            pool.terminate()
+        await self._home_pool.close()
+
+    async def _pool(self) -> asyncpg.Pool:
+        """The pool of the calling event loop (see the module docstring)."""
+        loop = asyncio.get_running_loop()
+        if loop is self._home_loop:
+            return self._home_pool
+        pool = self._other_pools.get(loop)
+        if pool is None:
+            pool = await asyncpg.create_pool(self._url, min_size=0, max_size=2, command_timeout=60)
+            self._other_pools[loop] = pool
+        return pool
 
     # reads and writes -------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         with _unavailable_when_gone():
-            async with self._pool.acquire() as connection, connection.transaction():
+            pool = await self._pool()
+            async with pool.acquire() as connection, connection.transaction():
                 await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
                 tx = PostgresTransaction(connection)
                 yield tx
@@ -152,16 +172,20 @@ class PostgresDatabase(Database):
 
     async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
         with _unavailable_when_gone():
-            row: Row | None = await self._pool.fetchrow(numbered_placeholders(sql), *_args(params))
+            row: Row | None = await (await self._pool()).fetchrow(
+                numbered_placeholders(sql), *_args(params)
+            )
             return row
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
         with _unavailable_when_gone():
-            return list(await self._pool.fetch(numbered_placeholders(sql), *_args(params)))
+            return list(
+                await (await self._pool()).fetch(numbered_placeholders(sql), *_args(params))
+            )
 
     async def ping(self) -> bool:
         try:
-            await self._pool.fetchval("SELECT 1")
+            await (await self._pool()).fetchval("SELECT 1")
         except (*_GONE, asyncpg.PostgresError):
             return False
         return self._listening is not None
@@ -172,10 +196,9 @@ class PostgresDatabase(Database):
     # migrations -----------------------------------------------------------------------------
 
     async def schema_version(self) -> int:
-        await self._pool.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)"
-        )
-        version = await self._pool.fetchval("SELECT max(version) FROM schema_version")
+        pool = await self._pool()
+        await pool.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+        version = await pool.fetchval("SELECT max(version) FROM schema_version")
         return int(version or 0)
 
     async def migrate(self) -> int:
@@ -186,7 +209,7 @@ class PostgresDatabase(Database):
             for version, sql in migrations(Dialect.POSTGRES):
                 if version <= current:
                     continue
-                async with self._pool.acquire() as connection, connection.transaction():
+                async with self._home_pool.acquire() as connection, connection.transaction():
                     await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
                     done = await connection.fetchval("SELECT max(version) FROM schema_version")
                     if int(done or 0) < version:

@@ -23,6 +23,7 @@ import aiosqlite
 
 from devbox_service.db.database import Database, Params, Row, Transaction, migrations
 from devbox_service.db.dialect import Dialect
+from devbox_service.errors import AlreadyExists
 
 
 class SQLiteTransaction(Transaction):
@@ -124,8 +125,10 @@ class SQLiteDatabase(Database):
             tx = SQLiteTransaction(self._connection)
             try:
                 yield tx
-            except BaseException:
+            except BaseException as exc:
                 await self._connection.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc):
+                    raise AlreadyExists(f"already exists ({exc})") from exc
                 raise
             await self._connection.execute("COMMIT")
         self._committed(tx)

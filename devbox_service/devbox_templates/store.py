@@ -140,7 +140,7 @@ class TemplateStore:
         """(org id, fingerprint, snapshot id) of every cached step (of one org)."""
         rows = await self.database.fetch_all(
             "SELECT org_id, fingerprint, snapshot_id FROM template_step_cache "
-            "WHERE ? IS NULL OR org_id = ?",
+            "WHERE CAST(? AS TEXT) IS NULL OR org_id = ?",
             (org_id, org_id),
         )
         return [(r["org_id"], r["fingerprint"], r["snapshot_id"]) for r in rows]

@@ -27,6 +27,8 @@ from devbox_service.db.database import migrations
 from devbox_service.errors import Conflict, InvalidInput
 from devbox_service.settings import Settings
 
+pytestmark = pytest.mark.sqlite_only
+
 RELEASES = FIXTURES / "data-dirs"
 
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -38,16 +37,7 @@ async def test_migrations_from_empty_then_rerun_is_a_no_op(tmp_path: Path) -> No
     await reopened.close()
 
 
-async def test_a_failed_transaction_leaves_nothing_behind(tmp_path: Path) -> None:
-    database = await Database.open(tmp_path / "store.sqlite3")
-    with pytest.raises(sqlite3.IntegrityError):
-        async with database.transaction() as tx:
-            await tx.execute("INSERT INTO orgs (id, name, created_at) VALUES ('o1', 'one', 0)")
-            await tx.execute("INSERT INTO orgs (id, name, created_at) VALUES ('o2', 'one', 0)")
-    assert await database.fetch_all("SELECT * FROM orgs") == []
-    await database.close()
-
-
+@pytest.mark.sqlite_only
 async def test_first_start_writes_admin_key_0600_and_stores_only_a_hash(api: Api) -> None:
     key_file = Path(api.settings.data_dir) / "admin.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -61,6 +51,7 @@ async def test_first_start_writes_admin_key_0600_and_stores_only_a_hash(api: Api
         assert tokens.hash_secret(secret).encode() in raw
 
 
+@pytest.mark.sqlite_only
 async def test_a_start_closes_an_existing_data_dir_left_open(
     make_settings: Callable[..., Settings],
 ) -> None:

@@ -1,0 +1,74 @@
+"""Two API replicas on one PostgreSQL: what one writes the other serves, caches included.
+
+Each replica is a whole app with a data dir of its own; they share the database and the
+secret box key (copied, as an operator would ship it to every replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from litestar.testing import AsyncTestClient
+from postgres_server import PostgresServer
+from support import Api
+
+from devbox_service.app import create_app
+from devbox_service.secrets.box import KEY_FILE
+from devbox_service.settings import load_settings
+
+REVOKED_WITHIN_SECONDS = 1.0
+
+
+@pytest.fixture
+async def replicas(postgres: PostgresServer, tmp_path: Path) -> AsyncIterator[tuple[Api, Api]]:
+    url = postgres.new_database()
+    first = load_settings(
+        environ={}, data_dir=str(tmp_path / "a"), vm_backend="none", database_url=url
+    )
+    second = load_settings(
+        environ={}, data_dir=str(tmp_path / "b"), vm_backend="none", database_url=url
+    )
+    async with AsyncTestClient(create_app(first)) as client_a:
+        (tmp_path / "b").mkdir(mode=0o700)
+        shutil.copy(tmp_path / "a" / KEY_FILE, tmp_path / "b" / KEY_FILE)
+        async with AsyncTestClient(create_app(second)) as client_b:
+            yield Api(client_a, first), Api(client_b, second)
+
+
+async def test_a_key_made_on_one_replica_works_on_the_other_and_revoked_stops_at_once(
+    replicas: tuple[Api, Api],
+) -> None:
+    a, b = replicas
+    assert not (Path(b.settings.data_dir) / "admin.key").exists()  # one bootstrap per store
+    key = await a.new_user("ann")
+    for api in (a, b, b):  # B's second answer comes from its cache (the first wrote last use)
+        response = await api.client.get("/api/devboxes", headers=api.auth(key))
+        assert response.status_code == 200, response.text
+    # A revokes the key: B must hear of it (its cache is dropped), not serve it on
+    (record,) = [k for k in await a.services.identities.keys() if key.startswith(k.prefix)]
+    await a.services.identities.revoke_key(record.id)
+    deadline = time.monotonic() + REVOKED_WITHIN_SECONDS
+    while True:
+        response = await b.client.get("/api/devboxes", headers=b.auth(key))
+        if response.status_code == 401:
+            break
+        assert response.status_code == 200
+        assert time.monotonic() < deadline, "B still accepts a key A revoked"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_secret_sealed_on_one_replica_opens_on_the_other(
+    replicas: tuple[Api, Api],
+) -> None:
+    a, b = replicas
+    admin = a.auth(a.admin_key)
+    made = await b.client.put("/api/user-secrets/TOKEN", json={"value": "s3cret"}, headers=admin)
+    assert made.status_code == 200, made.text
+    read = await a.client.get("/api/user-secrets/TOKEN", headers=admin)
+    assert read.status_code == 200, read.text
+    assert read.json()["value"] == "s3cret"
