@@ -77,7 +77,7 @@ def test_a_devbox_made_through_one_replica_is_read_through_the_other(
     devbox = a.create_devbox()
     seen = b.http.get(f"/api/devboxes/{devbox['id']}", headers=b.headers())
     assert seen.status_code == 200, seen.text
-    assert seen.json()["status"] == "ready" and seen.json()["name"] == devbox["name"]
+    assert seen.json()["status"] == "ready" and seen.json()["id"] == devbox["id"]
     assert devbox["id"] in {
         d["id"] for d in b.http.get("/api/devboxes", headers=b.headers()).json()["data"]
     }
