@@ -15,6 +15,7 @@ BENCHMARKS = (
     "bench.bench_templates",
     "bench.bench_web",
     "bench.bench_load",
+    "bench.bench_replicas",
     "bench.bench_chains",
     "bench.bench_prims",
     "bench.bench_density",

@@ -45,8 +45,11 @@ def wrk(url: str, headers: dict[str, str]) -> dict[str, float]:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
     return {
         "rps": rps,
+        "p99": float(p99.group(1)) * scale[p99.group(2)] if p99 else float("nan"),
         "non_2xx": float(non_2xx.group(1)) if non_2xx else 0.0,
         "errors": float(sum(int(n) for n in errors.groups())) if errors else 0.0,
     }

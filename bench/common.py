@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -108,10 +109,14 @@ class Served:
 
 
 @contextlib.contextmanager
-def served(**settings: str) -> Iterator[Served]:
+def served(*, key: str = "", **settings: str) -> Iterator[Served]:
     """A fresh data dir, the shared image cache, free ports; stopped (SIGTERM) at the end.
-    Keyword arguments are further settings (`standby_after_seconds="1"`: DEVBOX_...)."""
+    Keyword arguments are further settings (`standby_after_seconds="1"`: DEVBOX_...); `key`,
+    the admin key of a store another process bootstrapped (a second replica)."""
     data_dir = Path(tempfile.mkdtemp(prefix="devbox-bench-"))
+    secret_box_key = settings.pop("secret_box_key_from", "")
+    if secret_box_key:
+        shutil.copy(secret_box_key, data_dir / "secret-box.key")
     port, ssh_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEVBOX_")}
     env.update(
@@ -138,12 +143,14 @@ def served(**settings: str) -> Iterator[Served]:
             if process.poll() is not None:
                 raise RuntimeError("the service exited before it was ready")
             time.sleep(0.2)
-        auth = {"Authorization": f"Bearer {(data_dir / 'admin.key').read_text().strip()}"}
+        key = key or (data_dir / "admin.key").read_text().strip()
+        auth = {"Authorization": f"Bearer {key}"}
         try:
             yield Served(http, auth, ssh_port, data_dir)
         finally:  # VMs outlive the service by design: a failed benchmark must not leave any
-            for devbox in http.get("/api/devboxes", headers=auth).json()["data"]:
-                http.delete(f"/api/devboxes/{devbox['id']}", headers=auth)
+            if settings.get("vm_backend") != "none":
+                for devbox in http.get("/api/devboxes", headers=auth).json()["data"]:
+                    http.delete(f"/api/devboxes/{devbox['id']}", headers=auth)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
-from postgres_server import PostgresServer, running_postgres
 from support import Api, create_devbox, vm_service, vm_settings, wait_ready
 
 from devbox_service.app import create_app
 from devbox_service.backends.memory import MemoryBackend
+from devbox_service.db.local_cluster import PostgresServer, running_postgres
 from devbox_service.settings import Settings, load_settings
 
 pytest_plugins = ["vm_fixtures"]

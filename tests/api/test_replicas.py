@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 from litestar.testing import AsyncTestClient
-from postgres_server import PostgresServer
 from support import Api
 
 from devbox_service.app import create_app
+from devbox_service.db.local_cluster import PostgresServer
 from devbox_service.secrets.box import KEY_FILE
 from devbox_service.settings import load_settings
 

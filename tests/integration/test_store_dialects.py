@@ -13,11 +13,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from postgres_server import PostgresServer, running_postgres
 
 from devbox_service.db import Database, SQLiteDatabase
 from devbox_service.db.database import migrations
 from devbox_service.db.dialect import Dialect, numbered_placeholders, postgres_ddl
+from devbox_service.db.local_cluster import PostgresServer, running_postgres
 from devbox_service.db.postgres import PostgresDatabase
 from devbox_service.errors import AlreadyExists, Unavailable
 

@@ -20,8 +20,8 @@ import asyncpg
 import httpx
 import pytest
 from live import LiveService, live_service
-from postgres_server import PostgresServer
 
+from devbox_service.db.local_cluster import PostgresServer
 from devbox_service.secrets.box import KEY_FILE
 
 pytestmark = pytest.mark.vm

@@ -1,4 +1,7 @@
-"""A throwaway PostgreSQL the suite starts itself: Debian's server, `initdb` + `pg_ctl`.
+"""A private PostgreSQL cluster in a directory of its own: Debian's server, `initdb` +
+`pg_ctl`. The test suite and the benchmarks start one each; it is also the quickest way to try
+several replicas on one machine. Not for production (see README: a real server, with a
+password, and backups).
 
 The cluster lives in its own directory under /tmp (pytest's temp dirs are closed to other
 users, and the server must not run as root: as root it runs as `postgres`). It listens on
@@ -11,13 +14,18 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from support import free_port
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _bin_dir() -> Path:
@@ -35,11 +43,13 @@ def _bin_dir() -> Path:
 
 
 class PostgresServer:
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = False) -> None:
+        """`fsync`: write as a real server does (benchmarks); off, a crash loses the run."""
+        self.fsync = fsync
         self.bin = _bin_dir()
         self.root = Path(tempfile.mkdtemp(prefix="devbox-pg-"))
         self.data = self.root / "data"
-        self.port = free_port()
+        self.port = _free_port()
         self._as_root = os.geteuid() == 0
         if self._as_root:
             shutil.chown(self.root, "postgres", "postgres")
@@ -53,11 +63,10 @@ class PostgresServer:
     def start(self) -> None:
         if not self.data.exists():
             self._run("initdb", "-D", str(self.data), "-U", "devbox", "--auth=trust", "-E", "UTF8")
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=200"
-        )
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} "
+        options += "-c max_connections=200"
+        if not self.fsync:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         log = self.root / "server.log"  # the server must not hold our pipes open
         self._run(
             "pg_ctl", "-D", str(self.data), "-o", options, "-l", str(log), "-w", "-t", "60", "start"
