@@ -44,6 +44,7 @@ from devbox_service.devboxes.store import DevboxStore
 from devbox_service.devboxes.uploads import UploadService
 from devbox_service.devboxes.views import DevboxViews
 from devbox_service.egress.proxy import EgressProxy, GuestApiRelay
+from devbox_service.errors import ConfigError
 from devbox_service.instances.service import InstanceService
 from devbox_service.metrics import Gauges, RequestMetrics, exposition, vm_figures
 from devbox_service.notifications.service import NotificationService
@@ -74,6 +75,10 @@ from devbox_service.wiring import (
 log = logging.getLogger("devbox_service")
 
 
+VM_HOST_CLAIM = "vm_host"
+"""One process per store runs VMs (recovery and reapers act on every devbox of the store)."""
+
+
 class Services:
     """Everything a request may need; built by `create_app`, started by its lifespan."""
 
@@ -98,15 +103,34 @@ class Services:
             raise RuntimeError("services are not started")
         return self._database
 
+    async def _join_store(self, database: Database, data_dir: Path) -> SecretBox:
+        """What this process must agree on with every other on the same store, before it
+        serves: the key secrets are sealed with, and that only one of them runs VMs."""
+        secret_box = SecretBox.open(data_dir)
+        await SecretStore(database).bind_key(secret_box.fingerprint)
+        if self.backend is not None and not await database.claim_sole(VM_HOST_CLAIM):
+            raise ConfigError(
+                "another process on this database already runs the VMs: start this one with "
+                "DEVBOX_VM_BACKEND=none (a replica serving the API) or give it its own database"
+            )
+        return secret_box
+
     async def start(self) -> None:
         data_dir = Path(self.settings.data_dir)
         data_dir_modes.secure(data_dir)  # 0700 / 0600 whatever it was, and the umask
         self._data_dir_lock = DataDirLock.acquire(data_dir, "serve")
         settings = self.settings
         self._database = await open_database(settings.database_url, settings.database_path)
+        try:
+            self.secret_box = await self._join_store(self._database, data_dir)
+        except BaseException:
+            await self._database.close()
+            self._database = None
+            self._data_dir_lock.release()
+            self._data_dir_lock = None
+            raise
         self.identities = IdentityService(IdentityStore(self._database))
         self.web_sessions = WebSessions(self.identities, self.settings.web_session_hours * 3600)
-        self.secret_box = SecretBox.open(data_dir)
         self.guest_connections = GuestConnections()
         database = self._database
         devbox_store, snapshot_store = DevboxStore(database), SnapshotStore(database)

@@ -232,6 +232,16 @@ async def vm_service(settings: Settings) -> AsyncIterator[Api]:
         yield Api(client, settings)
 
 
+async def start_refusal(app: Litestar) -> str:
+    """Why a service that must not start refused to (its lifespan's error, as text)."""
+    try:
+        async with AsyncTestClient(app):
+            pass
+    except BaseException as exc:  # the lifespan's exception group
+        return repr(exc) + "".join(repr(e) for e in getattr(exc, "exceptions", ()))
+    raise AssertionError("the service started")
+
+
 async def wait_ready(client: ApiClient, timeout: float = 30) -> None:
     """Until `/health/ready` answers 200 (the guest image is ready)."""
     deadline = time.monotonic() + timeout

@@ -127,6 +127,12 @@ class Database(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> bool: ...
 
+    async def claim_sole(self, name: str) -> bool:
+        """Hold, for this process's life, a claim no other process on this store may hold at
+        once; False when another holds it. (SQLite: always granted; the data dir's lock
+        already keeps a second service away.)"""
+        return True
+
     @abc.abstractmethod
     async def close(self) -> None: ...
 

@@ -73,6 +73,10 @@ def _args(params: Params) -> list[Any]:
     return list(params)
 
 
+async def _try_lock(connection: asyncpg.Connection, name: str) -> bool:
+    return bool(await connection.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", name))
+
+
 class PostgresTransaction(Transaction):
     def __init__(self, connection: asyncpg.Connection) -> None:
         super().__init__()
@@ -107,6 +111,7 @@ class PostgresDatabase(Database):
         self._origin = secrets.token_hex(8)
         self._version = 0
         self._listening: asyncpg.Connection | None = None
+        self._claims: set[str] = set()
         self._listen_task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -220,11 +225,25 @@ class PostgresDatabase(Database):
                 current = version
             return current
 
-    # announcements from other processes ---------------------------------------------------------
+    # claims and announcements from other processes -------------------------------------------
+
+    async def claim_sole(self, name: str) -> bool:
+        """A session advisory lock on the listening connection: it lasts as long as this
+        process is connected, ends with it (however it ends), and is taken again after a
+        reconnect."""
+        if self._listening is None:
+            raise Unavailable("the database cannot be reached")
+        if not await _try_lock(self._listening, name):
+            return False
+        self._claims.add(name)
+        return True
 
     async def _listen(self) -> None:
         connection: asyncpg.Connection = await asyncpg.connect(self._url)
         connection.add_termination_listener(self._lost)
+        for name in sorted(self._claims):
+            if not await _try_lock(connection, name):
+                log.error("another process took the %s claim while this one was cut off", name)
         await connection.add_listener(CHANNEL, self._heard)
         self._listening = connection
 

@@ -3,6 +3,7 @@ secrets): Fernet (AES-128-CBC + HMAC-SHA256) with one key kept in the data direc
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -21,6 +22,8 @@ class SealedValueUnreadable(Failed):
 class SecretBox:
     def __init__(self, key: bytes) -> None:
         self._fernet = Fernet(key)
+        self.fingerprint = hashlib.sha256(b"devbox-service secret box\0" + key).hexdigest()[:32]
+        """Names the key without revealing it: what every process on one store must share."""
 
     @classmethod
     def open(cls, data_dir: Path) -> SecretBox:

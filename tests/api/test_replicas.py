@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 from litestar.testing import AsyncTestClient
-from support import Api
+from support import Api, start_refusal
 
 from devbox_service.app import create_app
+from devbox_service.backends.memory import MemoryBackend
 from devbox_service.db.local_cluster import PostgresServer
 from devbox_service.secrets.box import KEY_FILE
 from devbox_service.settings import load_settings
@@ -72,3 +73,42 @@ async def test_a_secret_sealed_on_one_replica_opens_on_the_other(
     read = await a.client.get("/api/user-secrets/TOKEN", headers=admin)
     assert read.status_code == 200, read.text
     assert read.json()["value"] == "s3cret"
+
+
+async def test_a_replica_with_another_secret_key_is_refused_before_it_serves(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = postgres.new_database()
+    first = load_settings(
+        environ={}, data_dir=str(tmp_path / "a"), vm_backend="none", database_url=url
+    )
+    stray = load_settings(
+        environ={}, data_dir=str(tmp_path / "b"), vm_backend="none", database_url=url
+    )
+    async with AsyncTestClient(create_app(first)):
+        said = await start_refusal(create_app(stray))  # b made a key of its own
+    assert KEY_FILE in said and "copy" in said
+
+
+async def test_only_one_process_on_a_database_runs_vms(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = postgres.new_database()
+    backends = [MemoryBackend(), MemoryBackend()]
+    for backend in backends:
+        await backend.start()
+        await backend.ensure_image()
+    settings = [
+        load_settings(
+            environ={}, data_dir=str(tmp_path / n), vm_backend="qemu", ssh_port=0, database_url=url
+        )
+        for n in ("a", "b")
+    ]
+    async with AsyncTestClient(create_app(settings[0], backend=backends[0])):
+        (tmp_path / "b").mkdir(mode=0o700)
+        shutil.copy(tmp_path / "a" / KEY_FILE, tmp_path / "b" / KEY_FILE)
+        said = await start_refusal(create_app(settings[1], backend=backends[1]))
+        assert "already runs the VMs" in said and "DEVBOX_VM_BACKEND=none" in said
+    # once the first is gone, the claim is free
+    async with AsyncTestClient(create_app(settings[1], backend=backends[1])) as client:
+        assert (await client.get("/health")).status_code == 200

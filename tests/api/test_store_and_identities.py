@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 from litestar.testing import AsyncTestClient
 from support import Api
 
@@ -13,6 +14,7 @@ from devbox_service.app import create_app
 from devbox_service.auth import tokens
 from devbox_service.db import SQLiteDatabase as Database
 from devbox_service.db.database import migrations
+from devbox_service.secrets.box import KEY_FILE
 from devbox_service.settings import Settings
 
 
@@ -124,3 +126,19 @@ def test_cli_manages_users_orgs_and_keys(
     assert main(["keys", "revoke", key_id]) == 0
     assert main(["keys", "revoke", "key_nope"]) == 1
     assert "not found" in cap.readouterr().err
+
+
+@pytest.mark.sqlite_only
+async def test_a_replaced_secret_key_is_refused_at_start_not_found_at_first_read(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    async with AsyncTestClient(create_app(settings)):
+        pass
+    key_file = Path(settings.data_dir) / KEY_FILE
+    key_file.write_bytes(Fernet.generate_key())  # every sealed value would be unreadable
+    with pytest.raises(BaseException) as refused:
+        async with AsyncTestClient(create_app(settings)):
+            pass
+    said = repr(refused.value) + "".join(repr(e) for e in getattr(refused.value, "exceptions", ()))
+    assert KEY_FILE in said
