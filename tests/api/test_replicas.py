@@ -18,7 +18,7 @@ from support import Api, start_refusal
 
 from devbox_service.app import create_app
 from devbox_service.backends.memory import MemoryBackend
-from devbox_service.db.local_cluster import PostgresServer
+from devbox_service.db.local_cluster import PostgresServer, running_postgres
 from devbox_service.secrets.box import KEY_FILE
 from devbox_service.settings import load_settings
 
@@ -112,3 +112,35 @@ async def test_only_one_process_on_a_database_runs_vms(
     # once the first is gone, the claim is free
     async with AsyncTestClient(create_app(settings[1], backend=backends[1])) as client:
         assert (await client.get("/health")).status_code == 200
+
+
+async def test_postgres_restarted_under_a_replica_is_503_then_nothing_is_lost(
+    tmp_path: Path,
+) -> None:
+    with running_postgres() as server:
+        settings = load_settings(
+            environ={},
+            data_dir=str(tmp_path / "a"),
+            vm_backend="none",
+            database_url=server.new_database(),
+        )
+        async with AsyncTestClient(create_app(settings)) as client:
+            api = Api(client, settings)
+            key = await api.new_user("ann")
+            written = await client.put(
+                "/api/user-secrets/KEPT", json={"value": "v"}, headers=api.auth(key)
+            )
+            assert written.status_code == 200, written.text
+            server.stop()
+            for method, path in (("GET", "/api/devboxes"), ("GET", "/api/user-secrets/KEPT")):
+                down = await client.request(method, path, headers=api.auth(key))
+                assert down.status_code == 503, (path, down.status_code, down.text)
+                assert "database" in down.text
+            assert (await client.get("/health/ready")).status_code == 503
+            server.start()
+            deadline = time.monotonic() + 20
+            while (await client.get("/health/ready")).status_code != 200:
+                assert time.monotonic() < deadline, "the replica never recovered"
+                await asyncio.sleep(0.1)
+            kept = await client.get("/api/user-secrets/KEPT", headers=api.auth(key))
+            assert kept.status_code == 200 and kept.json()["value"] == "v"
