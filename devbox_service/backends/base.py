@@ -125,6 +125,21 @@ class SSHEndpoint(msgspec.Struct, frozen=True, kw_only=True):
     private_key_path: str
 
 
+class PortForward(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a guest port is reached from the service: an address and a port of the host
+    that runs the VM (loopback for the embedded backend; another host's address once VMs
+    run elsewhere), never assumed to be this machine."""
+
+    address: str
+    port: int
+
+    @property
+    def authority(self) -> str:
+        """`address:port` as a URL writes it (an IPv6 address in brackets)."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+
 class ImageInfo(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     name: str
@@ -149,7 +164,8 @@ class InstanceInfo(msgspec.Struct, frozen=True, kw_only=True):
     state: InstanceState
     spec: MachineSpec
     ssh: SSHEndpoint
-    exposed_ports: dict[int, int]  # guest port -> host port
+    address: str  # the host address its exposed ports are reached at
+    exposed_ports: dict[int, int]  # guest port -> port on `address`
     started_at: float
 
 

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -41,6 +42,9 @@ WRITES = "writes"
 """The topic every write transaction announces: other processes drop their read caches."""
 WRITE_LOCK = 0x64657662  # the advisory lock every write transaction holds ("devb")
 RECONNECT_SECONDS = 0.5
+PROBE_SECONDS = 5.0
+"""How often the listening connection is asked to answer: a connection cut without a word
+(a host or network gone) would otherwise look alive, and caches would trust it."""
 
 _GONE = (
     OSError,
@@ -71,6 +75,15 @@ def _args(params: Params) -> list[Any]:
     if isinstance(params, dict):
         raise TypeError("the PostgreSQL store takes positional parameters (?)")
     return list(params)
+
+
+async def _answers(connection: asyncpg.Connection) -> bool:
+    try:
+        async with asyncio.timeout(PROBE_SECONDS / 2):
+            await connection.fetchval("SELECT 1")
+    except (TimeoutError, *_GONE, asyncpg.PostgresError):
+        return False
+    return True
 
 
 async def _try_lock(connection: asyncpg.Connection, name: str) -> bool:
@@ -254,10 +267,18 @@ class PostgresDatabase(Database):
     async def _keep_listening(self) -> None:
         """Reconnect the listening connection whenever it drops; after a reconnect every
         subscriber re-reads (announcements made meanwhile are lost, rows are not)."""
+        checked = time.monotonic()
         while not self._closed:
             await asyncio.sleep(RECONNECT_SECONDS)
-            if self._listening is not None and not self._listening.is_closed():
-                continue
+            listening = self._listening
+            if listening is not None and not listening.is_closed():
+                if time.monotonic() - checked < PROBE_SECONDS:
+                    continue
+                checked = time.monotonic()
+                if await _answers(listening):
+                    continue
+                log.warning("database listener stopped answering; reconnecting")
+                listening.terminate()
             self._listening = None
             try:
                 await self._listen()

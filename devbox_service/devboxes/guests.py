@@ -17,7 +17,7 @@ from devbox_service.auth import tokens
 from devbox_service.auth.models import Principal
 from devbox_service.auth.policy import Act, permits
 from devbox_service.backends import base as backend_api
-from devbox_service.backends.base import SSHEndpoint
+from devbox_service.backends.base import PortForward, SSHEndpoint
 from devbox_service.devboxes.core import DestroyListener, DevboxCore
 from devbox_service.devboxes.lifecycle import SETTLING, Action, require
 from devbox_service.devboxes.models import DevboxRecord, DevboxStatus
@@ -225,15 +225,15 @@ class GuestAccess:
         with contextlib.suppress(backend_api.NotFound):
             await self._core.backend.unexpose_port(devbox_id, guest_port)
 
-    async def preview_port(self, devbox_id: str, guest_port: int) -> int:
-        """The host port that reaches a guest port now, waking the devbox first (wake on
-        HTTP); a VM relaunched after a restart may have lost the forward: it is re-added."""
+    async def preview_port(self, devbox_id: str, guest_port: int) -> PortForward:
+        """Where a guest port is reached now, waking the devbox first (wake on HTTP); a VM
+        relaunched after a restart may have lost the forward: it is re-added."""
         await self.connect_target(devbox_id, woken_by="HTTP")
         instance = await self._core.backend.get_instance(devbox_id)
         host_port = instance.exposed_ports.get(guest_port)
         if host_port is None:
             host_port = await self._core.backend.expose_port(devbox_id, guest_port)
-        return host_port
+        return PortForward(address=instance.address, port=host_port)
 
 
 def _settled(record: DevboxRecord | None) -> bool:

@@ -8,6 +8,8 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from devbox_service.backends.base import PortForward
+
 # The contract's pattern (HttpExposeRequest.name), checked again with `fullmatch` in the
 # service: msgspec uses `re.search`, where `$` also matches before a trailing newline.
 NAME_PATTERN = "^[a-z0-9]([a-z0-9-_]*[a-z0-9])?$"
@@ -38,5 +40,5 @@ class PreviewTarget(msgspec.Struct, frozen=True, kw_only=True):
     """Where one proxied request goes, and whether its Authorization header was ours."""
 
     service: ExposedService
-    host_port: int
+    upstream: PortForward
     consumed_authorization: bool

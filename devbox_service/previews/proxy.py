@@ -14,6 +14,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 import httpx
 
 from devbox_service.auth.web_sessions import SESSION_COOKIE, SIGN_IN_COOKIE
+from devbox_service.backends.base import PortForward
 
 PREVIEW_PREFIX = "/preview"
 
@@ -182,7 +183,7 @@ def _without_service_cookies(header: bytes) -> bytes:
 
 
 def response_headers(
-    upstream: httpx.Response, prefix: str, host_port: int
+    upstream: httpx.Response, prefix: str, guest: PortForward
 ) -> list[tuple[str, str]]:
     """What goes back: repeated headers (Set-Cookie) kept, scoped to this service; redirects
     kept inside the preview; no `Service-Worker-Allowed` (a service worker could then take
@@ -195,7 +196,7 @@ def response_headers(
     for name, value in kept:
         lower = name.lower()
         if lower == "location":
-            value = location(value, prefix, host_port)
+            value = location(value, prefix, guest)
         elif lower == "set-cookie":
             value = scoped_cookie(value, prefix)
         fixed.append((name, value))
@@ -216,8 +217,10 @@ def scoped_cookie(value: str, prefix: str) -> str:
     return "; ".join([parts[0], *attributes, f"Path={scoped_path}"])
 
 
-def location(value: str, prefix: str, host_port: int) -> str:
-    for origin in (f"http://127.0.0.1:{host_port}", f"http://localhost:{host_port}"):
+def location(value: str, prefix: str, guest: PortForward) -> str:
+    """A redirect to the guest's own address (as the proxy reached it) kept in the preview."""
+    origins = {f"http://{guest.authority}", f"http://localhost:{guest.port}"}
+    for origin in sorted(origins):
         if value == origin or value.startswith(origin + "/"):
             value = value[len(origin) :] or "/"
     if value.startswith("/") and not value.startswith("//"):

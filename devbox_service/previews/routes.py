@@ -130,7 +130,7 @@ async def preview(
             "x-forwarded-prefix": public_prefix,
         },
     )
-    url = f"http://127.0.0.1:{target.host_port}{rest}{suffix}"
+    url = f"http://{target.upstream.authority}{rest}{suffix}"
     try:
         upstream, close = await preview_proxy.send(
             devbox_id, request.method, url, headers, request.stream()
@@ -157,7 +157,7 @@ async def preview(
     return ASGIStreamingResponse(
         iterator=relay(),
         status_code=upstream.status_code,
-        headers=proxy.response_headers(upstream, public_prefix, target.host_port),  # type: ignore[arg-type]
+        headers=proxy.response_headers(upstream, public_prefix, target.upstream),  # type: ignore[arg-type]
         media_type=upstream.headers.get("content-type", "application/octet-stream"),
         is_head_response=request.method == "HEAD",
         background=BackgroundTask(close),

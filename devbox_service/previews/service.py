@@ -150,12 +150,12 @@ class HttpServiceRegistry:
         if service.auth_mode is HttpServiceAuthMode.API_KEY:
             principal = await self._identities.authenticate(bearer)
             await self._devboxes.visible(principal, devbox_id, Act.VIEW)
-        host_port = await self._guests.preview_port(devbox_id, service.port)
-        if host_port != service.host_port:
-            await self._store.set_host_port(devbox_id, service.port, host_port)
+        upstream = await self._guests.preview_port(devbox_id, service.port)
+        if upstream.port != service.host_port:
+            await self._store.set_host_port(devbox_id, service.port, upstream.port)
         return PreviewTarget(
             service=service,
-            host_port=host_port,
+            upstream=upstream,
             consumed_authorization=service.auth_mode is HttpServiceAuthMode.API_KEY,
         )
 

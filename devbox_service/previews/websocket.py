@@ -53,7 +53,7 @@ async def preview_socket(
     prefix = f"{proxy.PREVIEW_PREFIX}/{devbox_id}/{name}"
     path = quote(socket.scope["path"])[len(prefix) :] or "/"
     query = socket.scope.get("query_string", b"").decode("latin-1")
-    url = f"ws://127.0.0.1:{target.host_port}{path}" + (f"?{query}" if query else "")
+    url = f"ws://{target.upstream.authority}{path}" + (f"?{query}" if query else "")
     forwarded = proxy.request_headers(
         raw_headers,
         forwarded={"x-forwarded-prefix": ""},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 
+from devbox_service.backends.base import PortForward
 from devbox_service.previews import proxy
 
 
@@ -24,9 +25,12 @@ def test_proxy_header_rules() -> None:
     assert only_ours == []
     assert proxy.bearer_of(sent) == "k"
     assert proxy.bearer_of([(b"authorization", b"Basic abc")]) is None
-    assert proxy.location("/next", "/preview/d/n", 5000) == "/preview/d/n/next"
-    assert proxy.location("http://127.0.0.1:5000/x", "/preview/d/n", 5000) == "/preview/d/n/x"
-    assert proxy.location("https://example.com/", "/preview/d/n", 5000) == "https://example.com/"
+    guest = PortForward(address="127.0.0.1", port=5000)
+    assert proxy.location("/next", "/preview/d/n", guest) == "/preview/d/n/next"
+    assert proxy.location("http://127.0.0.1:5000/x", "/preview/d/n", guest) == "/preview/d/n/x"
+    assert proxy.location("https://example.com/", "/preview/d/n", guest) == "https://example.com/"
+    elsewhere = PortForward(address="fd00::7", port=5000)  # a VM on another host
+    assert proxy.location("http://[fd00::7]:5000/y", "", elsewhere) == "/y"
 
 
 def test_guest_cookies_stay_with_their_service_and_service_workers_stay_in_scope() -> None:
@@ -43,7 +47,7 @@ def test_guest_cookies_stay_with_their_service_and_service_workers_stay_in_scope
             ("Content-Type", "text/html"),
         ],
     )
-    assert proxy.response_headers(upstream, "", 5000) == [
+    assert proxy.response_headers(upstream, "", PortForward(address="10.0.0.2", port=80)) == [
         ("Set-Cookie", "a=1; Path=/"),
         ("Set-Cookie", "b=2; Path=/"),
         ("Content-Type", "text/html"),

@@ -45,6 +45,7 @@ class InstanceRecord:
             ssh=SSHEndpoint(
                 host="127.0.0.1", port=self.ssh_port, username="root", private_key_path=key_path
             ),
+            address="127.0.0.1",
             exposed_ports=dict(self.forwards),
             started_at=self.started_at,
         )

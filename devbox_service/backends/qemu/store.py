@@ -116,6 +116,7 @@ class InstanceRecord(msgspec.Struct, kw_only=True):
                 username="root",
                 private_key_path=key_path,
             ),
+            address="127.0.0.1",
             exposed_ports=dict(self.launch.forwards),
             started_at=self.started_at,
         )
