@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -61,8 +62,11 @@ def shown_text(driver: WebDriver, tag: str, what: str, timeout: float = 30.0) ->
     """The text of the first `tag` once the page (a navigation a click started) shows it."""
 
     def text() -> str | None:
-        found = driver.find_elements(By.TAG_NAME, tag)
-        return found[0].text if found and found[0].text else None
+        try:
+            found = driver.find_elements(By.TAG_NAME, tag)
+            return found[0].text if found and found[0].text else None
+        except StaleElementReferenceException:  # the page was replaced while we read it
+            return None
 
     return eventually(text, what, timeout)
 

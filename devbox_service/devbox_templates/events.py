@@ -175,15 +175,16 @@ class RunEvents:
         event stored while it reads still wakes it."""
         return self._wakeups.setdefault(run_id, asyncio.Event())
 
-    async def emit(self, run_id: str, event: BuildEvent) -> None:
-        """Store one event and wake the run's followers."""
+    async def emit(self, run_id: str, event: BuildEvent, **run_fields: object) -> None:
+        """Store one event (with `run_fields` of its run, in one transaction) and wake the
+        run's followers."""
         async with self._lock:
             seq = self._last_seq.get(run_id)
             if seq is None:
                 stored = await self._store.events(run_id)
                 seq = stored[-1][0] if stored else 0
             seq += 1
-            await self._store.append_event(run_id, seq, payload(event))
+            await self._store.append_event(run_id, seq, payload(event), **run_fields)
             self._last_seq[run_id] = seq
         if kind(event) in TERMINAL:
             self._last_seq.pop(run_id, None)

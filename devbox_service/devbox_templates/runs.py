@@ -24,6 +24,7 @@ from devbox_service.devbox_templates.builds import (
 )
 from devbox_service.devbox_templates.events import (
     BaseSelectedEvent,
+    BuildEvent,
     CacheEvent,
     CancelledEvent,
     CompletedEvent,
@@ -174,11 +175,10 @@ class BuildRuns:
         """Runs a restart interrupted end as `error` (say how to go on); their build devboxes
         are removed. Resuming mid-run is not attempted: the cache makes a new run cheap."""
         for run in await self._store.active_runs():
-            await self._events.emit(run.id, ErrorEvent(message=RESTARTED, details=None))
-            await self._finish(run, RunStatus.ERROR, error=RESTARTED)
             template = await self._store.get(run.template_id)
             if template is not None:
                 await self._store.update(template.id, status=_settled(template))
+            await self._end(run, ErrorEvent(message=RESTARTED, details=None), RunStatus.ERROR)
             if run.build_devbox_id:
                 await self._devboxes.remove(run.build_devbox_id)
 
@@ -297,11 +297,8 @@ class BuildRuns:
             await self._store.update(
                 template.id, status=TemplateStatus.READY, final_snapshot_id=final
             )
-            await self._finish(
-                run, RunStatus.COMPLETED, final_snapshot_id=final, devbox_id=build_devbox
-            )
-            await self._events.emit(
-                run.id,
+            await self._end(
+                run,
                 CompletedEvent(
                     instanceId=build_devbox,
                     instance=msgspec.to_builtins(view),
@@ -310,36 +307,50 @@ class BuildRuns:
                     ),
                     warnings=[],
                 ),
+                RunStatus.COMPLETED,
+                final_snapshot_id=final,
+                devbox_id=build_devbox,
             )
         except asyncio.CancelledError:
             if self._closing:
                 raise
             await discard_build_devbox()
-            await self._events.emit(run.id, CancelledEvent(message="the build was cancelled"))
-            await self._finish(run, RunStatus.CANCELLED)
             await self._store.update(template.id, status=_settled(template))
+            await self._end(
+                run, CancelledEvent(message="the build was cancelled"), RunStatus.CANCELLED
+            )
             raise
         except StepFailed as failed:
             await discard_build_devbox()
             await self._store.update_run(run.id, failed_index=failed.index)
-            await self._events.emit(
-                run.id, StepFailedEvent(index=failed.index, message=failed.message)
-            )
-            await self._finish(run, RunStatus.FAILED, error=failed.message)
             await self._store.update(template.id, status=TemplateStatus.FAILED)
+            await self._end(
+                run,
+                StepFailedEvent(index=failed.index, message=failed.message),
+                RunStatus.FAILED,
+                error=failed.message,
+            )
         except Exception as exc:
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
             if not isinstance(exc, DevboxServiceError):
                 log.exception("template build failed", extra={"run": run.id})
             await discard_build_devbox()
-            await self._events.emit(run.id, ErrorEvent(message="the build failed", details=message))
-            await self._finish(run, RunStatus.ERROR, error=message)
             await self._store.update(template.id, status=TemplateStatus.FAILED)
+            await self._end(
+                run,
+                ErrorEvent(message="the build failed", details=message),
+                RunStatus.ERROR,
+                error=message,
+            )
         finally:
             await discard_build_devbox()
 
-    async def _finish(self, run: RunRecord, status: RunStatus, **fields: Any) -> None:
-        await self._store.update_run(run.id, status=status, finished_at=time.time(), **fields)
+    async def _end(
+        self, run: RunRecord, event: BuildEvent, status: RunStatus, **fields: Any
+    ) -> None:
+        """The run's terminal event and its end, one write: the template's own status is set
+        before it, so a client that reads the terminal event finds everything settled."""
+        await self._events.emit(run.id, event, status=status, finished_at=time.time(), **fields)
 
 
 def fingerprints(base_snapshot_id: str, spec: TemplateSpec) -> list[str]:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from devbox_service.db import Database
+from devbox_service.db import Database, Transaction
 from devbox_service.db.records import Table
 from devbox_service.devbox_templates.models import RunRecord, RunStatus, TemplateRecord
 
@@ -87,22 +87,25 @@ class TemplateStore:
         return RUNS.decode_all(rows)
 
     async def update_run(self, run_id: str, **fields: object) -> None:
-        values = RUNS.encode_partial(fields)
-        assignments = ", ".join(f"{name} = ?" for name in values)
-        await self.database.execute(
-            f"UPDATE template_runs SET {assignments} WHERE id = ?", (*values.values(), run_id)
-        )
+        async with self.database.transaction() as tx:
+            await _set_run(tx, run_id, fields)
 
     # events
 
-    async def append_event(self, run_id: str, seq: int, payload: dict[str, Any]) -> None:
-        """Store one build event; its followers in every process hear `RUN_EVENTS`."""
+    async def append_event(
+        self, run_id: str, seq: int, payload: dict[str, Any], **run_fields: object
+    ) -> None:
+        """Store one build event, and `run_fields` of its run in the same transaction (a
+        run's end and its last event are one fact: a follower never sees one alone); its
+        followers in every process hear `RUN_EVENTS`."""
         async with self.database.transaction() as tx:
             await tx.execute(
                 "INSERT INTO template_run_events (run_id, seq, payload, created_at) "
                 "VALUES (?, ?, ?, ?)",
                 (run_id, seq, json.dumps(payload), time.time()),
             )
+            if run_fields:
+                await _set_run(tx, run_id, run_fields)
             tx.announce(RUN_EVENTS, run_id)
 
     async def events(self, run_id: str, after: int = 0) -> list[tuple[int, dict[str, Any]]]:
@@ -152,3 +155,11 @@ class TemplateStore:
                     "DELETE FROM template_step_cache WHERE org_id = ? AND fingerprint = ?",
                     (org_id, fingerprint),
                 )
+
+
+async def _set_run(tx: Transaction, run_id: str, fields: dict[str, object]) -> None:
+    values = RUNS.encode_partial(fields)
+    assignments = ", ".join(f"{name} = ?" for name in values)
+    await tx.execute(
+        f"UPDATE template_runs SET {assignments} WHERE id = ?", (*values.values(), run_id)
+    )

@@ -192,8 +192,10 @@ class MemoryStore(TemplateStore):
         assert topic == RUN_EVENTS
         self.listeners.append(listener)
 
-    async def append_event(self, run_id: str, seq: int, stored: dict[str, Any]) -> None:
-        self.rows.setdefault(run_id, []).append((seq, json.dumps(stored)))
+    async def append_event(
+        self, run_id: str, seq: int, payload: dict[str, Any], **run_fields: object
+    ) -> None:
+        self.rows.setdefault(run_id, []).append((seq, json.dumps(payload)))
         for listener in self.listeners:  # the announcement after the commit
             listener(run_id)
 
