@@ -24,6 +24,7 @@ if __package__ in (None, ""):
 
 from bench.common import merge_results, percentile, print_table
 from devbox_service.backends.qemu.config import QemuConfig
+from devbox_service.backends.qemu.confine import sandbox
 from devbox_service.backends.qemu.driver import QemuBackend
 from devbox_service.backends.qemu.guest_shell import wait_ssh_banner
 from devbox_service.backends.qemu.machine import LaunchSpec, Machine, command_line
@@ -88,6 +89,8 @@ async def bare_restore(backend: QemuBackend, boot_id: str, work: Path) -> float:
     )  # fmt: skip
     incoming = f"exec:cat {snap.state_file}"
     argv = command_line("qemu-system-x86_64", ls, incoming, snap.ram)
+    # the bare recipe reads its state through `exec:cat`: QEMU must be allowed to spawn it
+    argv[argv.index("-sandbox") + 1] = sandbox(spawn=True, dropping_user=False)
     t0 = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
