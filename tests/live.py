@@ -4,6 +4,7 @@ HTTP (and the `morphcloud` CLI), for tests that need a real server (streams, the
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from support import GENEROUS_LIMITS, free_port
 from vm_fixtures import CACHE_DIR
 
 VENV_BIN = Path(sys.executable).parent
+BUILD_TERMINAL = {"completed", "cancelled", "error", "step_failed"}
 
 
 class LiveService:
@@ -56,6 +58,34 @@ class LiveService:
                 return body
             assert body.get("status") != "error" and time.monotonic() < deadline, body
             time.sleep(0.3)
+
+    def build_events(
+        self,
+        template_id: str,
+        run_id: str,
+        *,
+        stop_after: int | None = None,
+        into: list[dict[str, Any]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Read a build's SSE stream until a terminal event (or `stop_after` events), each
+        appended to `into` as it arrives (for a test that acts mid-stream)."""
+        found: list[dict[str, Any]] = [] if into is None else into
+        with self.http.stream(
+            "GET",
+            f"/api/templates/{template_id}/events",
+            params={"run_id": run_id},
+            headers={**self.headers(), "Accept": "text/event-stream"},
+            timeout=httpx.Timeout(300, connect=10),
+        ) as response:
+            assert response.status_code == 200, response.read()
+            for line in response.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                event = json.loads(line[5:].strip())
+                found.append(event)
+                if event["type"] in BUILD_TERMINAL or (stop_after and len(found) >= stop_after):
+                    break
+        return found
 
     def gateway_client(
         self, devbox_id: str, host: str = "127.0.0.1", key: str | None = None

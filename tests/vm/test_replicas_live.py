@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 from live import LiveService, live_service
 
@@ -36,7 +35,6 @@ steps:
   - title: three
     run: echo three > /root/three
 """
-TERMINAL = {"completed", "cancelled", "error", "step_failed"}
 
 
 @pytest.fixture(scope="module")
@@ -124,19 +122,7 @@ def test_a_build_through_one_replica_streams_whole_through_the_other(
 
     killer = threading.Thread(target=kill_when_ticking)
     killer.start()
-    with b.http.stream(
-        "GET",
-        f"/api/templates/{template_id}/events",
-        params={"run_id": run_id},
-        headers={**b.headers(), "Accept": "text/event-stream"},
-        timeout=httpx.Timeout(300, connect=10),
-    ) as response:
-        assert response.status_code == 200
-        for line in response.iter_lines():
-            if line.startswith("data:"):
-                streamed.append(json.loads(line[5:]))
-                if streamed[-1]["type"] in TERMINAL:
-                    break
+    b.build_events(template_id, run_id, into=streamed)
     killer.join()
     assert killed.is_set(), "the build ended before the listener could be killed"
     assert streamed[-1]["type"] == "completed", streamed[-1]

@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from live import LiveService, live_service
 
@@ -70,24 +69,7 @@ def start_run(live: LiveService, template_id: str, **body: Any) -> str:
 def events(
     live: LiveService, template_id: str, run_id: str, *, stop_after: int | None = None
 ) -> list[dict[str, Any]]:
-    """Read the run's SSE stream until a terminal event (or `stop_after` events)."""
-    found: list[dict[str, Any]] = []
-    with live.http.stream(
-        "GET",
-        f"/api/templates/{template_id}/events",
-        params={"run_id": run_id},
-        headers={**live.headers(), "Accept": "text/event-stream"},
-        timeout=httpx.Timeout(300, connect=10),
-    ) as response:
-        assert response.status_code == 200, response.read()
-        for line in response.iter_lines():
-            if not line.startswith("data:"):
-                continue
-            event = json.loads(line[5:].strip())
-            found.append(event)
-            if event["type"] in TERMINAL or (stop_after and len(found) >= stop_after):
-                break
-    return found
+    return live.build_events(template_id, run_id, stop_after=stop_after)
 
 
 def types(found: list[dict[str, Any]]) -> list[str]:
